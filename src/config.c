@@ -1,0 +1,753 @@
+/*
+ * Copyright (c) 2026 The maild authors
+ *
+ * Permission to use, copy, modify, and distribute this software for any
+ * purpose with or without fee is hereby granted, provided that the above
+ * copyright notice and this permission notice appear in all copies.
+ *
+ * THE SOFTWARE IS PROVIDED "AS IS" AND THE AUTHOR DISCLAIMS ALL WARRANTIES
+ * WITH REGARD TO THIS SOFTWARE INCLUDING ALL IMPLIED WARRANTIES OF
+ * MERCHANTABILITY AND FITNESS. IN NO EVENT SHALL THE AUTHOR BE LIABLE FOR
+ * ANY SPECIAL, DIRECT, INDIRECT, OR CONSEQUENTIAL DAMAGES OR ANY DAMAGES
+ * WHATSOEVER RESULTING FROM LOSS OF USE, DATA OR PROFITS, WHETHER IN AN
+ * ACTION OF CONTRACT, NEGLIGENCE OR OTHER TORTIOUS ACTION, ARISING OUT OF
+ * OR IN CONNECTION WITH THE USE OR PERFORMANCE OF THIS SOFTWARE.
+ */
+
+/*
+ * config.c: read maild.conf with libconfuse into a struct config.  Every
+ * mistake is reported as "file:line: message"; nothing is half-applied,
+ * the caller gets a complete configuration or none.
+ */
+
+#include "config.h"
+
+#include <sys/stat.h>
+
+#include <confuse.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "maild.h"
+
+#define DEFAULT_POLL_INTERVAL	300
+#define DEFAULT_TIMEOUT		60
+#define DEFAULT_SESSION_TIMEOUT	3600
+#define DEFAULT_MAX_CONNECTIONS	16
+#define ACCOUNT_NAME_MAX	64
+
+/* Where the parse currently is, for error messages and duplicate checks. */
+struct conf_parse {
+	char		*error;		/* first error, "file:line: msg" */
+	const char	*file;
+	struct seen {
+		cfg_t		*sec;
+		const char	*opt;
+	}		*seen;
+	size_t		 nseen;
+	struct secline {
+		cfg_t		*sec;
+		int		 line;
+	}		*seclines;
+	size_t		 nseclines;
+};
+
+static struct conf_parse *cp;	/* the parse in progress (libconfuse has no
+				   user pointer for its callbacks) */
+
+static void	conf_error_cb(cfg_t *, const char *, va_list) PRINTFLIKE(2, 0);
+static void	conf_errorx(int, const char *, ...) PRINTFLIKE(2, 3);
+static int	conf_duration_cb(cfg_t *, cfg_opt_t *, const char *, void *);
+static int	conf_validate_opt(cfg_t *, cfg_opt_t *);
+static int	conf_section_line(cfg_t *);
+static int	conf_account(cfg_t *, struct config *, struct account_conf *);
+static int	conf_path(cfg_t *, const char *, char **);
+static int	conf_string(cfg_t *, const char *, int, char **);
+
+static cfg_opt_t account_opts[] = {
+	CFG_STR("host", NULL, CFGF_NODEFAULT),
+	CFG_INT("port", 0, CFGF_NODEFAULT),
+	CFG_STR("user", NULL, CFGF_NODEFAULT),
+	CFG_STR("password", NULL, CFGF_NODEFAULT),
+	CFG_STR("password-file", NULL, CFGF_NODEFAULT),
+	CFG_STR("password-command", NULL, CFGF_NODEFAULT),
+	CFG_STR("maildir", NULL, CFGF_NODEFAULT),
+	CFG_BOOL("keep", cfg_false, CFGF_NONE),
+	CFG_STR("ca-file", NULL, CFGF_NODEFAULT),
+	CFG_INT_CB("poll-interval", 0, CFGF_NODEFAULT, conf_duration_cb),
+	CFG_END()
+};
+
+static cfg_opt_t global_opts[] = {
+	CFG_INT_CB("poll-interval", DEFAULT_POLL_INTERVAL, CFGF_NONE,
+	    conf_duration_cb),
+	CFG_STR("state-dir", NULL, CFGF_NODEFAULT),
+	CFG_INT_CB("timeout", DEFAULT_TIMEOUT, CFGF_NONE, conf_duration_cb),
+	CFG_INT_CB("session-timeout", DEFAULT_SESSION_TIMEOUT, CFGF_NONE,
+	    conf_duration_cb),
+	CFG_INT("max-connections", DEFAULT_MAX_CONNECTIONS, CFGF_NONE),
+	CFG_SEC("account", account_opts,
+	    CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
+	CFG_END()
+};
+
+/* Record the first error; later ones are usually consequences of it. */
+static void
+conf_error_cb(cfg_t *cfg, const char *fmt, va_list ap)
+{
+	char	msg[512];
+
+	if (cp == NULL || cp->error != NULL)
+		return;
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	xasprintf(&cp->error, "%s:%d: %s",
+	    cfg->filename != NULL ? cfg->filename : cp->file, cfg->line, msg);
+}
+
+static void
+conf_errorx(int line, const char *fmt, ...)
+{
+	char	msg[512];
+	va_list	ap;
+
+	if (cp->error != NULL)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	xasprintf(&cp->error, "%s:%d: %s", cp->file, line, msg);
+}
+
+/*
+ * Parse a duration: a number of seconds, or a number with one of the
+ * suffixes s, m, h, d.  At most 30 days.
+ */
+int
+config_parse_duration(const char *s, long *out)
+{
+	char	*end;
+	long	 v, mult = 1;
+
+	if (!isdigit((unsigned char)*s))
+		return (-1);
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno != 0)
+		return (-1);
+	if (*end != '\0') {
+		switch (*end) {
+		case 's':
+			break;
+		case 'm':
+			mult = 60;
+			break;
+		case 'h':
+			mult = 3600;
+			break;
+		case 'd':
+			mult = 86400;
+			break;
+		default:
+			return (-1);
+		}
+		if (end[1] != '\0')
+			return (-1);
+	}
+	if (v > 30L * 86400 / mult)
+		return (-1);
+	*out = v * mult;
+	return (0);
+}
+
+static int
+conf_duration_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
+{
+	long	v;
+
+	if (config_parse_duration(value, &v) == -1) {
+		cfg_error(cfg, "%s: '%s' is not a duration (like 90, 30s, 5m, "
+		    "2h or 1d; at most 30d)", cfg_opt_name(opt), value);
+		return (-1);
+	}
+	*(long *)result = v;
+	return (0);
+}
+
+/* Refuse an option given twice in one section: the user meant something. */
+static int
+conf_validate_opt(cfg_t *cfg, cfg_opt_t *opt)
+{
+	const char	*name = cfg_opt_name(opt);
+	size_t		 i;
+
+	for (i = 0; i < cp->nseen; i++) {
+		if (cp->seen[i].sec == cfg && strcmp(cp->seen[i].opt, name) == 0) {
+			cfg_error(cfg, "'%s' is set twice", name);
+			return (-1);
+		}
+	}
+	cp->seen = xreallocarray(cp->seen, cp->nseen + 1, sizeof *cp->seen);
+	cp->seen[cp->nseen].sec = cfg;
+	cp->seen[cp->nseen].opt = name;
+	cp->nseen++;
+
+	for (i = 0; i < cp->nseclines; i++) {
+		if (cp->seclines[i].sec == cfg)
+			return (0);
+	}
+	cp->seclines = xreallocarray(cp->seclines, cp->nseclines + 1,
+	    sizeof *cp->seclines);
+	cp->seclines[cp->nseclines].sec = cfg;
+	cp->seclines[cp->nseclines].line = cfg->line;
+	cp->nseclines++;
+	return (0);
+}
+
+/* The line of a section's first option, for errors about the section. */
+static int
+conf_section_line(cfg_t *sec)
+{
+	size_t	i;
+
+	for (i = 0; i < cp->nseclines; i++) {
+		if (cp->seclines[i].sec == sec)
+			return (cp->seclines[i].line);
+	}
+	return (sec->line);
+}
+
+/*
+ * Expand "~", "~/..." and "$VAR" or "${VAR}" in a path.  Returns an
+ * allocated string, or NULL with *cause set.
+ */
+char *
+config_expand_path(const char *in, char **cause)
+{
+	char		 out[PATH_MAX], name[256];
+	const char	*p = in, *val;
+	size_t		 o = 0, n, vlen;
+	struct passwd	*pw;
+
+	if (p[0] == '~' && (p[1] == '/' || p[1] == '\0')) {
+		if ((val = getenv("HOME")) == NULL || *val == '\0') {
+			if ((pw = getpwuid(getuid())) == NULL) {
+				xasprintf(cause, "cannot expand ~: no home "
+				    "directory");
+				return (NULL);
+			}
+			val = pw->pw_dir;
+		}
+		if ((vlen = strlen(val)) >= sizeof out)
+			goto toolong;
+		memcpy(out, val, vlen);
+		o = vlen;
+		p++;
+	}
+	while (*p != '\0') {
+		if (*p != '$') {
+			if (o + 1 >= sizeof out)
+				goto toolong;
+			out[o++] = *p++;
+			continue;
+		}
+		p++;
+		if (*p == '{') {
+			const char	*close = strchr(p, '}');
+
+			if (close == NULL) {
+				xasprintf(cause, "unterminated ${ in '%s'", in);
+				return (NULL);
+			}
+			n = close - p - 1;
+			if (n == 0 || n >= sizeof name)
+				goto badvar;
+			memcpy(name, p + 1, n);
+			p = close + 1;
+		} else {
+			for (n = 0; isalnum((unsigned char)p[n]) || p[n] == '_';
+			    n++)
+				;
+			if (n == 0 || n >= sizeof name)
+				goto badvar;
+			memcpy(name, p, n);
+			p += n;
+		}
+		name[n] = '\0';
+		if ((val = getenv(name)) == NULL || *val == '\0') {
+			xasprintf(cause, "$%s is not set (in '%s')", name, in);
+			return (NULL);
+		}
+		vlen = strlen(val);
+		if (o + vlen >= sizeof out)
+			goto toolong;
+		memcpy(out + o, val, vlen);
+		o += vlen;
+	}
+	out[o] = '\0';
+	return (xstrdup(out));
+
+toolong:
+	xasprintf(cause, "path too long: '%s'", in);
+	return (NULL);
+badvar:
+	xasprintf(cause, "bad variable name in '%s'", in);
+	return (NULL);
+}
+
+/* Fetch and expand a path option; it must end up absolute. */
+static int
+conf_path(cfg_t *sec, const char *opt, char **out)
+{
+	const char	*raw;
+	char		*cause = NULL, *path;
+
+	*out = NULL;
+	if (cfg_size(sec, opt) == 0)
+		return (0);
+	raw = cfg_getstr(sec, opt);
+	if ((path = config_expand_path(raw, &cause)) == NULL) {
+		conf_errorx(conf_section_line(sec), "%s: %s", opt, cause);
+		free(cause);
+		return (-1);
+	}
+	if (path[0] != '/') {
+		conf_errorx(conf_section_line(sec), "%s: '%s' is not an "
+		    "absolute path (start it with /, ~ or $HOME)", opt, raw);
+		free(path);
+		return (-1);
+	}
+	*out = path;
+	return (0);
+}
+
+/*
+ * Fetch a string option that ends up on the wire or in a command: it may
+ * not be empty or hold control characters (a CR LF in a user name would be
+ * a second POP3 command).
+ */
+static int
+conf_string(cfg_t *sec, const char *opt, int required, char **out)
+{
+	const char	*v;
+	size_t		 i;
+
+	*out = NULL;
+	if (cfg_size(sec, opt) == 0) {
+		if (required) {
+			conf_errorx(conf_section_line(sec), "account \"%s\": "
+			    "'%s' is required", cfg_title(sec), opt);
+			return (-1);
+		}
+		return (0);
+	}
+	v = cfg_getstr(sec, opt);
+	if (v == NULL || *v == '\0') {
+		conf_errorx(conf_section_line(sec), "account \"%s\": '%s' is "
+		    "empty", cfg_title(sec), opt);
+		return (-1);
+	}
+	for (i = 0; v[i] != '\0'; i++) {
+		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) {
+			conf_errorx(conf_section_line(sec), "account \"%s\": "
+			    "'%s' contains a control character",
+			    cfg_title(sec), opt);
+			return (-1);
+		}
+	}
+	*out = xstrdup(v);
+	return (0);
+}
+
+static int
+conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
+{
+	const char	*title = cfg_title(sec);
+	int		 line = conf_section_line(sec), nsecrets = 0;
+	size_t		 i;
+
+	a->line = line;
+	a->name = xstrdup(title);
+	if (*title == '\0' || strlen(title) > ACCOUNT_NAME_MAX)
+		goto badname;
+	for (i = 0; title[i] != '\0'; i++) {
+		if (!isalnum((unsigned char)title[i]) &&
+		    strchr("._@+-", title[i]) == NULL)
+			goto badname;
+	}
+
+	if (conf_string(sec, "host", 1, &a->host) == -1 ||
+	    conf_string(sec, "user", 1, &a->user) == -1)
+		return (-1);
+	if (strlen(a->host) > 253 || strchr(a->host, ' ') != NULL) {
+		conf_errorx(line, "account \"%s\": host '%s' is not a host "
+		    "name or address", title, a->host);
+		return (-1);
+	}
+	a->port = 995;
+	if (cfg_size(sec, "port") > 0) {
+		long	port = cfg_getint(sec, "port");
+
+		if (port < 1 || port > 65535) {
+			conf_errorx(line, "account \"%s\": port %ld is out of "
+			    "range (1-65535)", title, port);
+			return (-1);
+		}
+		a->port = (int)port;
+	}
+
+	if (cfg_size(sec, "password") > 0) {
+		nsecrets++;
+		a->secret_source = SECRET_PASSWORD;
+		if (conf_string(sec, "password", 1, &a->secret) == -1)
+			return (-1);
+	}
+	if (cfg_size(sec, "password-file") > 0) {
+		nsecrets++;
+		a->secret_source = SECRET_FILE;
+		free(a->secret);
+		if (conf_path(sec, "password-file", &a->secret) == -1)
+			return (-1);
+	}
+	if (cfg_size(sec, "password-command") > 0) {
+		nsecrets++;
+		a->secret_source = SECRET_COMMAND;
+		free(a->secret);
+		if (conf_string(sec, "password-command", 1, &a->secret) == -1)
+			return (-1);
+	}
+	if (nsecrets != 1) {
+		conf_errorx(line, "account \"%s\": give exactly one of "
+		    "password, password-file and password-command", title);
+		return (-1);
+	}
+
+	if (cfg_size(sec, "maildir") == 0) {
+		conf_errorx(line, "account \"%s\": 'maildir' is required",
+		    title);
+		return (-1);
+	}
+	if (conf_path(sec, "maildir", &a->maildir) == -1 ||
+	    conf_path(sec, "ca-file", &a->ca_file) == -1)
+		return (-1);
+	a->keep = cfg_getbool(sec, "keep");
+	a->poll_interval = conf->poll_interval;
+	if (cfg_size(sec, "poll-interval") > 0)
+		a->poll_interval = (int)cfg_getint(sec, "poll-interval");
+	if (a->poll_interval < 10) {
+		conf_errorx(line, "account \"%s\": poll-interval must be at "
+		    "least 10s", title);
+		return (-1);
+	}
+	return (0);
+
+badname:
+	conf_errorx(line, "account name \"%s\" must be 1 to %d letters, digits "
+	    "or ._@+-", title, ACCOUNT_NAME_MAX);
+	return (-1);
+}
+
+/* The state directory when the config does not name one. */
+static char *
+conf_default_state_dir(void)
+{
+	const char	*home, *xdg;
+	char		*path;
+
+	if (getuid() == 0)
+		return (xstrdup(LOCALSTATEDIR "/lib/maild"));
+	if ((xdg = getenv("XDG_STATE_HOME")) != NULL && xdg[0] == '/')
+		xasprintf(&path, "%s/maild", xdg);
+	else if ((home = getenv("HOME")) != NULL && home[0] == '/')
+		xasprintf(&path, "%s/.local/state/maild", home);
+	else
+		return (NULL);
+	return (path);
+}
+
+/*
+ * The config file to use without -f: for a normal user their own
+ * ${XDG_CONFIG_HOME:-~/.config}/maild/maild.conf if it exists, else the
+ * system one.
+ */
+char *
+config_default_path(void)
+{
+	const char	*home, *xdg;
+	char		*path = NULL;
+
+	if (getuid() != 0) {
+		if ((xdg = getenv("XDG_CONFIG_HOME")) != NULL && xdg[0] == '/')
+			xasprintf(&path, "%s/maild/maild.conf", xdg);
+		else if ((home = getenv("HOME")) != NULL && home[0] == '/')
+			xasprintf(&path, "%s/.config/maild/maild.conf", home);
+		if (path != NULL && access(path, F_OK) == 0)
+			return (path);
+		free(path);
+	}
+	return (xstrdup(SYSCONFDIR "/maild.conf"));
+}
+
+/* Refuse a config holding a password that others can read. */
+static int
+conf_check_secrecy(const char *path, const struct config *conf)
+{
+	struct stat	sb;
+	size_t		i;
+
+	for (i = 0; i < conf->naccounts; i++) {
+		if (conf->accounts[i].secret_source == SECRET_PASSWORD)
+			break;
+	}
+	if (i == conf->naccounts)
+		return (0);
+	if (stat(path, &sb) == -1)
+		return (0);	/* parsed already; nothing sensible to add */
+	if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+		xasprintf(&cp->error, "%s:%d: account \"%s\" has a password, "
+		    "but the file is readable by others (mode %04o); run "
+		    "'chmod 600 %s' or use password-file", path,
+		    conf->accounts[i].line, conf->accounts[i].name,
+		    (unsigned)(sb.st_mode & 07777), path);
+		return (-1);
+	}
+	return (0);
+}
+
+/*
+ * Load and validate a configuration.  Returns NULL and sets *cause to a
+ * "file:line: message" string on any error.
+ */
+struct config *
+config_load(const char *path, char **cause)
+{
+	struct conf_parse	 parse;
+	struct config		*conf;
+	cfg_t			*cfg;
+	size_t			 i, j;
+	long			 v;
+	int			 r;
+
+	memset(&parse, 0, sizeof parse);
+	parse.file = path;
+	cp = &parse;
+	conf = xcalloc(1, sizeof *conf);
+	conf->path = xstrdup(path);
+
+	cfg = cfg_init(global_opts, CFGF_NONE);
+	cfg_set_error_function(cfg, conf_error_cb);
+	for (i = 0; global_opts[i].type != CFGT_NONE; i++) {
+		if (global_opts[i].type != CFGT_SEC)
+			cfg_set_validate_func(cfg, global_opts[i].name,
+			    conf_validate_opt);
+	}
+	for (i = 0; account_opts[i].type != CFGT_NONE; i++) {
+		char	name[64];
+
+		snprintf(name, sizeof name, "account|%s", account_opts[i].name);
+		cfg_set_validate_func(cfg, name, conf_validate_opt);
+	}
+
+	r = cfg_parse(cfg, path);
+	if (r == CFG_FILE_ERROR) {
+		if (parse.error == NULL)
+			xasprintf(&parse.error, "%s: %s", path, strerror(errno));
+		goto fail;
+	}
+	if (r != CFG_SUCCESS) {
+		if (parse.error == NULL)
+			xasprintf(&parse.error, "%s: parse error", path);
+		goto fail;
+	}
+
+	conf->poll_interval = (int)cfg_getint(cfg, "poll-interval");
+	conf->timeout = (int)cfg_getint(cfg, "timeout");
+	conf->session_timeout = (int)cfg_getint(cfg, "session-timeout");
+	v = cfg_getint(cfg, "max-connections");
+	if (conf->poll_interval < 10) {
+		conf_errorx(1, "poll-interval must be at least 10s");
+		goto fail;
+	}
+	if (conf->timeout < 1) {
+		conf_errorx(1, "timeout must be at least 1s");
+		goto fail;
+	}
+	if (conf->session_timeout < conf->timeout) {
+		conf_errorx(1, "session-timeout must not be shorter than "
+		    "timeout");
+		goto fail;
+	}
+	if (v < 1 || v > 1000) {
+		conf_errorx(1, "max-connections must be between 1 and 1000");
+		goto fail;
+	}
+	conf->max_connections = (int)v;
+	if (cfg_size(cfg, "state-dir") > 0) {
+		if (conf_path(cfg, "state-dir", &conf->state_dir) == -1)
+			goto fail;
+	} else if ((conf->state_dir = conf_default_state_dir()) == NULL) {
+		xasprintf(&parse.error, "%s: no state-dir given and $HOME is "
+		    "not set", path);
+		goto fail;
+	}
+
+	conf->naccounts = cfg_size(cfg, "account");
+	if (conf->naccounts == 0) {
+		xasprintf(&parse.error, "%s: no account is configured", path);
+		goto fail;
+	}
+	conf->accounts = xcalloc(conf->naccounts, sizeof *conf->accounts);
+	for (i = 0; i < conf->naccounts; i++) {
+		if (conf_account(cfg_getnsec(cfg, "account", i), conf,
+		    &conf->accounts[i]) == -1)
+			goto fail;
+	}
+	/* Two accounts filling one mailbox from one server would race. */
+	for (i = 0; i < conf->naccounts; i++) {
+		for (j = 0; j < i; j++) {
+			struct account_conf	*a = &conf->accounts[i];
+			struct account_conf	*b = &conf->accounts[j];
+
+			if (strcasecmp(a->host, b->host) == 0 &&
+			    a->port == b->port && strcmp(a->user, b->user) == 0) {
+				conf_errorx(a->line, "account \"%s\" fetches the "
+				    "same mailbox as account \"%s\" (line %d)",
+				    a->name, b->name, b->line);
+				goto fail;
+			}
+		}
+	}
+	if (conf_check_secrecy(path, conf) == -1)
+		goto fail;
+
+	cfg_free(cfg);
+	free(parse.seen);
+	free(parse.seclines);
+	cp = NULL;
+	return (conf);
+
+fail:
+	cfg_free(cfg);
+	free(parse.seen);
+	free(parse.seclines);
+	*cause = parse.error;
+	cp = NULL;
+	config_free(conf);
+	return (NULL);
+}
+
+void
+config_free(struct config *conf)
+{
+	size_t	i;
+
+	if (conf == NULL)
+		return;
+	for (i = 0; i < conf->naccounts; i++) {
+		struct account_conf	*a = &conf->accounts[i];
+
+		free(a->name);
+		free(a->host);
+		free(a->user);
+		if (a->secret_source == SECRET_PASSWORD)
+			freezero_str(a->secret);
+		else
+			free(a->secret);
+		free(a->maildir);
+		free(a->ca_file);
+	}
+	free(conf->accounts);
+	free(conf->state_dir);
+	free(conf->path);
+	free(conf);
+}
+
+/* Is path a writable directory, or could one be created there? */
+static int
+conf_check_dir(const char *what, const char *name, const char *path)
+{
+	char		 buf[PATH_MAX], *slash;
+	struct stat	 sb;
+
+	if (strlen(path) >= sizeof buf)
+		return (-1);
+	snprintf(buf, sizeof buf, "%s", path);
+	for (;;) {
+		if (stat(buf, &sb) == 0) {
+			if (!S_ISDIR(sb.st_mode)) {
+				fprintf(stderr, "maild: %s%s%s: %s: %s is not a "
+				    "directory\n", name ? "account \"" : "",
+				    name ? name : "", name ? "\"" : "", what, buf);
+				return (-1);
+			}
+			if (access(buf, W_OK | X_OK) == -1) {
+				fprintf(stderr, "maild: %s%s%s: %s: %s is not "
+				    "writable: %s\n", name ? "account \"" : "",
+				    name ? name : "", name ? "\"" : "", what, buf,
+				    strerror(errno));
+				return (-1);
+			}
+			return (0);
+		}
+		if ((slash = strrchr(buf, '/')) == NULL || slash == buf)
+			return (0);
+		*slash = '\0';
+	}
+}
+
+/*
+ * The offline part of "maild -n": can the files the config names be used?
+ * Prints each problem to stderr; returns -1 if there was one.
+ */
+int
+config_check_paths(const struct config *conf)
+{
+	struct stat	 sb;
+	char		 sub[PATH_MAX];
+	size_t		 i;
+	int		 bad = 0;
+	const char	*dirs[] = { "cur", "new", "tmp" };
+
+	if (conf_check_dir("state-dir", NULL, conf->state_dir) == -1)
+		bad = 1;
+	for (i = 0; i < conf->naccounts; i++) {
+		const struct account_conf	*a = &conf->accounts[i];
+		size_t				 d;
+
+		if (conf_check_dir("maildir", a->name, a->maildir) == -1)
+			bad = 1;
+		for (d = 0; d < 3; d++) {
+			snprintf(sub, sizeof sub, "%s/%s", a->maildir, dirs[d]);
+			if (stat(sub, &sb) == 0 &&
+			    conf_check_dir("maildir", a->name, sub) == -1)
+				bad = 1;
+		}
+		if (a->ca_file != NULL && access(a->ca_file, R_OK) == -1) {
+			fprintf(stderr, "maild: account \"%s\": ca-file %s: "
+			    "%s\n", a->name, a->ca_file, strerror(errno));
+			bad = 1;
+		}
+		if (a->secret_source == SECRET_FILE) {
+			if (stat(a->secret, &sb) == -1 ||
+			    access(a->secret, R_OK) == -1) {
+				fprintf(stderr, "maild: account \"%s\": "
+				    "password-file %s: %s\n", a->name,
+				    a->secret, strerror(errno));
+				bad = 1;
+			} else if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+				fprintf(stderr, "maild: account \"%s\": "
+				    "password-file %s is readable by others "
+				    "(mode %04o); run 'chmod 600 %s'\n",
+				    a->name, a->secret,
+				    (unsigned)(sb.st_mode & 07777), a->secret);
+				bad = 1;
+			}
+		}
+	}
+	return (bad ? -1 : 0);
+}

@@ -1,0 +1,298 @@
+/*
+ * Copyright (c) 2026 The maild authors
+ *
+ * Permission to use, copy, modify, and distribute this software for any
+ * purpose with or without fee is hereby granted, provided that the above
+ * copyright notice and this permission notice appear in all copies.
+ *
+ * THE SOFTWARE IS PROVIDED "AS IS" AND THE AUTHOR DISCLAIMS ALL WARRANTIES
+ * WITH REGARD TO THIS SOFTWARE INCLUDING ALL IMPLIED WARRANTIES OF
+ * MERCHANTABILITY AND FITNESS. IN NO EVENT SHALL THE AUTHOR BE LIABLE FOR
+ * ANY SPECIAL, DIRECT, INDIRECT, OR CONSEQUENTIAL DAMAGES OR ANY DAMAGES
+ * WHATSOEVER RESULTING FROM LOSS OF USE, DATA OR PROFITS, WHETHER IN AN
+ * ACTION OF CONTRACT, NEGLIGENCE OR OTHER TORTIOUS ACTION, ARISING OUT OF
+ * OR IN CONNECTION WITH THE USE OR PERFORMANCE OF THIS SOFTWARE.
+ */
+
+/*
+ * maild.h: the types shared between maild's modules and their exported
+ * functions, grouped by the file that owns them.
+ */
+
+#ifndef MAILD_H
+#define MAILD_H
+
+#include <sys/types.h>
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+struct event_base;
+struct evdns_base;
+struct session;
+
+#ifndef __dead
+#define __dead __attribute__((__noreturn__))
+#endif
+#define PRINTFLIKE(a, b) __attribute__((__format__(__printf__, a, b)))
+
+/* sysexits(3) codes, so shells and systemd see why a run failed. */
+#define EXIT_USAGE	64	/* EX_USAGE */
+#define EXIT_DATAERR	65	/* EX_DATAERR: corrupt state file */
+#define EXIT_UNAVAIL	69	/* EX_UNAVAILABLE: host unreachable, DNS */
+#define EXIT_SOFTWARE	70	/* EX_SOFTWARE: internal error */
+#define EXIT_OSERR	71	/* EX_OSERR */
+#define EXIT_IOERR	74	/* EX_IOERR: local disk or Maildir trouble */
+#define EXIT_TEMPFAIL	75	/* EX_TEMPFAIL: timeout, dropped connection */
+#define EXIT_PROTOCOL	76	/* EX_PROTOCOL: the server broke POP3 */
+#define EXIT_NOPERM	77	/* EX_NOPERM: login or certificate refused */
+#define EXIT_CONFIG	78	/* EX_CONFIG */
+
+/* RFC 1939: a status line is at most 512 octets including CRLF. */
+#define POP3_STATUS_MAX		512
+/* Multi-line listings (CAPA, UIDL, LIST) use the same bound per line. */
+#define POP3_LISTLINE_MAX	512
+/* Most messages a listing may announce; more is treated as hostile. */
+#define POP3_MAX_MESSAGES	2000000
+/* RFC 1939 unique-id: 1 to 70 characters in 0x21..0x7e. */
+#define UIDL_RFC_MAX		70
+
+/* config.c */
+enum secret_source {
+	SECRET_NONE,
+	SECRET_PASSWORD,	/* inline in the config */
+	SECRET_FILE,		/* first line of a file */
+	SECRET_COMMAND		/* first line of a command's output */
+};
+
+struct account_conf {
+	char		*name;
+	char		*host;
+	int		 port;
+	char		*user;
+	enum secret_source secret_source;
+	char		*secret;	/* password, path or command */
+	char		*maildir;	/* absolute, expanded */
+	char		*ca_file;	/* NULL: system trust store */
+	int		 keep;		/* leave messages on the server */
+	int		 poll_interval;	/* seconds */
+	int		 line;		/* where the section starts */
+};
+
+struct config {
+	char		*path;
+	int		 poll_interval;		/* seconds */
+	int		 timeout;		/* seconds without progress */
+	int		 session_timeout;	/* seconds per session */
+	int		 max_connections;
+	char		*state_dir;
+	struct account_conf *accounts;
+	size_t		 naccounts;
+};
+
+struct config	*config_load(const char *, char **);
+void		 config_free(struct config *);
+int		 config_check_paths(const struct config *);
+char		*config_default_path(void);
+int		 config_parse_duration(const char *, long *);
+char		*config_expand_path(const char *, char **);
+
+/* log.c */
+void		 log_init(int, int);
+void		 log_setverbose(int);
+int		 log_getverbose(void);
+void		 log_warn(const char *, ...) PRINTFLIKE(1, 2);
+void		 log_warnx(const char *, ...) PRINTFLIKE(1, 2);
+void		 log_info(const char *, ...) PRINTFLIKE(1, 2);
+void		 log_debug(const char *, ...) PRINTFLIKE(1, 2);
+void		 log_trace(const char *, ...) PRINTFLIKE(1, 2);
+__dead void	 fatal(const char *, ...) PRINTFLIKE(1, 2);
+__dead void	 fatalx(const char *, ...) PRINTFLIKE(1, 2);
+/* Escape untrusted bytes for a log line; see log.c. */
+#define LOG_ESCAPE_MAX	256
+const char	*log_escape(char *, size_t, const void *, size_t);
+
+/* xmalloc.c */
+void		*xmalloc(size_t);
+void		*xcalloc(size_t, size_t);
+void		*xreallocarray(void *, size_t, size_t);
+char		*xstrdup(const char *);
+char		*xstrndup(const char *, size_t);
+int		 xasprintf(char **, const char *, ...) PRINTFLIKE(2, 3);
+void		 freezero_str(char *);
+
+/* util.c */
+double		 now_mono(void);
+int		 mkdir_p(const char *, mode_t);
+int		 fsync_dir(const char *);
+int		 write_full(int, const void *, size_t);
+uint64_t	 siphash24(const uint8_t[16], const void *, size_t);
+void		 random_bytes(void *, size_t);
+void		 wipe(void *, size_t);
+
+/* parse.c: pure parsers for what the server sends; fuzzed. */
+enum pop3_status {
+	POP3_OK,
+	POP3_ERR,
+	POP3_BAD		/* neither +OK nor -ERR */
+};
+/* RFC 2449 / RFC 3206 extended response codes we act upon. */
+#define RESP_LOGIN_DELAY	0x01
+#define RESP_IN_USE		0x02
+#define RESP_SYS_TEMP		0x04
+#define RESP_SYS_PERM		0x08
+#define RESP_AUTH		0x10
+enum pop3_status parse_status(const char *, size_t, const char **, size_t *);
+int		 parse_resp_code(const char *, size_t);
+int		 parse_uidl_line(const char *, size_t, uint32_t *, const char **,
+		     size_t *);
+int		 parse_list_line(const char *, size_t, uint32_t *, uint64_t *);
+
+#define CAPA_PIPELINING		0x0001
+#define CAPA_UIDL		0x0002
+#define CAPA_TOP		0x0004
+#define CAPA_USER		0x0008
+#define CAPA_STLS		0x0010
+#define CAPA_SASL		0x0020
+#define CAPA_RESP_CODES		0x0040
+#define CAPA_AUTH_RESP_CODE	0x0080
+#define CAPA_LOGIN_DELAY	0x0100
+struct pop3_capa {
+	unsigned	 flags;
+	long		 login_delay;	/* seconds, if CAPA_LOGIN_DELAY */
+	char		 sasl[POP3_LISTLINE_MAX];	/* mechanisms, spaces */
+};
+void		 parse_capa_line(struct pop3_capa *, const char *, size_t);
+
+/*
+ * Undo POP3 framing of a multi-line body as it streams by: remove the
+ * dot-stuffing, turn CRLF into LF and find the terminating ".".  Keeps
+ * its state between calls, so input may be split anywhere.
+ */
+struct body_decoder {
+	int		 state;
+	int		 done;
+};
+void		 body_decoder_init(struct body_decoder *);
+size_t		 body_decode(struct body_decoder *, const char *, size_t, char *,
+		     size_t *);
+
+/* state.c */
+#define STATE_VERSION	1
+enum state_kind {
+	STATE_DELIVERED,	/* in the Maildir */
+	STATE_PENDING		/* file in tmp/, being moved to new/ */
+};
+struct state_entry {
+	char		*uidl;		/* raw bytes, NUL-terminated */
+	size_t		 uidl_len;
+	uint32_t	 ordinal;	/* nth message with this UIDL */
+	int64_t		 first;		/* when first delivered (unix time) */
+	enum state_kind	 kind;
+	char		*file;		/* STATE_PENDING: name in new/ */
+	int		 listed;	/* seen in this session's listing */
+	uint64_t	 hash;
+};
+struct state {
+	char		*path;
+	char		*lock_path;
+	int		 lock_fd;
+	char		*mailbox;	/* "user@host" the UIDLs belong to */
+	char		*maildir;	/* Maildir pending entries refer to */
+	struct state_entry **entries;
+	size_t		 nentries;
+	size_t		 capentries;
+	uint32_t	*index;		/* open addressing, 1-based slots */
+	size_t		 indexsize;
+	uint8_t		 key[16];
+	int		 dirty;
+};
+struct state	*state_open(const char *, const char *, const char *,
+		     const char *, int *, char **);
+int		 state_lock(const char *, int *, char **);
+void		 state_close(struct state *);
+struct state_entry *state_find(struct state *, const char *, size_t, uint32_t);
+struct state_entry *state_add(struct state *, const char *, size_t, uint32_t,
+		     int64_t, const char *);
+void		 state_forget_unlisted(struct state *);
+int		 state_save(struct state *, char **);
+int		 state_load_file(struct state *, const char *, char **);
+char		*state_escape(const char *, size_t);
+int		 state_unescape(const char *, size_t, char **, size_t *);
+
+/* maildir.c */
+struct maildir {
+	char		*path;
+	int		 tmpfd;		/* directory fds, for fsync */
+	int		 newfd;
+	uint32_t	 tag;		/* marks this account's tmp/ files */
+};
+struct maildir_file {
+	int		 fd;
+	char		 name[256];	/* unique part, the name in tmp/ */
+	char		 final[288];	/* the name in new/: name,S=size */
+	uint64_t	 size;
+};
+int		 maildir_open(struct maildir *, const char *, uint32_t, char **);
+void		 maildir_close(struct maildir *);
+int		 maildir_create(struct maildir *, struct maildir_file *, char **);
+int		 maildir_write(struct maildir_file *, const void *, size_t);
+int		 maildir_finish(struct maildir_file *, char **);
+void		 maildir_abort(struct maildir *, struct maildir_file *);
+int		 maildir_sync_tmp(struct maildir *, char **);
+int		 maildir_move(struct maildir *, const char *, char **);
+int		 maildir_sync_new(struct maildir *, char **);
+int		 maildir_cleanup_tmp(struct maildir *, struct state *);
+int		 maildir_make_name(char *, size_t, uint32_t);
+int		 maildir_name_tag(const char *, uint32_t *);
+
+/* tls.c */
+struct ssl_ctx_st;
+struct ssl_st;
+struct ssl_ctx_st *tls_ctx_new(const struct account_conf *, char **);
+void		 tls_shutdown(void);
+struct ssl_st	*tls_ssl_new(struct ssl_ctx_st *, const char *);
+char		*tls_explain_failure(struct ssl_st *, const char *,
+		     unsigned long, int *);
+void		 tls_describe(struct ssl_st *, char *, size_t);
+
+/* secret.c */
+typedef void (*secret_cb)(char *, size_t, const char *, void *);
+struct secret_job;
+struct secret_job *secret_get(struct event_base *, const struct account_conf *,
+		     int, secret_cb, void *);
+void		 secret_cancel(struct secret_job *);
+
+/* pop3.c */
+struct session_result {
+	int		 exitcode;	/* 0 or an EXIT_* code */
+	char		*error;		/* what went wrong, for the log */
+	unsigned	 fetched;
+	uint64_t	 bytes;
+	unsigned	 deleted;
+	unsigned	 resp_codes;	/* RESP_* seen on the failure */
+	int		 nopipelining;	/* server choked on pipelining */
+};
+typedef void (*session_done_cb)(struct session_result *, void *);
+struct session_env {
+	struct event_base	*base;
+	struct evdns_base	*dns;
+	const struct config	*conf;
+};
+struct session	*session_start(const struct session_env *,
+		     const struct account_conf *, struct ssl_ctx_st *, int,
+		     session_done_cb, void *);
+void		 session_stop(struct session *);
+
+/* account.c */
+struct account;
+int		 accounts_init(const struct session_env *, int, char **);
+void		 accounts_start(void);
+void		 accounts_poll_now(void);
+void		 accounts_stop(void);
+int		 accounts_exitcode(void);
+void		 accounts_free(void);
+
+#endif /* MAILD_H */

@@ -1,0 +1,324 @@
+/*
+ * Copyright (c) 2026 The maild authors
+ *
+ * Permission to use, copy, modify, and distribute this software for any
+ * purpose with or without fee is hereby granted, provided that the above
+ * copyright notice and this permission notice appear in all copies.
+ *
+ * THE SOFTWARE IS PROVIDED "AS IS" AND THE AUTHOR DISCLAIMS ALL WARRANTIES
+ * WITH REGARD TO THIS SOFTWARE INCLUDING ALL IMPLIED WARRANTIES OF
+ * MERCHANTABILITY AND FITNESS. IN NO EVENT SHALL THE AUTHOR BE LIABLE FOR
+ * ANY SPECIAL, DIRECT, INDIRECT, OR CONSEQUENTIAL DAMAGES OR ANY DAMAGES
+ * WHATSOEVER RESULTING FROM LOSS OF USE, DATA OR PROFITS, WHETHER IN AN
+ * ACTION OF CONTRACT, NEGLIGENCE OR OTHER TORTIOUS ACTION, ARISING OUT OF
+ * OR IN CONNECTION WITH THE USE OR PERFORMANCE OF THIS SOFTWARE.
+ */
+
+/*
+ * maildir.c: delivery into a Maildir.  A message is written to tmp/ under a
+ * unique name, made durable, and only then renamed into new/, where mail
+ * readers see it; a reader never sees a partial message.  The order of the
+ * fsyncs across a batch of messages is driven by pop3.c (see the commit
+ * protocol there); this file provides the steps.
+ *
+ * Names follow the Maildir conventions: "<sec>.M<usec>P<pid>Q<seq>A<tag>.
+ * <host>" in tmp/, with ",S=<size>" appended in new/.  <tag> identifies
+ * the account, so that after a crash maild can remove its own partial
+ * files from tmp/ without touching those of other programs.
+ */
+
+#include "config.h"
+
+#include <sys/stat.h>
+#include <sys/time.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "maild.h"
+
+static char	maildir_host[128];
+static uint32_t	maildir_seq;
+
+/* The host name with '/', ':' and ',' escaped, as Maildir names need. */
+static const char *
+maildir_hostname(void)
+{
+	char	host[256];
+	size_t	i, o = 0;
+
+	if (maildir_host[0] != '\0')
+		return (maildir_host);
+	if (gethostname(host, sizeof host) == -1 || host[0] == '\0')
+		snprintf(host, sizeof host, "localhost");
+	host[sizeof host - 1] = '\0';
+	for (i = 0; host[i] != '\0' && o + 5 < sizeof maildir_host; i++) {
+		unsigned char	c = host[i];
+
+		if (c == '/' || c == ':' || c == ',' || c == '\\' ||
+		    c < 0x21 || c > 0x7e) {
+			snprintf(maildir_host + o, 5, "\\%03o", c);
+			o += 4;
+		} else
+			maildir_host[o++] = c;
+	}
+	maildir_host[o] = '\0';
+	return (maildir_host);
+}
+
+/* Make a new unique base name for a file in tmp/. */
+int
+maildir_make_name(char *buf, size_t size, uint32_t tag)
+{
+	struct timeval	tv;
+	int		n;
+
+	gettimeofday(&tv, NULL);
+	n = snprintf(buf, size, "%lld.M%06ldP%ldQ%uA%08x.%s",
+	    (long long)tv.tv_sec, (long)tv.tv_usec, (long)getpid(),
+	    ++maildir_seq, tag, maildir_hostname());
+	return (n < 0 || (size_t)n >= size ? -1 : 0);
+}
+
+/* Find the account tag in a name maild made; -1 if it is not ours. */
+int
+maildir_name_tag(const char *name, uint32_t *tag)
+{
+	const char	*dot1, *dot2, *a;
+	uint32_t	 v = 0;
+	int		 i;
+
+	if ((dot1 = strchr(name, '.')) == NULL ||
+	    (dot2 = strchr(dot1 + 1, '.')) == NULL)
+		return (-1);
+	if (dot1[1] != 'M' || dot2 - dot1 < 10)
+		return (-1);
+	a = dot2 - 9;
+	if (*a != 'A')
+		return (-1);
+	for (i = 1; i <= 8; i++) {
+		int	c = a[i], d;
+
+		if (c >= '0' && c <= '9')
+			d = c - '0';
+		else if (c >= 'a' && c <= 'f')
+			d = c - 'a' + 10;
+		else
+			return (-1);
+		v = v << 4 | (uint32_t)d;
+	}
+	*tag = v;
+	return (0);
+}
+
+/*
+ * Open a Maildir, creating it and its cur/, new/ and tmp/ (mode 0700) if
+ * they are missing.
+ */
+int
+maildir_open(struct maildir *md, const char *path, uint32_t tag, char **cause)
+{
+	char		 sub[PATH_MAX];
+	const char	*dirs[] = { "cur", "new", "tmp" };
+	size_t		 i;
+
+	memset(md, 0, sizeof *md);
+	md->tmpfd = md->newfd = -1;
+	md->tag = tag;
+	if (mkdir_p(path, 0700) == -1) {
+		xasprintf(cause, "maildir %s: %s", path, strerror(errno));
+		return (-1);
+	}
+	for (i = 0; i < 3; i++) {
+		snprintf(sub, sizeof sub, "%s/%s", path, dirs[i]);
+		if (mkdir(sub, 0700) == -1 && errno != EEXIST) {
+			xasprintf(cause, "maildir %s: %s", sub,
+			    strerror(errno));
+			return (-1);
+		}
+	}
+	snprintf(sub, sizeof sub, "%s/tmp", path);
+	md->tmpfd = open(sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	snprintf(sub, sizeof sub, "%s/new", path);
+	md->newfd = open(sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (md->tmpfd == -1 || md->newfd == -1) {
+		xasprintf(cause, "maildir %s: %s", sub, strerror(errno));
+		maildir_close(md);
+		return (-1);
+	}
+	md->path = xstrdup(path);
+	return (0);
+}
+
+void
+maildir_close(struct maildir *md)
+{
+	if (md->tmpfd != -1)
+		close(md->tmpfd);
+	if (md->newfd != -1)
+		close(md->newfd);
+	md->tmpfd = md->newfd = -1;
+	free(md->path);
+	md->path = NULL;
+}
+
+/* Create a new, empty file in tmp/. */
+int
+maildir_create(struct maildir *md, struct maildir_file *f, char **cause)
+{
+	int	tries;
+
+	memset(f, 0, sizeof *f);
+	for (tries = 0; tries < 100; tries++) {
+		if (maildir_make_name(f->name, sizeof f->name, md->tag) == -1) {
+			xasprintf(cause, "maildir %s: host name too long",
+			    md->path);
+			return (-1);
+		}
+		f->fd = openat(md->tmpfd, f->name, O_WRONLY | O_CREAT | O_EXCL |
+		    O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (f->fd != -1)
+			return (0);
+		if (errno != EEXIST)
+			break;
+	}
+	xasprintf(cause, "cannot create %s/tmp/%s: %s", md->path, f->name,
+	    strerror(errno));
+	f->fd = -1;
+	return (-1);
+}
+
+/* Append to a file in tmp/. */
+int
+maildir_write(struct maildir_file *f, const void *buf, size_t len)
+{
+	if (write_full(f->fd, buf, len) == -1)
+		return (-1);
+	f->size += len;
+	return (0);
+}
+
+/*
+ * The message is complete: make its data durable and close it.  It stays
+ * in tmp/ until maildir_move().
+ */
+int
+maildir_finish(struct maildir_file *f, char **cause)
+{
+	int	n;
+
+	n = snprintf(f->final, sizeof f->final, "%s,S=%llu", f->name,
+	    (unsigned long long)f->size);
+	if (n < 0 || (size_t)n >= sizeof f->final) {
+		xasprintf(cause, "file name too long");
+		return (-1);
+	}
+	if (fdatasync(f->fd) == -1) {
+		xasprintf(cause, "fsync tmp/%s: %s", f->name, strerror(errno));
+		return (-1);
+	}
+	if (close(f->fd) == -1) {
+		f->fd = -1;
+		xasprintf(cause, "close tmp/%s: %s", f->name, strerror(errno));
+		return (-1);
+	}
+	f->fd = -1;
+	return (0);
+}
+
+/* Throw away a file in tmp/ that will not be delivered. */
+void
+maildir_abort(struct maildir *md, struct maildir_file *f)
+{
+	if (f->fd != -1)
+		close(f->fd);
+	f->fd = -1;
+	if (f->name[0] != '\0' && unlinkat(md->tmpfd, f->name, 0) == -1 &&
+	    errno != ENOENT)
+		log_warn("maildir %s: cannot remove tmp/%s", md->path, f->name);
+	f->name[0] = '\0';
+}
+
+static int
+maildir_fsync_fd(struct maildir *md, int fd, const char *which, char **cause)
+{
+	if (fsync(fd) == -1 && errno != EINVAL) {
+		xasprintf(cause, "maildir %s: fsync %s/: %s", md->path, which,
+		    strerror(errno));
+		return (-1);
+	}
+	return (0);
+}
+
+/* Make the names of the files in tmp/ durable. */
+int
+maildir_sync_tmp(struct maildir *md, char **cause)
+{
+	return (maildir_fsync_fd(md, md->tmpfd, "tmp", cause));
+}
+
+/* Deliver: move tmp/<name> to new/<final>. */
+int
+maildir_move(struct maildir *md, const char *final, char **cause)
+{
+	char	name[256], *comma;
+
+	snprintf(name, sizeof name, "%s", final);
+	if ((comma = strchr(name, ',')) != NULL)
+		*comma = '\0';
+	if (renameat(md->tmpfd, name, md->newfd, final) == -1) {
+		xasprintf(cause, "maildir %s: rename tmp/%s to new/: %s",
+		    md->path, name, strerror(errno));
+		return (-1);
+	}
+	return (0);
+}
+
+/* Make the moves into new/ durable. */
+int
+maildir_sync_new(struct maildir *md, char **cause)
+{
+	return (maildir_fsync_fd(md, md->newfd, "new", cause));
+}
+
+/*
+ * Remove this account's leftovers from tmp/: partial messages of a maild
+ * that was killed.  Only called with the account's lock held and after
+ * state_open() finished any pending deliveries, so none of them is in use.
+ */
+int
+maildir_cleanup_tmp(struct maildir *md, struct state *st)
+{
+	DIR		*dir;
+	struct dirent	*de;
+	uint32_t	 tag;
+	int		 fd, n = 0;
+
+	(void)st;
+	if ((fd = openat(md->tmpfd, ".", O_RDONLY | O_DIRECTORY |
+	    O_CLOEXEC)) == -1)
+		return (-1);
+	if ((dir = fdopendir(fd)) == NULL) {
+		close(fd);
+		return (-1);
+	}
+	while ((de = readdir(dir)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		if (maildir_name_tag(de->d_name, &tag) == -1 || tag != md->tag)
+			continue;
+		if (unlinkat(md->tmpfd, de->d_name, 0) == 0)
+			n++;
+	}
+	closedir(dir);
+	if (n > 0)
+		log_info("maildir %s: removed %d partial file%s left in tmp/ "
+		    "by an interrupted fetch", md->path, n, n == 1 ? "" : "s");
+	return (n);
+}

@@ -1,0 +1,328 @@
+/*
+ * Copyright (c) 2026 The maild authors
+ *
+ * Permission to use, copy, modify, and distribute this software for any
+ * purpose with or without fee is hereby granted, provided that the above
+ * copyright notice and this permission notice appear in all copies.
+ *
+ * THE SOFTWARE IS PROVIDED "AS IS" AND THE AUTHOR DISCLAIMS ALL WARRANTIES
+ * WITH REGARD TO THIS SOFTWARE INCLUDING ALL IMPLIED WARRANTIES OF
+ * MERCHANTABILITY AND FITNESS. IN NO EVENT SHALL THE AUTHOR BE LIABLE FOR
+ * ANY SPECIAL, DIRECT, INDIRECT, OR CONSEQUENTIAL DAMAGES OR ANY DAMAGES
+ * WHATSOEVER RESULTING FROM LOSS OF USE, DATA OR PROFITS, WHETHER IN AN
+ * ACTION OF CONTRACT, NEGLIGENCE OR OTHER TORTIOUS ACTION, ARISING OUT OF
+ * OR IN CONNECTION WITH THE USE OR PERFORMANCE OF THIS SOFTWARE.
+ */
+
+/*
+ * parse.c: pure parsers for everything a POP3 server sends.  Nothing here
+ * allocates, logs or trusts its input: each function takes a pointer and a
+ * length, range-checks every number and reports failure instead of
+ * guessing.  The fuzzers in tests/fuzz drive these functions directly.
+ */
+
+#include "config.h"
+
+#include <ctype.h>
+#include <string.h>
+#include <strings.h>
+
+#include "maild.h"
+
+/* Parse a decimal number of at most max; no sign, no overflow. */
+static int
+parse_number(const char **pp, const char *end, uint64_t max, uint64_t *out)
+{
+	const char	*p = *pp;
+	uint64_t	 v = 0;
+
+	if (p == end || *p < '0' || *p > '9')
+		return (-1);
+	for (; p < end && *p >= '0' && *p <= '9'; p++) {
+		if (v > (max - (uint64_t)(*p - '0')) / 10)
+			return (-1);
+		v = v * 10 + (uint64_t)(*p - '0');
+	}
+	*pp = p;
+	*out = v;
+	return (0);
+}
+
+static const char *
+skip_spaces(const char *p, const char *end)
+{
+	while (p < end && (*p == ' ' || *p == '\t'))
+		p++;
+	return (p);
+}
+
+/*
+ * Classify a status line (CRLF already removed).  On +OK and -ERR, *text
+ * points at what follows the status word.
+ */
+enum pop3_status
+parse_status(const char *line, size_t len, const char **text, size_t *textlen)
+{
+	enum pop3_status	st;
+	size_t			skip;
+
+	if (len >= 3 && strncasecmp(line, "+OK", 3) == 0) {
+		st = POP3_OK;
+		skip = 3;
+	} else if (len >= 4 && strncasecmp(line, "-ERR", 4) == 0) {
+		st = POP3_ERR;
+		skip = 4;
+	} else
+		return (POP3_BAD);
+	if (skip < len && line[skip] == ' ')
+		skip++;
+	*text = line + skip;
+	*textlen = len - skip;
+	return (st);
+}
+
+/* Find the RFC 2449 response code at the start of a status text. */
+int
+parse_resp_code(const char *text, size_t len)
+{
+	static const struct {
+		const char	*name;
+		int		 flag;
+	} codes[] = {
+		{ "LOGIN-DELAY", RESP_LOGIN_DELAY },
+		{ "IN-USE", RESP_IN_USE },
+		{ "SYS/TEMP", RESP_SYS_TEMP },
+		{ "SYS/PERM", RESP_SYS_PERM },
+		{ "AUTH", RESP_AUTH },
+	};
+	const char	*end;
+	size_t		 i, n;
+
+	if (len < 2 || text[0] != '[')
+		return (0);
+	if ((end = memchr(text, ']', len)) == NULL)
+		return (0);
+	n = end - text - 1;
+	for (i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+		if (strlen(codes[i].name) == n &&
+		    strncasecmp(text + 1, codes[i].name, n) == 0)
+			return (codes[i].flag);
+	}
+	return (0);
+}
+
+/*
+ * Parse one line of a UIDL listing: "msg-number SP unique-id".  The id is
+ * everything after the separating white space, less trailing white space;
+ * it is returned as is (possibly outside RFC 1939's alphabet), and the
+ * caller decides what to do with it.  An empty id is an error.
+ */
+int
+parse_uidl_line(const char *line, size_t len, uint32_t *num, const char **uidl,
+    size_t *uidllen)
+{
+	const char	*p = line, *end = line + len, *start;
+	uint64_t	 n;
+
+	if (parse_number(&p, end, POP3_MAX_MESSAGES, &n) == -1 || n == 0)
+		return (-1);
+	if (p == end || (*p != ' ' && *p != '\t'))
+		return (-1);
+	p = skip_spaces(p, end);
+	start = p;
+	while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+		end--;
+	if (end == start)
+		return (-1);
+	*num = (uint32_t)n;
+	*uidl = start;
+	*uidllen = end - start;
+	return (0);
+}
+
+/* Largest message size believed from LIST: 1 TiB. */
+#define LIST_SIZE_MAX	(1ULL << 40)
+
+/* Parse one line of a LIST listing: "msg-number SP size [...]". */
+int
+parse_list_line(const char *line, size_t len, uint32_t *num, uint64_t *size)
+{
+	const char	*p = line, *end = line + len;
+	uint64_t	 n, sz;
+
+	if (parse_number(&p, end, POP3_MAX_MESSAGES, &n) == -1 || n == 0)
+		return (-1);
+	if (p == end || (*p != ' ' && *p != '\t'))
+		return (-1);
+	p = skip_spaces(p, end);
+	if (parse_number(&p, end, LIST_SIZE_MAX, &sz) == -1)
+		return (-1);
+	if (p != end && *p != ' ' && *p != '\t')
+		return (-1);
+	*num = (uint32_t)n;
+	*size = sz;
+	return (0);
+}
+
+/* Note what one line of a CAPA response announces. */
+void
+parse_capa_line(struct pop3_capa *capa, const char *line, size_t len)
+{
+	static const struct {
+		const char	*name;
+		unsigned	 flag;
+	} names[] = {
+		{ "PIPELINING", CAPA_PIPELINING },
+		{ "UIDL", CAPA_UIDL },
+		{ "TOP", CAPA_TOP },
+		{ "USER", CAPA_USER },
+		{ "STLS", CAPA_STLS },
+		{ "SASL", CAPA_SASL },
+		{ "RESP-CODES", CAPA_RESP_CODES },
+		{ "AUTH-RESP-CODE", CAPA_AUTH_RESP_CODE },
+		{ "LOGIN-DELAY", CAPA_LOGIN_DELAY },
+	};
+	const char	*end = line + len, *p, *word = line;
+	size_t		 i, n;
+	uint64_t	 v;
+
+	word = skip_spaces(line, end);
+	for (p = word; p < end && *p != ' ' && *p != '\t'; p++)
+		;
+	n = p - word;
+	for (i = 0; i < sizeof names / sizeof names[0]; i++) {
+		if (strlen(names[i].name) == n &&
+		    strncasecmp(word, names[i].name, n) == 0)
+			break;
+	}
+	if (i == sizeof names / sizeof names[0])
+		return;			/* unknown capabilities are fine */
+	capa->flags |= names[i].flag;
+	p = skip_spaces(p, end);
+	switch (names[i].flag) {
+	case CAPA_SASL:
+		n = end - p;
+		if (n >= sizeof capa->sasl)
+			n = sizeof capa->sasl - 1;
+		memcpy(capa->sasl, p, n);
+		capa->sasl[n] = '\0';
+		for (i = 0; i < n; i++) {
+			unsigned char	c = capa->sasl[i];
+
+			if (c == '\t')
+				capa->sasl[i] = ' ';
+			else if (c < 0x20 || c > 0x7e)
+				capa->sasl[i] = '?';
+		}
+		break;
+	case CAPA_LOGIN_DELAY:
+		/* "LOGIN-DELAY 900" or, after USER, "LOGIN-DELAY 900 USER". */
+		if (parse_number(&p, end, 86400 * 30, &v) == 0)
+			capa->login_delay = (long)v;
+		else
+			capa->flags &= ~CAPA_LOGIN_DELAY;
+		break;
+	}
+}
+
+/*
+ * The multi-line body decoder.  States, in terms of where we are on the
+ * current line of POP3 data:
+ */
+enum {
+	BD_BOL,		/* at the start of a line */
+	BD_DOT,		/* the line started with '.', which we dropped */
+	BD_DOTCR,	/* the line is ".\r" so far */
+	BD_MID,		/* inside a line */
+	BD_CR		/* inside a line, holding back a '\r' */
+};
+
+void
+body_decoder_init(struct body_decoder *d)
+{
+	d->state = BD_BOL;
+	d->done = 0;
+}
+
+/*
+ * Decode up to len bytes of dot-stuffed CRLF data into out, which must
+ * have room for len + 1 bytes (a '\r' held back from the previous call may
+ * come out now).  Returns how many input bytes were consumed: all of them,
+ * or fewer when the terminating ".\r\n" was reached (then d->done is set
+ * and the rest belongs to the next response).  A bare LF ends a line too,
+ * so ".\n" also terminates.
+ */
+size_t
+body_decode(struct body_decoder *d, const char *in, size_t len, char *out,
+    size_t *outlen)
+{
+	const char	*p = in, *end = in + len, *nl;
+	char		*o = out;
+	size_t		 n;
+
+	while (p < end && !d->done) {
+		switch (d->state) {
+		case BD_BOL:
+			if (*p == '.') {
+				p++;
+				d->state = BD_DOT;
+			} else
+				d->state = BD_MID;
+			break;
+		case BD_DOT:
+			if (*p == '\r') {
+				p++;
+				d->state = BD_DOTCR;
+			} else if (*p == '\n') {
+				p++;
+				d->done = 1;
+			} else
+				d->state = BD_MID;
+			break;
+		case BD_DOTCR:
+			if (*p == '\n') {
+				p++;
+				d->done = 1;
+			} else {
+				/* The line is ".\r<more>": keep the '\r'. */
+				*o++ = '\r';
+				d->state = BD_MID;
+			}
+			break;
+		case BD_CR:
+			if (*p == '\n') {
+				p++;
+				*o++ = '\n';
+				d->state = BD_BOL;
+			} else {
+				*o++ = '\r';
+				d->state = BD_MID;
+			}
+			break;
+		case BD_MID:
+			nl = memchr(p, '\n', end - p);
+			if (nl == NULL) {
+				n = end - p;
+				if (end[-1] == '\r') {
+					n--;
+					d->state = BD_CR;
+				}
+				memcpy(o, p, n);
+				o += n;
+				p = end;
+				break;
+			}
+			n = nl - p;
+			if (n > 0 && nl[-1] == '\r')
+				n--;
+			memcpy(o, p, n);
+			o += n;
+			*o++ = '\n';
+			p = nl + 1;
+			d->state = BD_BOL;
+			break;
+		}
+	}
+	*outlen = o - out;
+	return (p - in);
+}

@@ -1,0 +1,365 @@
+/*
+ * Copyright (c) 2026 The maild authors
+ *
+ * Permission to use, copy, modify, and distribute this software for any
+ * purpose with or without fee is hereby granted, provided that the above
+ * copyright notice and this permission notice appear in all copies.
+ *
+ * THE SOFTWARE IS PROVIDED "AS IS" AND THE AUTHOR DISCLAIMS ALL WARRANTIES
+ * WITH REGARD TO THIS SOFTWARE INCLUDING ALL IMPLIED WARRANTIES OF
+ * MERCHANTABILITY AND FITNESS. IN NO EVENT SHALL THE AUTHOR BE LIABLE FOR
+ * ANY SPECIAL, DIRECT, INDIRECT, OR CONSEQUENTIAL DAMAGES OR ANY DAMAGES
+ * WHATSOEVER RESULTING FROM LOSS OF USE, DATA OR PROFITS, WHETHER IN AN
+ * ACTION OF CONTRACT, NEGLIGENCE OR OTHER TORTIOUS ACTION, ARISING OUT OF
+ * OR IN CONNECTION WITH THE USE OR PERFORMANCE OF THIS SOFTWARE.
+ */
+
+/*
+ * secret.c: get an account's password (or OAuth token) when a session
+ * needs it: from the config, from the first line of a file, or from the
+ * first line a command prints.  The command runs without blocking the
+ * event loop, with bounded time and output, and its exit status is
+ * checked.  Buffers that held a secret are wiped.
+ */
+
+#include "config.h"
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "maild.h"
+
+#define SECRET_MAX	16384	/* OAuth2 access tokens run to a few KiB */
+
+struct secret_job {
+	struct event_base		*base;
+	const struct account_conf	*ac;
+	struct event			*ev;		/* pipe or deferred start */
+	struct event			*timer;
+	pid_t				 pid;
+	int				 fd;
+	int				 eof;
+	char				 buf[SECRET_MAX + 2];
+	size_t				 len;
+	double				 deadline;
+	secret_cb			 cb;
+	void				*arg;
+};
+
+static void	secret_start_cb(evutil_socket_t, short, void *);
+static void	secret_read_cb(evutil_socket_t, short, void *);
+static void	secret_wait_cb(evutil_socket_t, short, void *);
+static void	secret_finish(struct secret_job *, const char *);
+static int	secret_run(struct secret_job *, char **);
+static int	secret_read_file(struct secret_job *, char **);
+
+/*
+ * Start getting an account's secret; cb runs once, from the event loop,
+ * with the secret or an error.  timeout bounds a password-command.
+ */
+struct secret_job *
+secret_get(struct event_base *base, const struct account_conf *ac, int timeout,
+    secret_cb cb, void *arg)
+{
+	struct secret_job	*job;
+
+	job = xcalloc(1, sizeof *job);
+	job->base = base;
+	job->ac = ac;
+	job->pid = -1;
+	job->fd = -1;
+	job->cb = cb;
+	job->arg = arg;
+	job->deadline = now_mono() + timeout;
+	job->ev = event_new(base, -1, 0, secret_start_cb, job);
+	event_active(job->ev, EV_TIMEOUT, 0);
+	return (job);
+}
+
+/* Forget a job; a running command is killed. */
+void
+secret_cancel(struct secret_job *job)
+{
+	if (job == NULL)
+		return;
+	if (job->ev != NULL)
+		event_free(job->ev);
+	if (job->timer != NULL)
+		event_free(job->timer);
+	if (job->fd != -1)
+		close(job->fd);
+	if (job->pid != -1) {
+		kill(job->pid, SIGKILL);
+		waitpid(job->pid, NULL, 0);
+	}
+	wipe(job->buf, sizeof job->buf);
+	free(job);
+}
+
+static void
+secret_start_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct secret_job	*job = arg;
+	char			*cause = NULL;
+
+	event_free(job->ev);
+	job->ev = NULL;
+	switch (job->ac->secret_source) {
+	case SECRET_PASSWORD:
+		job->len = strlen(job->ac->secret);
+		if (job->len > SECRET_MAX)
+			job->len = SECRET_MAX;
+		memcpy(job->buf, job->ac->secret, job->len);
+		secret_finish(job, NULL);
+		return;
+	case SECRET_FILE:
+		if (secret_read_file(job, &cause) == -1) {
+			secret_finish(job, cause);
+			free(cause);
+			return;
+		}
+		secret_finish(job, NULL);
+		return;
+	case SECRET_COMMAND:
+		if (secret_run(job, &cause) == -1) {
+			secret_finish(job, cause);
+			free(cause);
+		}
+		return;
+	default:
+		secret_finish(job, "no password configured");
+		return;
+	}
+}
+
+/* Keep only the first line; refuse what cannot be sent in a command. */
+static const char *
+secret_first_line(struct secret_job *job)
+{
+	char	*nl;
+	size_t	 i;
+
+	if ((nl = memchr(job->buf, '\n', job->len)) != NULL)
+		job->len = nl - job->buf;
+	if (job->len > 0 && job->buf[job->len - 1] == '\r')
+		job->len--;
+	if (job->len == 0)
+		return ("the password is empty");
+	if (job->len > SECRET_MAX)
+		return ("the password is too long");
+	for (i = 0; i < job->len; i++) {
+		if ((unsigned char)job->buf[i] < 0x20 &&
+		    job->buf[i] != '\t')
+			return ("the password contains a control character");
+	}
+	return (NULL);
+}
+
+static int
+secret_read_file(struct secret_job *job, char **cause)
+{
+	struct stat	 sb;
+	ssize_t		 n;
+	int		 fd;
+	const char	*path = job->ac->secret, *bad;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) == -1) {
+		xasprintf(cause, "password-file %s: %s", path, strerror(errno));
+		return (-1);
+	}
+	if (fstat(fd, &sb) == -1 || !S_ISREG(sb.st_mode)) {
+		xasprintf(cause, "password-file %s: not a regular file", path);
+		close(fd);
+		return (-1);
+	}
+	if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+		xasprintf(cause, "password-file %s is readable by others "
+		    "(mode %04o); run 'chmod 600 %s'", path,
+		    (unsigned)(sb.st_mode & 07777), path);
+		close(fd);
+		return (-1);
+	}
+	while (job->len < SECRET_MAX + 1) {
+		n = read(fd, job->buf + job->len, SECRET_MAX + 1 - job->len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1) {
+			xasprintf(cause, "password-file %s: %s", path,
+			    strerror(errno));
+			close(fd);
+			return (-1);
+		}
+		if (n == 0)
+			break;
+		job->len += n;
+		if (memchr(job->buf, '\n', job->len) != NULL)
+			break;
+	}
+	close(fd);
+	if ((bad = secret_first_line(job)) != NULL) {
+		xasprintf(cause, "password-file %s: %s", path, bad);
+		return (-1);
+	}
+	return (0);
+}
+
+/* Fork and exec "/bin/sh -c command" with stdout on a pipe. */
+static int
+secret_run(struct secret_job *job, char **cause)
+{
+	int		 p[2], devnull;
+	pid_t		 pid;
+	struct timeval	 tv = { 0, 0 };
+
+	if (pipe2(p, O_CLOEXEC) == -1) {
+		xasprintf(cause, "password-command: pipe: %s", strerror(errno));
+		return (-1);
+	}
+	if ((pid = fork()) == -1) {
+		xasprintf(cause, "password-command: fork: %s", strerror(errno));
+		close(p[0]);
+		close(p[1]);
+		return (-1);
+	}
+	if (pid == 0) {
+		sigset_t	set;
+
+		signal(SIGPIPE, SIG_DFL);
+		signal(SIGHUP, SIG_DFL);
+		signal(SIGTERM, SIG_DFL);
+		signal(SIGINT, SIG_DFL);
+		signal(SIGUSR1, SIG_DFL);
+		sigemptyset(&set);
+		sigprocmask(SIG_SETMASK, &set, NULL);
+		if ((devnull = open("/dev/null", O_RDONLY)) != -1)
+			dup2(devnull, STDIN_FILENO);
+		dup2(p[1], STDOUT_FILENO);
+		execl("/bin/sh", "sh", "-c", job->ac->secret, (char *)NULL);
+		_exit(127);
+	}
+	close(p[1]);
+	job->pid = pid;
+	job->fd = p[0];
+	evutil_make_socket_nonblocking(job->fd);
+	job->ev = event_new(job->base, job->fd, EV_READ | EV_PERSIST,
+	    secret_read_cb, job);
+	tv.tv_sec = (long)(job->deadline - now_mono()) + 1;
+	event_add(job->ev, &tv);
+	return (0);
+}
+
+static void
+secret_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct secret_job	*job = arg;
+	ssize_t			 n;
+	char			 drain[512];
+
+	if (what & EV_TIMEOUT) {
+		secret_finish(job, "password-command timed out");
+		return;
+	}
+	for (;;) {
+		if (job->len < SECRET_MAX + 1)
+			n = read(fd, job->buf + job->len,
+			    SECRET_MAX + 1 - job->len);
+		else
+			n = read(fd, drain, sizeof drain);	/* discard */
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1 && errno == EAGAIN)
+			return;
+		if (n <= 0)
+			break;
+		if (job->len < SECRET_MAX + 1)
+			job->len += n;
+		else
+			wipe(drain, sizeof drain);
+	}
+	/* End of output: collect the exit status. */
+	event_free(job->ev);
+	job->ev = NULL;
+	close(job->fd);
+	job->fd = -1;
+	secret_wait_cb(-1, 0, job);
+}
+
+/* Poll for the command's exit, briefly: its output has ended already. */
+static void
+secret_wait_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct secret_job	*job = arg;
+	struct timeval		 tv = { 0, 10000 };
+	const char		*bad;
+	char			 msg[128];
+	int			 status;
+	pid_t			 r;
+
+	r = waitpid(job->pid, &status, WNOHANG);
+	if (r == 0) {
+		if (now_mono() > job->deadline) {
+			secret_finish(job, "password-command timed out");
+			return;
+		}
+		if (job->timer == NULL)
+			job->timer = evtimer_new(job->base, secret_wait_cb, job);
+		evtimer_add(job->timer, &tv);
+		return;
+	}
+	job->pid = -1;
+	if (r == -1) {
+		secret_finish(job, "password-command: waitpid failed");
+		return;
+	}
+	if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
+		snprintf(msg, sizeof msg, "password-command exited with status "
+		    "%d", WEXITSTATUS(status));
+		secret_finish(job, msg);
+		return;
+	}
+	if (WIFSIGNALED(status)) {
+		snprintf(msg, sizeof msg, "password-command was killed by "
+		    "signal %d", WTERMSIG(status));
+		secret_finish(job, msg);
+		return;
+	}
+	if (job->len > SECRET_MAX) {
+		secret_finish(job, "password-command printed too much");
+		return;
+	}
+	if ((bad = secret_first_line(job)) != NULL) {
+		snprintf(msg, sizeof msg, "password-command: %s", bad);
+		secret_finish(job, msg);
+		return;
+	}
+	secret_finish(job, NULL);
+}
+
+/* Hand the result over and free the job, wiping the buffer. */
+static void
+secret_finish(struct secret_job *job, const char *error)
+{
+	secret_cb	 cb = job->cb;
+	void		*arg = job->arg;
+	char		*copy = NULL;
+	size_t		 len = 0;
+
+	if (error == NULL) {
+		copy = xmalloc(job->len + 1);
+		memcpy(copy, job->buf, job->len);
+		copy[job->len] = '\0';
+		len = job->len;
+	}
+	secret_cancel(job);
+	cb(copy, len, error, arg);
+}

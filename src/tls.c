@@ -1,0 +1,351 @@
+/*
+ * Copyright (c) 2026 The maild authors
+ *
+ * Permission to use, copy, modify, and distribute this software for any
+ * purpose with or without fee is hereby granted, provided that the above
+ * copyright notice and this permission notice appear in all copies.
+ *
+ * THE SOFTWARE IS PROVIDED "AS IS" AND THE AUTHOR DISCLAIMS ALL WARRANTIES
+ * WITH REGARD TO THIS SOFTWARE INCLUDING ALL IMPLIED WARRANTIES OF
+ * MERCHANTABILITY AND FITNESS. IN NO EVENT SHALL THE AUTHOR BE LIABLE FOR
+ * ANY SPECIAL, DIRECT, INDIRECT, OR CONSEQUENTIAL DAMAGES OR ANY DAMAGES
+ * WHATSOEVER RESULTING FROM LOSS OF USE, DATA OR PROFITS, WHETHER IN AN
+ * ACTION OF CONTRACT, NEGLIGENCE OR OTHER TORTIOUS ACTION, ARISING OUT OF
+ * OR IN CONNECTION WITH THE USE OR PERFORMANCE OF THIS SOFTWARE.
+ */
+
+/*
+ * tls.c: OpenSSL setup.  Certificates are always verified, against the
+ * system trust store or the account's ca-file, and the host name is
+ * checked; when that fails, tls_explain_failure() turns OpenSSL's verdict
+ * into a message that says what is wrong and what to do.
+ */
+
+#include "config.h"
+
+#include <arpa/inet.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "maild.h"
+
+/* What the verify callback saw about the first certificate it disliked. */
+struct tls_seen {
+	int	error;
+	int	depth;
+	char	names[256];	/* subject CN and DNS names of the leaf */
+	char	fingerprint[100];
+	char	expiry[64];
+};
+
+static int	tls_ex_index = -1;
+static X509_STORE *tls_system_store;
+
+static int	tls_verify_cb(int, X509_STORE_CTX *);
+static void	tls_cert_info(X509 *, struct tls_seen *);
+static void	tls_seen_free(void *, void *, CRYPTO_EX_DATA *, int, long,
+		    void *);
+
+/* Our notes on a connection are freed along with its SSL. */
+static void
+tls_seen_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+    void *argp)
+{
+	free(ptr);
+}
+
+static void
+tls_init(void)
+{
+	if (tls_ex_index == -1)
+		tls_ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL,
+		    tls_seen_free);
+}
+
+/* An OpenSSL error queue as one line. */
+static void
+tls_errors(char *buf, size_t size)
+{
+	unsigned long	e;
+	size_t		o = 0;
+
+	buf[0] = '\0';
+	while ((e = ERR_get_error()) != 0) {
+		if (o > 0 && o + 2 < size)
+			o += snprintf(buf + o, size - o, "; ");
+		if (o < size)
+			ERR_error_string_n(e, buf + o, size - o);
+		o = strlen(buf);
+	}
+	if (buf[0] == '\0')
+		snprintf(buf, size, "unknown error");
+}
+
+/*
+ * The trust store every account without ca-file shares: loaded once,
+ * since parsing the system bundle costs more than a TLS handshake.
+ */
+static X509_STORE *
+tls_system_trust(char **cause)
+{
+	char	err[512];
+
+	if (tls_system_store != NULL)
+		return (tls_system_store);
+	if ((tls_system_store = X509_STORE_new()) == NULL ||
+	    X509_STORE_set_default_paths(tls_system_store) != 1) {
+		tls_errors(err, sizeof err);
+		xasprintf(cause, "cannot load the system trust store: %s", err);
+		X509_STORE_free(tls_system_store);
+		tls_system_store = NULL;
+		return (NULL);
+	}
+	return (tls_system_store);
+}
+
+/* Make the TLS context for an account. */
+SSL_CTX *
+tls_ctx_new(const struct account_conf *a, char **cause)
+{
+	SSL_CTX		*ctx;
+	X509_STORE	*store;
+	char		 err[512];
+
+	tls_init();
+	if ((ctx = SSL_CTX_new(TLS_client_method())) == NULL)
+		goto sslfail;
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	/*
+	 * POP3 frames its own end (the reply to QUIT, the "." of a multi-line
+	 * response), so a peer closing without close_notify cannot truncate
+	 * anything unnoticed; libevent 2.1 misreads OpenSSL 3's report of it.
+	 */
+	SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF |
+	    SSL_OP_NO_RENEGOTIATION);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, tls_verify_cb);
+	if (a->ca_file != NULL) {
+		if (SSL_CTX_load_verify_locations(ctx, a->ca_file, NULL) != 1) {
+			tls_errors(err, sizeof err);
+			xasprintf(cause, "ca-file %s: %s", a->ca_file, err);
+			SSL_CTX_free(ctx);
+			return (NULL);
+		}
+	} else {
+		if ((store = tls_system_trust(cause)) == NULL) {
+			SSL_CTX_free(ctx);
+			return (NULL);
+		}
+		SSL_CTX_set1_cert_store(ctx, store);
+	}
+	return (ctx);
+
+sslfail:
+	tls_errors(err, sizeof err);
+	xasprintf(cause, "TLS setup: %s", err);
+	return (NULL);
+}
+
+/* Free what tls_ctx_new() and tls_system_trust() keep. */
+void
+tls_shutdown(void)
+{
+	X509_STORE_free(tls_system_store);
+	tls_system_store = NULL;
+}
+
+/*
+ * A new connection's TLS state: SNI and the name the certificate must
+ * carry (or the IP address, for an address literal).
+ */
+SSL *
+tls_ssl_new(SSL_CTX *ctx, const char *host)
+{
+	SSL			*ssl;
+	struct tls_seen		*seen;
+	unsigned char		 addr[16];
+	X509_VERIFY_PARAM	*param;
+
+	if ((ssl = SSL_new(ctx)) == NULL)
+		return (NULL);
+	seen = xcalloc(1, sizeof *seen);
+	SSL_set_ex_data(ssl, tls_ex_index, seen);
+	param = SSL_get0_param(ssl);
+	if (inet_pton(AF_INET, host, addr) == 1 ||
+	    inet_pton(AF_INET6, host, addr) == 1) {
+		if (X509_VERIFY_PARAM_set1_ip_asc(param, host) != 1)
+			goto fail;
+	} else {
+		if (SSL_set_tlsext_host_name(ssl, host) != 1)
+			goto fail;
+		SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+		if (SSL_set1_host(ssl, host) != 1)
+			goto fail;
+	}
+	return (ssl);
+fail:
+	SSL_free(ssl);
+	return (NULL);
+}
+
+/* Remember the first complaint about the chain, with the leaf's details. */
+static int
+tls_verify_cb(int ok, X509_STORE_CTX *x)
+{
+	SSL		*ssl;
+	struct tls_seen	*seen;
+
+	if (ok)
+		return (1);
+	ssl = X509_STORE_CTX_get_ex_data(x,
+	    SSL_get_ex_data_X509_STORE_CTX_idx());
+	if (ssl == NULL ||
+	    (seen = SSL_get_ex_data(ssl, tls_ex_index)) == NULL)
+		return (0);
+	if (seen->error == 0) {
+		seen->error = X509_STORE_CTX_get_error(x);
+		seen->depth = X509_STORE_CTX_get_error_depth(x);
+		tls_cert_info(X509_STORE_CTX_get0_cert(x), seen);
+	}
+	return (0);
+}
+
+/* The names a certificate is for, its SHA-256 fingerprint and expiry. */
+static void
+tls_cert_info(X509 *cert, struct tls_seen *seen)
+{
+	unsigned char		 md[EVP_MAX_MD_SIZE];
+	unsigned int		 mdlen, i;
+	char			 cn[128], esc[LOG_ESCAPE_MAX];
+	GENERAL_NAMES		*sans;
+	size_t			 o = 0;
+	int			 n, j;
+	BIO			*bio;
+
+	if (cert == NULL)
+		return;
+	if (X509_digest(cert, EVP_sha256(), md, &mdlen) == 1) {
+		o = snprintf(seen->fingerprint, sizeof seen->fingerprint,
+		    "sha256:");
+		for (i = 0; i < mdlen && o + 3 < sizeof seen->fingerprint; i++)
+			o += snprintf(seen->fingerprint + o,
+			    sizeof seen->fingerprint - o, "%s%02X",
+			    i ? ":" : "", md[i]);
+	}
+	o = 0;
+	n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert),
+	    NID_commonName, cn, sizeof cn);
+	if (n > 0)
+		o = snprintf(seen->names, sizeof seen->names, "CN=%s",
+		    log_escape(esc, sizeof esc, cn, (size_t)n));
+	sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+	for (j = 0; sans != NULL && j < sk_GENERAL_NAME_num(sans); j++) {
+		GENERAL_NAME	*gn = sk_GENERAL_NAME_value(sans, j);
+		const char	*s;
+		int		 len;
+
+		if (gn->type != GEN_DNS || o + 8 >= sizeof seen->names)
+			continue;
+		s = (const char *)ASN1_STRING_get0_data(gn->d.dNSName);
+		len = ASN1_STRING_length(gn->d.dNSName);
+		o += snprintf(seen->names + o, sizeof seen->names - o,
+		    "%sDNS:%s", o ? " " : "",
+		    log_escape(esc, sizeof esc, s, (size_t)len));
+		if (o >= sizeof seen->names)
+			o = sizeof seen->names - 1;
+	}
+	GENERAL_NAMES_free(sans);
+	if ((bio = BIO_new(BIO_s_mem())) != NULL) {
+		if (ASN1_TIME_print(bio, X509_get0_notAfter(cert)) == 1) {
+			n = BIO_read(bio, seen->expiry, sizeof seen->expiry - 1);
+			if (n > 0)
+				seen->expiry[n] = '\0';
+		}
+		BIO_free(bio);
+	}
+}
+
+/*
+ * Explain a failed handshake: the verification verdict with a hint, or
+ * OpenSSL's error (err, from bufferevent_get_openssl_error()).  Returns an
+ * allocated string; *verify tells whether the certificate was refused.
+ */
+char *
+tls_explain_failure(SSL *ssl, const char *host, unsigned long err,
+    int *verify)
+{
+	struct tls_seen	*seen = NULL;
+	char		 buf[512], *msg;
+	const char	*why, *hint = "";
+	long		 v = X509_V_OK;
+
+	if (ssl != NULL) {
+		seen = SSL_get_ex_data(ssl, tls_ex_index);
+		v = SSL_get_verify_result(ssl);
+	}
+	if (v == X509_V_OK && seen != NULL && seen->error != 0)
+		v = seen->error;
+	*verify = v != X509_V_OK;
+	if (v != X509_V_OK) {
+		why = X509_verify_cert_error_string(v);
+		switch (v) {
+		case X509_V_ERR_HOSTNAME_MISMATCH:
+		case X509_V_ERR_IP_ADDRESS_MISMATCH:
+			hint = "the certificate was issued to other names; "
+			    "use one of them as host";
+			break;
+		case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+		case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+		case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+		case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+		case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+			hint = "the certificate is not signed by an authority "
+			    "maild trusts; if you trust this server, give its "
+			    "CA certificate as ca-file";
+			break;
+		case X509_V_ERR_CERT_HAS_EXPIRED:
+			hint = "the server's certificate has expired; the "
+			    "server's administrator must renew it";
+			break;
+		case X509_V_ERR_CERT_NOT_YET_VALID:
+			hint = "the certificate is not valid yet; check this "
+			    "machine's clock";
+			break;
+		}
+		xasprintf(&msg, "certificate verification failed for %s: %s "
+		    "(%ld)%s%s%s%s%s%s%s%s", host, why, v,
+		    seen && seen->names[0] ? "; certificate for " : "",
+		    seen ? seen->names : "",
+		    seen && seen->expiry[0] ? ", expires " : "",
+		    seen ? seen->expiry : "",
+		    seen && seen->fingerprint[0] ? ", fingerprint " : "",
+		    seen ? seen->fingerprint : "",
+		    *hint ? "; " : "", hint);
+		return (msg);
+	}
+	if (err != 0) {
+		ERR_error_string_n(err, buf, sizeof buf);
+		if (ERR_GET_REASON(err) == SSL_R_WRONG_VERSION_NUMBER ||
+		    ERR_GET_REASON(err) == SSL_R_PACKET_LENGTH_TOO_LONG)
+			hint = "; the server does not speak TLS on this port: "
+			    "is it a plain POP3 port (usually 110)?";
+		xasprintf(&msg, "TLS handshake with %s failed: %s%s", host, buf,
+		    hint);
+		return (msg);
+	}
+	xasprintf(&msg, "TLS handshake with %s failed", host);
+	return (msg);
+}
+
+/* "TLSv1.3 TLS_AES_256_GCM_SHA384", for the log. */
+void
+tls_describe(SSL *ssl, char *buf, size_t size)
+{
+	snprintf(buf, size, "%s %s", SSL_get_version(ssl),
+	    SSL_get_cipher_name(ssl));
+}
