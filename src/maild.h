@@ -240,6 +240,8 @@ void		 maildir_close(struct maildir *);
 int		 maildir_create(struct maildir *, struct maildir_file *, char **);
 int		 maildir_write(struct maildir_file *, const void *, size_t);
 int		 maildir_finish(struct maildir_file *, char **);
+int		 maildir_sync_file(struct maildir *, const char *, char **);
+void		 maildir_unlink(struct maildir *, const char *);
 void		 maildir_abort(struct maildir *, struct maildir_file *);
 int		 maildir_sync_tmp(struct maildir *, char **);
 int		 maildir_move(struct maildir *, const char *, char **);

@@ -205,8 +205,9 @@ maildir_write(struct maildir_file *f, const void *buf, size_t len)
 }
 
 /*
- * The message is complete: make its data durable and close it.  It stays
- * in tmp/ until maildir_move().
+ * The message is complete: start writing it out and close it.  It is made
+ * durable by maildir_sync_file() when its batch is committed; starting the
+ * write-back now means that sync then has little left to wait for.
  */
 int
 maildir_finish(struct maildir_file *f, char **cause)
@@ -219,10 +220,10 @@ maildir_finish(struct maildir_file *f, char **cause)
 		xasprintf(cause, "file name too long");
 		return (-1);
 	}
-	if (fdatasync(f->fd) == -1) {
-		xasprintf(cause, "fsync tmp/%s: %s", f->name, strerror(errno));
-		return (-1);
-	}
+#ifdef SYNC_FILE_RANGE_WRITE
+	if (f->size > 0)
+		sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+#endif
 	if (close(f->fd) == -1) {
 		f->fd = -1;
 		xasprintf(cause, "close tmp/%s: %s", f->name, strerror(errno));
@@ -230,6 +231,45 @@ maildir_finish(struct maildir_file *f, char **cause)
 	}
 	f->fd = -1;
 	return (0);
+}
+
+/*
+ * Make a finished file's data durable (by its name in new/, which is its
+ * name in tmp/ plus ",S=<size>").  fdatasync() reports the write errors
+ * that delayed allocation only finds now, such as a full disk.
+ */
+int
+maildir_sync_file(struct maildir *md, const char *final, char **cause)
+{
+	char	name[256], *comma;
+	int	fd;
+
+	snprintf(name, sizeof name, "%s", final);
+	if ((comma = strchr(name, ',')) != NULL)
+		*comma = '\0';
+	fd = openat(md->tmpfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd == -1 || fdatasync(fd) == -1) {
+		xasprintf(cause, "maildir %s: fsync tmp/%s: %s", md->path, name,
+		    strerror(errno));
+		if (fd != -1)
+			close(fd);
+		return (-1);
+	}
+	close(fd);
+	return (0);
+}
+
+/* Remove a finished file from tmp/ that will not be delivered after all. */
+void
+maildir_unlink(struct maildir *md, const char *final)
+{
+	char	name[256], *comma;
+
+	snprintf(name, sizeof name, "%s", final);
+	if ((comma = strchr(name, ',')) != NULL)
+		*comma = '\0';
+	if (unlinkat(md->tmpfd, name, 0) == -1 && errno != ENOENT)
+		log_warn("maildir %s: cannot remove tmp/%s", md->path, name);
 }
 
 /* Throw away a file in tmp/ that will not be delivered. */

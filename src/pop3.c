@@ -23,8 +23,9 @@
  * once, whatever happens and whenever maild is killed.  Messages are
  * committed in batches; for each batch:
  *
- *  1. Each message is streamed into its own file in tmp/; when its final
- *     "." arrives the file is fdatasync()ed and closed (maildir_finish).
+ *  1. Each message is streamed into its own file in tmp/.  When its final
+ *     "." arrives the file is closed, its write-back started; at commit
+ *     time every file of the batch is fdatasync()ed.
  *  2. tmp/ is fsync()ed, so the files' names are durable too.
  *  3. The batch is added to the state file as PENDING records naming each
  *     file, and the state file is replaced atomically (write a temporary
@@ -551,7 +552,7 @@ pop3_read_cb(struct bufferevent *bev, void *arg)
 				return;
 			len = evbuffer_copyout(in, line, 64);
 			pop3_fail(s, EXIT_PROTOCOL, "server sent data nobody "
-			    "asked for: \"%s\"", log_escape(esc, sizeof esc,
+			    "asked for: '%s'", log_escape(esc, sizeof esc,
 			    line, len));
 			return;
 		}
@@ -566,7 +567,7 @@ pop3_read_cb(struct bufferevent *bev, void *arg)
 		if (r == -1) {
 			len = evbuffer_copyout(in, line, 64);
 			pop3_fail(s, EXIT_PROTOCOL, "server sent a line longer "
-			    "than %d bytes: \"%s\"", POP3_STATUS_MAX,
+			    "than %d bytes: '%s'", POP3_STATUS_MAX,
 			    log_escape(esc, sizeof esc, line, len));
 			return;
 		}
@@ -653,7 +654,7 @@ pop3_server_error(struct session *s, const char *what, const char *text,
 		code = EXIT_TEMPFAIL;
 	else if (resp & RESP_AUTH)
 		code = EXIT_NOPERM;
-	pop3_fail(s, code, "%s: server said \"%s\"", what,
+	pop3_fail(s, code, "%s: server said '%s'", what,
 	    log_escape(esc, sizeof esc, text, len));
 }
 
@@ -672,7 +673,7 @@ pop3_status(struct session *s, const char *line, size_t len)
 	st = parse_status(line, len, &text, &textlen);
 	if (st == POP3_BAD) {
 		pop3_fail(s, EXIT_PROTOCOL, "server sent a bad status line "
-		    "(state %s): \"%s\"%s", pop3_statenames[s->state],
+		    "(state %s): '%s'%s", pop3_statenames[s->state],
 		    log_escape(esc, sizeof esc, line, len),
 		    (s->flags & S_PIPELINING) && s->qlen > 1 ?
 		    "; pipelining is turned off for this account" : "");
@@ -862,7 +863,7 @@ pop3_uidl_line(struct session *s, const char *line, size_t len)
 
 	if (parse_uidl_line(line, len, &num, &uidl, &ulen) == -1) {
 		pop3_fail(s, EXIT_PROTOCOL, "bad line in the UIDL listing: "
-		    "\"%s\"", log_escape(esc, sizeof esc, line, len));
+		    "'%s'", log_escape(esc, sizeof esc, line, len));
 		return;
 	}
 	if (s->nmsgs > 0 && num <= s->msgs[s->nmsgs - 1].num) {
@@ -917,7 +918,7 @@ pop3_size_line(struct session *s, const char *line, size_t len)
 
 	if (parse_list_line(line, len, &num, &size) == -1) {
 		pop3_fail(s, EXIT_PROTOCOL, "bad line in the LIST listing: "
-		    "\"%s\"", log_escape(esc, sizeof esc, line, len));
+		    "'%s'", log_escape(esc, sizeof esc, line, len));
 		return;
 	}
 	if (s->flags & S_NO_UIDL) {
@@ -1268,8 +1269,12 @@ pop3_commit(struct session *s, char **cause)
 
 	if (s->nbatch == 0)
 		return (0);
+	for (i = 0; i < s->nbatch; i++) {
+		if (maildir_sync_file(&s->md, s->batch[i].final, cause) == -1)
+			goto discard;
+	}
 	if (maildir_sync_tmp(&s->md, cause) == -1)
-		goto fail;
+		goto discard;
 	ents = xcalloc(s->nbatch, sizeof *ents);
 	for (i = 0; i < s->nbatch; i++) {
 		struct pop3_msg	*m = &s->msgs[s->batch[i].msg];
@@ -1279,6 +1284,7 @@ pop3_commit(struct session *s, char **cause)
 		ents[i] = state_add(s->st, s->arena + m->uidl, m->uidl_len,
 		    m->ordinal, now, s->batch[i].final);
 	}
+	/* From here on, a failure may have left records on disk. */
 	if (!(s->flags & S_NO_UIDL) && state_save(s->st, cause) == -1) {
 		free(ents);
 		goto fail;
@@ -1317,11 +1323,15 @@ pop3_commit(struct session *s, char **cause)
 	s->batch_bytes = 0;
 	return (0);
 
+discard:
+	/* Nothing about this batch was recorded: it will be fetched again. */
+	for (i = 0; i < s->nbatch; i++)
+		maildir_unlink(&s->md, s->batch[i].final);
 fail:
 	/*
-	 * Leave the batch's files where they are: whether they count as
-	 * delivered depends on whether the state file got their records,
-	 * which only the next state_open() can tell for sure.
+	 * Otherwise leave the batch's files where they are: whether they
+	 * count as delivered depends on whether the state file got their
+	 * records, which only the next state_open() can tell for sure.
 	 */
 	s->nbatch = 0;
 	s->batch_bytes = 0;
