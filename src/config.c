@@ -64,9 +64,17 @@ static struct conf_parse *cp;	/* the parse in progress (libconfuse has no
 static void	conf_error_cb(cfg_t *, const char *, va_list) PRINTFLIKE(2, 0);
 static void	conf_errorx(int, const char *, ...) PRINTFLIKE(2, 3);
 static int	conf_duration_cb(cfg_t *, cfg_opt_t *, const char *, void *);
+static int	conf_long_duration_cb(cfg_t *, cfg_opt_t *, const char *,
+		    void *);
+static int	conf_size_cb(cfg_t *, cfg_opt_t *, const char *, void *);
 static int	conf_validate_opt(cfg_t *, cfg_opt_t *);
 static int	conf_section_line(cfg_t *);
 static int	conf_account(cfg_t *, struct config *, struct account_conf *);
+static int	conf_keyword(cfg_t *, const char *, const char *const *);
+static int	conf_account_secret(cfg_t *, struct account_conf *);
+static int	conf_account_tls(cfg_t *, struct account_conf *);
+static int	conf_account_policy(cfg_t *, struct config *,
+		    struct account_conf *);
 static int	conf_path(cfg_t *, const char *, char **);
 static int	conf_string(cfg_t *, const char *, int, char **);
 
@@ -77,9 +85,22 @@ static cfg_opt_t account_opts[] = {
 	CFG_STR("password", NULL, CFGF_NODEFAULT),
 	CFG_STR("password-file", NULL, CFGF_NODEFAULT),
 	CFG_STR("password-command", NULL, CFGF_NODEFAULT),
+	CFG_STR("password-credential", NULL, CFGF_NODEFAULT),
 	CFG_STR("maildir", NULL, CFGF_NODEFAULT),
 	CFG_BOOL("keep", cfg_false, CFGF_NONE),
+	CFG_INT_CB("delete-after", 0, CFGF_NODEFAULT, conf_long_duration_cb),
+	CFG_INT_CB("max-size", 0, CFGF_NODEFAULT, conf_size_cb),
+	CFG_STR_LIST("add-headers", (char *)"{\"received\"}", CFGF_NONE),
 	CFG_STR("ca-file", NULL, CFGF_NODEFAULT),
+	CFG_STR("tls", "implicit", CFGF_NONE),
+	CFG_BOOL("allow-plaintext", cfg_false, CFGF_NONE),
+	CFG_STR_LIST("tls-fingerprint", NULL, CFGF_NODEFAULT),
+	CFG_BOOL("tls-verify", cfg_true, CFGF_NODEFAULT),
+	CFG_STR("tls-cert-file", NULL, CFGF_NODEFAULT),
+	CFG_STR("tls-key-file", NULL, CFGF_NODEFAULT),
+	CFG_STR("tls-min-version", "1.2", CFGF_NONE),
+	CFG_STR("auth", "auto", CFGF_NONE),
+	CFG_STR("pipelining", "auto", CFGF_NONE),
 	CFG_INT_CB("poll-interval", 0, CFGF_NODEFAULT, conf_duration_cb),
 	CFG_END()
 };
@@ -124,12 +145,20 @@ conf_errorx(int line, const char *fmt, ...)
 	xasprintf(&cp->error, "%s:%d: %s", cp->file, line, msg);
 }
 
+static int	parse_duration(const char *, long, long *);
+
 /*
  * Parse a duration: a number of seconds, or a number with one of the
  * suffixes s, m, h, d.  At most 30 days.
  */
 int
 config_parse_duration(const char *s, long *out)
+{
+	return (parse_duration(s, 30L * 86400, out));
+}
+
+static int
+parse_duration(const char *s, long max, long *out)
 {
 	char	*end;
 	long	 v, mult = 1;
@@ -159,9 +188,78 @@ config_parse_duration(const char *s, long *out)
 		if (end[1] != '\0')
 			return (-1);
 	}
-	if (v > 30L * 86400 / mult)
+	if (v > max / mult)
 		return (-1);
 	*out = v * mult;
+	return (0);
+}
+
+/*
+ * Parse a size: a number of bytes, or a number with one of the suffixes
+ * k, M, G (powers of 1024).
+ */
+int
+config_parse_size(const char *s, long *out)
+{
+	char	*end;
+	long	 v, mult = 1;
+
+	if (!isdigit((unsigned char)*s))
+		return (-1);
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno != 0)
+		return (-1);
+	if (*end != '\0') {
+		switch (*end) {
+		case 'k':
+		case 'K':
+			mult = 1L << 10;
+			break;
+		case 'M':
+			mult = 1L << 20;
+			break;
+		case 'G':
+			mult = 1L << 30;
+			break;
+		default:
+			return (-1);
+		}
+		if (end[1] != '\0' && !(end[1] == 'B' && end[2] == '\0'))
+			return (-1);
+	}
+	if (v > (1L << 40) / mult)
+		return (-1);
+	*out = v * mult;
+	return (0);
+}
+
+static int
+conf_long_duration_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value,
+    void *result)
+{
+	long	v;
+
+	if (parse_duration(value, 3650L * 86400, &v) == -1) {
+		cfg_error(cfg, "%s: '%s' is not a duration (like 12h, 30d; at "
+		    "most 3650d)", cfg_opt_name(opt), value);
+		return (-1);
+	}
+	*(long *)result = v;
+	return (0);
+}
+
+static int
+conf_size_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
+{
+	long	v;
+
+	if (config_parse_size(value, &v) == -1) {
+		cfg_error(cfg, "%s: '%s' is not a size (like 500000, 800k, "
+		    "20M, 1G)", cfg_opt_name(opt), value);
+		return (-1);
+	}
+	*(long *)result = v;
 	return (0);
 }
 
@@ -186,6 +284,9 @@ conf_validate_opt(cfg_t *cfg, cfg_opt_t *opt)
 	const char	*name = cfg_opt_name(opt);
 	size_t		 i;
 
+	/* Lists may be given in parts (+=), and get their defaults parsed. */
+	if (opt->flags & CFGF_LIST)
+		return (0);
 	for (i = 0; i < cp->nseen; i++) {
 		if (cp->seen[i].sec == cfg && strcmp(cp->seen[i].opt, name) == 0) {
 			cfg_error(cfg, "'%s' is set twice", name);
@@ -364,11 +465,257 @@ conf_string(cfg_t *sec, const char *opt, int required, char **out)
 	return (0);
 }
 
+/* Pick a keyword from a list; -1 and an error if it is none of them. */
+static int
+conf_keyword(cfg_t *sec, const char *opt, const char *const *words)
+{
+	const char	*v = cfg_getstr(sec, opt);
+	char		 list[256];
+	size_t		 i, o = 0;
+
+	for (i = 0; words[i] != NULL; i++) {
+		if (strcasecmp(v, words[i]) == 0)
+			return ((int)i);
+		o += snprintf(list + o, sizeof list - o, "%s%s", i ? ", " : "",
+		    words[i]);
+		if (o >= sizeof list)
+			o = sizeof list - 1;
+	}
+	conf_errorx(conf_section_line(sec), "account \"%s\": %s: '%s' is not "
+	    "one of %s", cfg_title(sec), opt, v, list);
+	return (-1);
+}
+
+/* Exactly one place to get the password (or token) from. */
+static int
+conf_account_secret(cfg_t *sec, struct account_conf *a)
+{
+	static const struct {
+		const char		*opt;
+		enum secret_source	 source;
+		int			 path;
+	} sources[] = {
+		{ "password", SECRET_PASSWORD, 0 },
+		{ "password-file", SECRET_FILE, 1 },
+		{ "password-command", SECRET_COMMAND, 0 },
+		{ "password-credential", SECRET_CREDENTIAL, 0 },
+	};
+	size_t		 i, n = 0;
+	int		 r;
+
+	for (i = 0; i < sizeof sources / sizeof sources[0]; i++) {
+		if (cfg_size(sec, sources[i].opt) == 0)
+			continue;
+		if (n++ > 0)
+			break;
+		a->secret_source = sources[i].source;
+		if (sources[i].path)
+			r = conf_path(sec, sources[i].opt, &a->secret);
+		else
+			r = conf_string(sec, sources[i].opt, 1, &a->secret);
+		if (r == -1)
+			return (-1);
+	}
+	if (n != 1) {
+		conf_errorx(conf_section_line(sec), "account \"%s\": give "
+		    "exactly one of password, password-file, password-command "
+		    "and password-credential", cfg_title(sec));
+		return (-1);
+	}
+	if (a->secret_source == SECRET_CREDENTIAL &&
+	    (strchr(a->secret, '/') != NULL || a->secret[0] == '.')) {
+		conf_errorx(conf_section_line(sec), "account \"%s\": "
+		    "password-credential is a credential's name, not a path",
+		    cfg_title(sec));
+		return (-1);
+	}
+	return (0);
+}
+
+/* Parse "sha256:AB:CD:..." (or plain hex) into 32 bytes. */
+int
+config_parse_fingerprint(const char *s, uint8_t out[32])
+{
+	size_t	n = 0;
+	int	hi = -1, c, v;
+
+	if (strncasecmp(s, "sha256:", 7) == 0)
+		s += 7;
+	else if (strncasecmp(s, "sha256/", 7) == 0)
+		s += 7;
+	for (; *s != '\0'; s++) {
+		c = (unsigned char)*s;
+		if (c == ':' && hi == -1)
+			continue;
+		if (c >= '0' && c <= '9')
+			v = c - '0';
+		else if (c >= 'a' && c <= 'f')
+			v = c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F')
+			v = c - 'A' + 10;
+		else
+			return (-1);
+		if (hi == -1)
+			hi = v;
+		else {
+			if (n == 32)
+				return (-1);
+			out[n++] = (uint8_t)(hi << 4 | v);
+			hi = -1;
+		}
+	}
+	return (n == 32 && hi == -1 ? 0 : -1);
+}
+
+static int
+conf_account_tls(cfg_t *sec, struct account_conf *a)
+{
+	static const char *const modes[] = { "implicit", "starttls", "none",
+	    NULL };
+	static const char *const versions[] = { "1.2", "1.3", NULL };
+	const char	*title = cfg_title(sec);
+	int		 line = conf_section_line(sec), r;
+	size_t		 i;
+
+	if ((r = conf_keyword(sec, "tls", modes)) == -1)
+		return (-1);
+	a->tls = (enum tls_mode)r;
+	a->allow_plaintext = cfg_getbool(sec, "allow-plaintext");
+	if (a->tls == TLS_NONE && !a->allow_plaintext) {
+		conf_errorx(line, "account \"%s\": tls = none sends the "
+		    "password and all mail in clear text; set allow-plaintext "
+		    "= yes if you really mean it", title);
+		return (-1);
+	}
+	if ((r = conf_keyword(sec, "tls-min-version", versions)) == -1)
+		return (-1);
+	a->tls_min_version = r == 0 ? 12 : 13;
+	a->npins = cfg_size(sec, "tls-fingerprint");
+	if (a->npins > 0) {
+		a->pins = xcalloc(a->npins, sizeof *a->pins);
+		for (i = 0; i < a->npins; i++) {
+			const char	*fp = cfg_getnstr(sec, "tls-fingerprint",
+					    i);
+
+			if (config_parse_fingerprint(fp, a->pins[i]) == -1) {
+				conf_errorx(line, "account \"%s\": "
+				    "tls-fingerprint '%s' is not a SHA-256 "
+				    "fingerprint (sha256:AB:CD:... with 32 "
+				    "bytes)", title, fp);
+				return (-1);
+			}
+		}
+	}
+	/* A pin proves who the server is; chain checks are then optional. */
+	if (cfg_size(sec, "tls-verify") > 0)
+		a->tls_verify = cfg_getbool(sec, "tls-verify");
+	else
+		a->tls_verify = a->npins == 0;
+	if (!a->tls_verify && a->npins == 0) {
+		conf_errorx(line, "account \"%s\": tls-verify = no is only "
+		    "allowed with a tls-fingerprint: maild never trusts an "
+		    "unverified server", title);
+		return (-1);
+	}
+	if (a->tls == TLS_NONE && (a->npins > 0 || cfg_size(sec, "ca-file") ||
+	    cfg_size(sec, "tls-cert-file"))) {
+		conf_errorx(line, "account \"%s\": TLS options make no sense "
+		    "with tls = none", title);
+		return (-1);
+	}
+	if (conf_path(sec, "ca-file", &a->ca_file) == -1 ||
+	    conf_path(sec, "tls-cert-file", &a->tls_cert_file) == -1 ||
+	    conf_path(sec, "tls-key-file", &a->tls_key_file) == -1)
+		return (-1);
+	if ((a->tls_cert_file == NULL) != (a->tls_key_file == NULL)) {
+		conf_errorx(line, "account \"%s\": tls-cert-file and "
+		    "tls-key-file go together", title);
+		return (-1);
+	}
+	return (0);
+}
+
+/* What to fetch, keep, delete and add, and how to log in. */
+static int
+conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
+{
+	static const char *const auths[] = { "auto", "user", "apop", "plain",
+	    "login", "cram-md5", "xoauth2", "oauthbearer", NULL };
+	static const char *const pipes[] = { "auto", "no", NULL };
+	const char	*title = cfg_title(sec);
+	int		 line = conf_section_line(sec), r;
+	size_t		 i;
+
+	if ((r = conf_keyword(sec, "auth", auths)) == -1)
+		return (-1);
+	a->auth = (enum auth_method)r;
+	if ((r = conf_keyword(sec, "pipelining", pipes)) == -1)
+		return (-1);
+	a->pipelining = r == 0;
+
+	a->keep = cfg_getbool(sec, "keep");
+	if (cfg_size(sec, "delete-after") > 0) {
+		a->delete_after = cfg_getint(sec, "delete-after");
+		if (!a->keep) {
+			conf_errorx(line, "account \"%s\": delete-after needs "
+			    "keep = yes (without it, messages are deleted at "
+			    "once)", title);
+			return (-1);
+		}
+		if (a->delete_after < 1) {
+			conf_errorx(line, "account \"%s\": delete-after must "
+			    "be at least 1s", title);
+			return (-1);
+		}
+	}
+	if (cfg_size(sec, "max-size") > 0)
+		a->max_size = (uint64_t)cfg_getint(sec, "max-size");
+
+	for (i = 0; i < cfg_size(sec, "add-headers"); i++) {
+		const char	*h = cfg_getnstr(sec, "add-headers", i);
+
+		if (strcasecmp(h, "yes") == 0 || strcasecmp(h, "all") == 0)
+			a->add_headers |= HDR_RECEIVED | HDR_DELIVERED_TO |
+			    HDR_X_ORIGINAL_TO;
+		else if (strcasecmp(h, "no") == 0 || strcasecmp(h, "none") == 0)
+			continue;
+		else if (strcasecmp(h, "received") == 0)
+			a->add_headers |= HDR_RECEIVED;
+		else if (strcasecmp(h, "delivered-to") == 0)
+			a->add_headers |= HDR_DELIVERED_TO;
+		else if (strcasecmp(h, "x-original-to") == 0)
+			a->add_headers |= HDR_X_ORIGINAL_TO;
+		else {
+			conf_errorx(line, "account \"%s\": add-headers: '%s' "
+			    "is not yes, no, received, delivered-to or "
+			    "x-original-to", title, h);
+			return (-1);
+		}
+	}
+
+	if (cfg_size(sec, "maildir") == 0) {
+		conf_errorx(line, "account \"%s\": 'maildir' is required",
+		    title);
+		return (-1);
+	}
+	if (conf_path(sec, "maildir", &a->maildir) == -1)
+		return (-1);
+	a->poll_interval = conf->poll_interval;
+	if (cfg_size(sec, "poll-interval") > 0)
+		a->poll_interval = (int)cfg_getint(sec, "poll-interval");
+	if (a->poll_interval < 10) {
+		conf_errorx(line, "account \"%s\": poll-interval must be at "
+		    "least 10s", title);
+		return (-1);
+	}
+	return (0);
+}
+
 static int
 conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 {
 	const char	*title = cfg_title(sec);
-	int		 line = conf_section_line(sec), nsecrets = 0;
+	int		 line = conf_section_line(sec);
 	size_t		 i;
 
 	a->line = line;
@@ -401,49 +748,12 @@ conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 		a->port = (int)port;
 	}
 
-	if (cfg_size(sec, "password") > 0) {
-		nsecrets++;
-		a->secret_source = SECRET_PASSWORD;
-		if (conf_string(sec, "password", 1, &a->secret) == -1)
-			return (-1);
-	}
-	if (cfg_size(sec, "password-file") > 0) {
-		nsecrets++;
-		a->secret_source = SECRET_FILE;
-		free(a->secret);
-		if (conf_path(sec, "password-file", &a->secret) == -1)
-			return (-1);
-	}
-	if (cfg_size(sec, "password-command") > 0) {
-		nsecrets++;
-		a->secret_source = SECRET_COMMAND;
-		free(a->secret);
-		if (conf_string(sec, "password-command", 1, &a->secret) == -1)
-			return (-1);
-	}
-	if (nsecrets != 1) {
-		conf_errorx(line, "account \"%s\": give exactly one of "
-		    "password, password-file and password-command", title);
+	if (conf_account_secret(sec, a) == -1 ||
+	    conf_account_tls(sec, a) == -1 ||
+	    conf_account_policy(sec, conf, a) == -1)
 		return (-1);
-	}
-
-	if (cfg_size(sec, "maildir") == 0) {
-		conf_errorx(line, "account \"%s\": 'maildir' is required",
-		    title);
-		return (-1);
-	}
-	if (conf_path(sec, "maildir", &a->maildir) == -1 ||
-	    conf_path(sec, "ca-file", &a->ca_file) == -1)
-		return (-1);
-	a->keep = cfg_getbool(sec, "keep");
-	a->poll_interval = conf->poll_interval;
-	if (cfg_size(sec, "poll-interval") > 0)
-		a->poll_interval = (int)cfg_getint(sec, "poll-interval");
-	if (a->poll_interval < 10) {
-		conf_errorx(line, "account \"%s\": poll-interval must be at "
-		    "least 10s", title);
-		return (-1);
-	}
+	if (a->tls != TLS_IMPLICIT && cfg_size(sec, "port") == 0)
+		a->port = 110;
 	return (0);
 
 badname:
@@ -660,6 +970,9 @@ config_free(struct config *conf)
 			free(a->secret);
 		free(a->maildir);
 		free(a->ca_file);
+		free(a->tls_cert_file);
+		free(a->tls_key_file);
+		free(a->pins);
 	}
 	free(conf->accounts);
 	free(conf->state_dir);

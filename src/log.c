@@ -23,12 +23,15 @@
 
 #include "config.h"
 
+#include <sys/stat.h>
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -36,6 +39,7 @@
 
 static int	log_foreground = 1;
 static int	log_verbose;
+static int	log_journal;	/* stderr is systemd's journal */
 
 static void	log_vwrite(int, const char *, va_list) PRINTFLIKE(2, 0);
 static void	log_libevent_cb(int, const char *);
@@ -44,10 +48,23 @@ static void	log_libevent_cb(int, const char *);
 void
 log_init(int foreground, int verbose)
 {
+	const char	*js;
+	struct stat	 sb;
+	unsigned long	 dev, ino;
+
 	log_foreground = foreground;
 	log_verbose = verbose;
 	if (!foreground)
 		openlog("maild", LOG_PID | LOG_NDELAY, LOG_MAIL);
+	/*
+	 * Under systemd, stderr may be the journal: then give each line its
+	 * priority (sd-daemon(3) prefixes) and leave the time stamp to it.
+	 */
+	if (foreground && (js = getenv("JOURNAL_STREAM")) != NULL &&
+	    sscanf(js, "%lu:%lu", &dev, &ino) == 2 &&
+	    fstat(STDERR_FILENO, &sb) == 0 &&
+	    (unsigned long)sb.st_dev == dev && (unsigned long)sb.st_ino == ino)
+		log_journal = 1;
 	event_set_log_callback(log_libevent_cb);
 }
 
@@ -70,7 +87,10 @@ log_vwrite(int pri, const char *fmt, va_list ap)
 	int		 saved = errno;
 
 	vsnprintf(line, sizeof line, fmt, ap);
-	if (log_foreground) {
+	if (log_journal) {
+		fprintf(stderr, "<%d>%s\n", pri, line);
+		fflush(stderr);
+	} else if (log_foreground) {
 		struct timespec	ts;
 		struct tm	tm;
 		char		stamp[32];

@@ -64,7 +64,25 @@ enum secret_source {
 	SECRET_NONE,
 	SECRET_PASSWORD,	/* inline in the config */
 	SECRET_FILE,		/* first line of a file */
-	SECRET_COMMAND		/* first line of a command's output */
+	SECRET_COMMAND,		/* first line of a command's output */
+	SECRET_CREDENTIAL	/* $CREDENTIALS_DIRECTORY/<name> (systemd) */
+};
+
+enum tls_mode {
+	TLS_IMPLICIT,		/* POP3S: TLS from the first byte */
+	TLS_STARTTLS,		/* POP3 upgraded with STLS (RFC 2595) */
+	TLS_NONE		/* clear text, only with allow-plaintext */
+};
+
+enum auth_method {
+	AUTH_AUTO,
+	AUTH_USER,
+	AUTH_APOP,
+	AUTH_PLAIN,
+	AUTH_LOGIN,
+	AUTH_CRAM_MD5,
+	AUTH_XOAUTH2,
+	AUTH_OAUTHBEARER
 };
 
 struct account_conf {
@@ -75,8 +93,24 @@ struct account_conf {
 	enum secret_source secret_source;
 	char		*secret;	/* password, path or command */
 	char		*maildir;	/* absolute, expanded */
-	char		*ca_file;	/* NULL: system trust store */
 	int		 keep;		/* leave messages on the server */
+	long		 delete_after;	/* keep mode: delete after (seconds) */
+	uint64_t	 max_size;	/* larger messages stay; 0: no limit */
+	int		 add_headers;
+#define HDR_RECEIVED		0x1
+#define HDR_DELIVERED_TO	0x2
+#define HDR_X_ORIGINAL_TO	0x4
+	enum tls_mode	 tls;
+	int		 allow_plaintext;
+	char		*ca_file;	/* NULL: system trust store */
+	int		 tls_verify;	/* check the chain and the name */
+	uint8_t		(*pins)[32];	/* SHA-256 of acceptable certificates */
+	size_t		 npins;
+	char		*tls_cert_file;	/* client certificate */
+	char		*tls_key_file;
+	int		 tls_min_version;	/* 12 or 13 */
+	enum auth_method auth;
+	int		 pipelining;	/* 0: never pipeline */
 	int		 poll_interval;	/* seconds */
 	int		 line;		/* where the section starts */
 };
@@ -97,6 +131,8 @@ void		 config_free(struct config *);
 int		 config_check_paths(const struct config *);
 char		*config_default_path(void);
 int		 config_parse_duration(const char *, long *);
+int		 config_parse_size(const char *, long *);
+int		 config_parse_fingerprint(const char *, uint8_t[32]);
 char		*config_expand_path(const char *, char **);
 
 /* log.c */
@@ -179,11 +215,28 @@ void		 body_decoder_init(struct body_decoder *);
 size_t		 body_decode(struct body_decoder *, const char *, size_t, char *,
 		     size_t *);
 
+/* auth.c */
+char		*auth_b64(const void *, size_t);
+unsigned char	*auth_unb64(const char *, size_t, size_t *);
+size_t		 auth_apop_timestamp(const char *, size_t, char *, size_t);
+char		*auth_apop(const char *, const char *, const char *, size_t);
+char		*auth_plain(const char *, const char *, size_t);
+char		*auth_cram_md5(const char *, const char *, size_t, const char *,
+		     size_t);
+char		*auth_xoauth2(const char *, const char *, size_t);
+char		*auth_oauthbearer(const char *, const char *, int, const char *,
+		     size_t);
+const char	*auth_sasl_name(enum auth_method);
+const char	*auth_method_name(enum auth_method);
+int		 auth_choose(enum auth_method, const struct pop3_capa *, int, int,
+		     int, const char **);
+
 /* state.c */
 #define STATE_VERSION	1
 enum state_kind {
 	STATE_DELIVERED,	/* in the Maildir */
-	STATE_PENDING		/* file in tmp/, being moved to new/ */
+	STATE_PENDING,		/* file in tmp/, being moved to new/ */
+	STATE_SKIPPED		/* left on the server: over max-size */
 };
 struct state_entry {
 	char		*uidl;		/* raw bytes, NUL-terminated */
@@ -216,7 +269,10 @@ void		 state_close(struct state *);
 struct state_entry *state_find(struct state *, const char *, size_t, uint32_t);
 struct state_entry *state_add(struct state *, const char *, size_t, uint32_t,
 		     int64_t, const char *);
+struct state_entry *state_add_skipped(struct state *, const char *, size_t,
+		     uint32_t, int64_t);
 void		 state_forget_unlisted(struct state *);
+void		 state_clear(struct state *);
 int		 state_save(struct state *, char **);
 int		 state_load_file(struct state *, const char *, char **);
 char		*state_escape(const char *, size_t);
@@ -255,7 +311,8 @@ struct ssl_ctx_st;
 struct ssl_st;
 struct ssl_ctx_st *tls_ctx_new(const struct account_conf *, char **);
 void		 tls_shutdown(void);
-struct ssl_st	*tls_ssl_new(struct ssl_ctx_st *, const char *);
+struct ssl_st	*tls_ssl_new(struct ssl_ctx_st *, const struct account_conf *);
+int		 tls_check_pin(struct ssl_st *, const struct account_conf *);
 char		*tls_explain_failure(struct ssl_st *, const char *,
 		     unsigned long, int *);
 void		 tls_describe(struct ssl_st *, char *, size_t);
@@ -275,6 +332,7 @@ struct session_result {
 	uint64_t	 bytes;
 	unsigned	 deleted;
 	unsigned	 resp_codes;	/* RESP_* seen on the failure */
+	long		 login_delay;	/* CAPA LOGIN-DELAY, seconds */
 	int		 nopipelining;	/* server choked on pipelining */
 };
 typedef void (*session_done_cb)(struct session_result *, void *);

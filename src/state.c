@@ -25,8 +25,10 @@
  *	maildir <path>
  *	D <first> <n> <uidl>		delivered
  *	P <first> <n> <uidl> <file>	delivered, move to new/ unconfirmed
+ *	S <first> <n> <uidl>		not fetched: larger than max-size
  *
- * <first> is when maild first delivered the message (unix time), <n> tells
+ * <first> is when maild first delivered (or skipped) the message, as unix
+ * time, <n> tells
  * apart messages a broken server lists with the same UIDL (1 for the
  * first, 2 for the second...).  UIDLs, paths and the mailbox are escaped:
  * bytes outside 0x21-0x7e and '%' become %XX.  The file is replaced
@@ -216,13 +218,47 @@ state_new_entry(struct state *st, const char *uidl, size_t len,
 /*
  * Record a message as delivered.  With a file name the record is PENDING:
  * the file is durable in tmp/ and about to be moved to new/ under that name.
+ * A record of a message skipped earlier becomes a delivery.
  */
 struct state_entry *
 state_add(struct state *st, const char *uidl, size_t len, uint32_t ordinal,
     int64_t first, const char *file)
 {
+	struct state_entry	*e;
+
+	if ((e = state_find(st, uidl, len, ordinal)) != NULL) {
+		e->kind = file != NULL ? STATE_PENDING : STATE_DELIVERED;
+		e->first = first;
+		free(e->file);
+		e->file = file != NULL ? xstrdup(file) : NULL;
+		e->listed = 1;
+		st->dirty = 1;
+		return (e);
+	}
 	return (state_new_entry(st, uidl, len, ordinal, first,
 	    file != NULL ? STATE_PENDING : STATE_DELIVERED, file));
+}
+
+/* Record that a message was left on the server for its size. */
+struct state_entry *
+state_add_skipped(struct state *st, const char *uidl, size_t len,
+    uint32_t ordinal, int64_t when)
+{
+	return (state_new_entry(st, uidl, len, ordinal, when, STATE_SKIPPED,
+	    NULL));
+}
+
+/* Forget every record (the mailbox they described is empty now). */
+void
+state_clear(struct state *st)
+{
+	size_t	i;
+
+	for (i = 0; i < st->nentries; i++) {
+		if (st->entries[i]->kind != STATE_PENDING)
+			st->entries[i]->listed = 0;
+	}
+	state_forget_unlisted(st);
 }
 
 static void
@@ -373,6 +409,8 @@ state_load_file(struct state *st, const char *path, char **cause)
 			goto bad;
 		if (fld[0][0] == 'D' && n == 4)
 			kind = STATE_DELIVERED;
+		else if (fld[0][0] == 'S' && n == 4)
+			kind = STATE_SKIPPED;
 		else if (fld[0][0] == 'P' && n == 5 &&
 		    state_valid_file(fld[4]))
 			kind = STATE_PENDING;
@@ -627,8 +665,8 @@ state_save(struct state *st, char **cause)
 			fprintf(f, "P %lld %u %s %s\n", (long long)e->first,
 			    e->ordinal, e1, e->file);
 		else
-			fprintf(f, "D %lld %u %s\n", (long long)e->first,
-			    e->ordinal, e1);
+			fprintf(f, "%c %lld %u %s\n", e->kind == STATE_SKIPPED ?
+			    'S' : 'D', (long long)e->first, e->ordinal, e1);
 		free(e1);
 	}
 	if (fflush(f) == EOF || ferror(f) || fsync(fileno(f)) == -1)

@@ -37,8 +37,11 @@
 
 /* What the verify callback saw about the first certificate it disliked. */
 struct tls_seen {
+	const struct account_conf *ac;
 	int	error;
 	int	depth;
+	int	pin_checked;
+	int	pin_ok;
 	char	names[256];	/* subject CN and DNS names of the leaf */
 	char	fingerprint[100];
 	char	expiry[64];
@@ -120,7 +123,8 @@ tls_ctx_new(const struct account_conf *a, char **cause)
 	tls_init();
 	if ((ctx = SSL_CTX_new(TLS_client_method())) == NULL)
 		goto sslfail;
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_min_proto_version(ctx, a->tls_min_version == 13 ?
+	    TLS1_3_VERSION : TLS1_2_VERSION);
 	/*
 	 * POP3 frames its own end (the reply to QUIT, the "." of a multi-line
 	 * response), so a peer closing without close_notify cannot truncate
@@ -129,6 +133,19 @@ tls_ctx_new(const struct account_conf *a, char **cause)
 	SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF |
 	    SSL_OP_NO_RENEGOTIATION);
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, tls_verify_cb);
+	if (a->tls_cert_file != NULL) {
+		if (SSL_CTX_use_certificate_chain_file(ctx,
+		    a->tls_cert_file) != 1 ||
+		    SSL_CTX_use_PrivateKey_file(ctx, a->tls_key_file,
+		    SSL_FILETYPE_PEM) != 1 ||
+		    SSL_CTX_check_private_key(ctx) != 1) {
+			tls_errors(err, sizeof err);
+			xasprintf(cause, "tls-cert-file %s / tls-key-file %s: %s",
+			    a->tls_cert_file, a->tls_key_file, err);
+			SSL_CTX_free(ctx);
+			return (NULL);
+		}
+	}
 	if (a->ca_file != NULL) {
 		if (SSL_CTX_load_verify_locations(ctx, a->ca_file, NULL) != 1) {
 			tls_errors(err, sizeof err);
@@ -164,8 +181,9 @@ tls_shutdown(void)
  * carry (or the IP address, for an address literal).
  */
 SSL *
-tls_ssl_new(SSL_CTX *ctx, const char *host)
+tls_ssl_new(SSL_CTX *ctx, const struct account_conf *ac)
 {
+	const char		*host = ac->host;
 	SSL			*ssl;
 	struct tls_seen		*seen;
 	unsigned char		 addr[16];
@@ -174,17 +192,20 @@ tls_ssl_new(SSL_CTX *ctx, const char *host)
 	if ((ssl = SSL_new(ctx)) == NULL)
 		return (NULL);
 	seen = xcalloc(1, sizeof *seen);
+	seen->ac = ac;
 	SSL_set_ex_data(ssl, tls_ex_index, seen);
 	param = SSL_get0_param(ssl);
 	if (inet_pton(AF_INET, host, addr) == 1 ||
 	    inet_pton(AF_INET6, host, addr) == 1) {
-		if (X509_VERIFY_PARAM_set1_ip_asc(param, host) != 1)
+		if (ac->tls_verify &&
+		    X509_VERIFY_PARAM_set1_ip_asc(param, host) != 1)
 			goto fail;
 	} else {
+		/* SNI is for DNS names only (RFC 6066). */
 		if (SSL_set_tlsext_host_name(ssl, host) != 1)
 			goto fail;
 		SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-		if (SSL_set1_host(ssl, host) != 1)
+		if (ac->tls_verify && SSL_set1_host(ssl, host) != 1)
 			goto fail;
 	}
 	return (ssl);
@@ -193,24 +214,72 @@ fail:
 	return (NULL);
 }
 
-/* Remember the first complaint about the chain, with the leaf's details. */
+/* Is cert one of the account's pinned certificates?  Constant time. */
+static int
+tls_pin_match(const struct account_conf *ac, X509 *cert)
+{
+	unsigned char	md[EVP_MAX_MD_SIZE];
+	unsigned int	mdlen;
+	size_t		i;
+	int		match = 0;
+
+	if (cert == NULL || X509_digest(cert, EVP_sha256(), md, &mdlen) != 1 ||
+	    mdlen != 32)
+		return (0);
+	for (i = 0; i < ac->npins; i++)
+		match |= CRYPTO_memcmp(md, ac->pins[i], 32) == 0;
+	return (match);
+}
+
+/* After the handshake: with pins, the server's certificate must match. */
+int
+tls_check_pin(SSL *ssl, const struct account_conf *ac)
+{
+	if (ac->npins == 0)
+		return (1);
+	return (tls_pin_match(ac, SSL_get0_peer_certificate(ssl)));
+}
+
+/*
+ * Verify the chain.  Without pins, OpenSSL's verdict stands and the first
+ * complaint is remembered with the leaf's details.  With pins, the leaf
+ * must match one, and the rest of OpenSSL's verdict only counts with
+ * tls-verify = yes.
+ */
 static int
 tls_verify_cb(int ok, X509_STORE_CTX *x)
 {
 	SSL		*ssl;
 	struct tls_seen	*seen;
+	X509		*leaf;
 
-	if (ok)
-		return (1);
 	ssl = X509_STORE_CTX_get_ex_data(x,
 	    SSL_get_ex_data_X509_STORE_CTX_idx());
 	if (ssl == NULL ||
 	    (seen = SSL_get_ex_data(ssl, tls_ex_index)) == NULL)
 		return (0);
+	leaf = X509_STORE_CTX_get0_cert(x);
+	if (seen->ac->npins > 0 && !seen->pin_checked) {
+		seen->pin_checked = 1;
+		seen->pin_ok = tls_pin_match(seen->ac, leaf);
+		if (!seen->pin_ok) {
+			seen->error = X509_V_ERR_APPLICATION_VERIFICATION;
+			tls_cert_info(leaf, seen);
+			X509_STORE_CTX_set_error(x,
+			    X509_V_ERR_APPLICATION_VERIFICATION);
+			return (0);
+		}
+	}
+	if (seen->ac->npins > 0 && !seen->pin_ok)
+		return (0);
+	if (ok)
+		return (1);
+	if (seen->ac->npins > 0 && !seen->ac->tls_verify)
+		return (1);
 	if (seen->error == 0) {
 		seen->error = X509_STORE_CTX_get_error(x);
 		seen->depth = X509_STORE_CTX_get_error_depth(x);
-		tls_cert_info(X509_STORE_CTX_get0_cert(x), seen);
+		tls_cert_info(leaf, seen);
 	}
 	return (0);
 }
@@ -288,12 +357,17 @@ tls_explain_failure(SSL *ssl, const char *host, unsigned long err,
 		seen = SSL_get_ex_data(ssl, tls_ex_index);
 		v = SSL_get_verify_result(ssl);
 	}
-	if (v == X509_V_OK && seen != NULL && seen->error != 0)
+	if (seen != NULL && seen->error != 0)
 		v = seen->error;
 	*verify = v != X509_V_OK;
 	if (v != X509_V_OK) {
 		why = X509_verify_cert_error_string(v);
 		switch (v) {
+		case X509_V_ERR_APPLICATION_VERIFICATION:
+			why = "the certificate does not match tls-fingerprint";
+			hint = "if the server changed its certificate on "
+			    "purpose, pin the new fingerprint";
+			break;
 		case X509_V_ERR_HOSTNAME_MISMATCH:
 		case X509_V_ERR_IP_ADDRESS_MISMATCH:
 			hint = "the certificate was issued to other names; "
@@ -306,7 +380,8 @@ tls_explain_failure(SSL *ssl, const char *host, unsigned long err,
 		case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
 			hint = "the certificate is not signed by an authority "
 			    "maild trusts; if you trust this server, give its "
-			    "CA certificate as ca-file";
+			    "CA certificate as ca-file, or pin its certificate "
+			    "with tls-fingerprint";
 			break;
 		case X509_V_ERR_CERT_HAS_EXPIRED:
 			hint = "the server's certificate has expired; the "
