@@ -43,8 +43,13 @@ struct account {
 	int			 nopipelining;
 	int			 retried;	/* --once: the lock-step retry */
 	int			 exitcode;	/* of the last session */
+	int			 failures;	/* in a row */
+	long			 login_delay;	/* the server's LOGIN-DELAY */
 	double			 started;
 };
+
+/* Backoff after failures never waits longer than this (or 16 polls). */
+#define BACKOFF_CAP	3600
 
 static struct account	*accounts;
 static size_t		 naccounts;
@@ -60,6 +65,8 @@ static void	account_done_cb(struct session_result *, void *);
 static void	account_run(struct account *);
 static void	account_schedule(struct account *, int);
 static void	account_check_finished(void);
+static long	account_next_delay(struct account *,
+		    const struct session_result *);
 
 /* Set up the accounts of the configuration in env. */
 int
@@ -212,18 +219,29 @@ account_done_cb(struct session_result *r, void *arg)
 	struct account	*a = arg;
 	double		 secs = now_mono() - a->started;
 
+	long		 next;
+
 	a->session = NULL;
 	active--;
 	a->polls++;
 	a->exitcode = r->exitcode;
+	next = account_next_delay(a, r);
 	if (r->error == NULL)
 		log_info("account=%s fetched=%u bytes=%llu deleted=%u "
 		    "seconds=%.1f", a->ac->name, r->fetched,
 		    (unsigned long long)r->bytes, r->deleted, secs);
+	else if (r->resp_codes & (RESP_IN_USE | RESP_SYS_TEMP |
+	    RESP_LOGIN_DELAY))
+		/* The server is busy, not broken: no alarm. */
+		log_info("account=%s fetched=%u bytes=%llu deleted=%u "
+		    "seconds=%.1f busy=\"%s\" retry=%ld", a->ac->name,
+		    r->fetched, (unsigned long long)r->bytes, r->deleted, secs,
+		    r->error, next);
 	else
 		log_warnx("account=%s fetched=%u bytes=%llu deleted=%u "
-		    "seconds=%.1f error=\"%s\"", a->ac->name, r->fetched,
-		    (unsigned long long)r->bytes, r->deleted, secs, r->error);
+		    "seconds=%.1f error=\"%s\" retry=%ld", a->ac->name,
+		    r->fetched, (unsigned long long)r->bytes, r->deleted, secs,
+		    r->error, next);
 
 	if (r->nopipelining && !a->nopipelining) {
 		a->nopipelining = 1;
@@ -237,7 +255,7 @@ account_done_cb(struct session_result *r, void *arg)
 		}
 	}
 	if (!once && !stopping)
-		account_schedule(a, a->ac->poll_interval);
+		account_schedule(a, (int)next);
 
 next:
 	/* Hand the slot to the next account in line. */
@@ -249,6 +267,45 @@ next:
 		account_run(b);
 	}
 	account_check_finished();
+}
+
+/*
+ * When to poll next: after poll-interval, or after a failure later and
+ * later (doubling, with jitter, capped), so that a broken account does
+ * not hammer its server; a refused login backs off faster.  Never sooner
+ * than the server's LOGIN-DELAY allows.
+ */
+static long
+account_next_delay(struct account *a, const struct session_result *r)
+{
+	long		base = a->ac->poll_interval, cap, delay;
+	int		k;
+	uint32_t	rnd;
+
+	if (r->login_delay > 0)
+		a->login_delay = r->login_delay;
+	if (r->exitcode == 0) {
+		a->failures = 0;
+		delay = base;
+	} else {
+		a->failures++;
+		k = a->failures;
+		if (r->exitcode == EXIT_NOPERM ||
+		    (r->resp_codes & (RESP_AUTH | RESP_SYS_PERM)))
+			k += 2;
+		cap = base * 16 > BACKOFF_CAP ? base * 16 : BACKOFF_CAP;
+		delay = base;
+		while (--k > 0 && delay < cap)
+			delay *= 2;
+		if (delay > cap)
+			delay = cap;
+		/* +-10%, so that accounts failing together spread out. */
+		random_bytes(&rnd, sizeof rnd);
+		delay += (long)((double)delay * ((rnd % 2001) - 1000) / 10000);
+	}
+	if (delay < a->login_delay)
+		delay = a->login_delay;
+	return (delay < 1 ? 1 : delay);
 }
 
 /* In --once mode, or when stopping, leave the loop when all are done. */

@@ -27,6 +27,7 @@
 #include <confuse.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -41,6 +42,7 @@
 #define DEFAULT_SESSION_TIMEOUT	3600
 #define DEFAULT_MAX_CONNECTIONS	16
 #define ACCOUNT_NAME_MAX	64
+#define CONF_SIZE_MAX		(1 << 20)
 
 /* Where the parse currently is, for error messages and duplicate checks. */
 struct conf_parse {
@@ -49,7 +51,9 @@ struct conf_parse {
 	struct seen {
 		cfg_t		*sec;
 		const char	*opt;
+		int		 line;
 	}		*seen;
+	char		*buf;		/* the file, comments blanked */
 	size_t		 nseen;
 	struct secline {
 		cfg_t		*sec;
@@ -69,6 +73,7 @@ static int	conf_long_duration_cb(cfg_t *, cfg_opt_t *, const char *,
 static int	conf_size_cb(cfg_t *, cfg_opt_t *, const char *, void *);
 static int	conf_validate_opt(cfg_t *, cfg_opt_t *);
 static int	conf_section_line(cfg_t *);
+static int	conf_line(cfg_t *, const char *);
 static int	conf_account(cfg_t *, struct config *, struct account_conf *);
 static int	conf_keyword(cfg_t *, const char *, const char *const *);
 static int	conf_account_secret(cfg_t *, struct account_conf *);
@@ -127,8 +132,7 @@ conf_error_cb(cfg_t *cfg, const char *fmt, va_list ap)
 	if (cp == NULL || cp->error != NULL)
 		return;
 	vsnprintf(msg, sizeof msg, fmt, ap);
-	xasprintf(&cp->error, "%s:%d: %s",
-	    cfg->filename != NULL ? cfg->filename : cp->file, cfg->line, msg);
+	xasprintf(&cp->error, "%s:%d: %s", cp->file, cfg->line, msg);
 }
 
 static void
@@ -284,19 +288,24 @@ conf_validate_opt(cfg_t *cfg, cfg_opt_t *opt)
 	const char	*name = cfg_opt_name(opt);
 	size_t		 i;
 
-	/* Lists may be given in parts (+=), and get their defaults parsed. */
-	if (opt->flags & CFGF_LIST)
-		return (0);
 	for (i = 0; i < cp->nseen; i++) {
-		if (cp->seen[i].sec == cfg && strcmp(cp->seen[i].opt, name) == 0) {
-			cfg_error(cfg, "'%s' is set twice", name);
-			return (-1);
+		if (cp->seen[i].sec != cfg || strcmp(cp->seen[i].opt, name) != 0)
+			continue;
+		/* Lists may be given in parts (+=), after their default. */
+		if (opt->flags & CFGF_LIST) {
+			cp->seen[i].line = cfg->line;
+			return (0);
 		}
+		cfg_error(cfg, "'%s' is set twice", name);
+		return (-1);
 	}
 	cp->seen = xreallocarray(cp->seen, cp->nseen + 1, sizeof *cp->seen);
 	cp->seen[cp->nseen].sec = cfg;
 	cp->seen[cp->nseen].opt = name;
+	cp->seen[cp->nseen].line = cfg->line;
 	cp->nseen++;
+	if (opt->flags & CFGF_LIST)
+		return (0);	/* a default, not where the section starts */
 
 	for (i = 0; i < cp->nseclines; i++) {
 		if (cp->seclines[i].sec == cfg)
@@ -310,17 +319,59 @@ conf_validate_opt(cfg_t *cfg, cfg_opt_t *opt)
 	return (0);
 }
 
-/* The line of a section's first option, for errors about the section. */
+/*
+ * The line where an account section starts, for errors about the section
+ * as a whole: the line of 'account "<title>"' if we can find it, else
+ * that of its first option.
+ */
 static int
 conf_section_line(cfg_t *sec)
 {
-	size_t	i;
+	const char	*title = cfg_title(sec), *p;
+	size_t		 i, tlen;
+	int		 line = 1;
 
+	if (title != NULL && cp->buf != NULL) {
+		tlen = strlen(title);
+		for (p = cp->buf; *p != '\0'; line++) {
+			const char	*q = p;
+
+			while (*q == ' ' || *q == '\t')
+				q++;
+			if (strncmp(q, "account", 7) == 0 &&
+			    (q[7] == ' ' || q[7] == '\t')) {
+				q += 7;
+				while (*q == ' ' || *q == '\t')
+					q++;
+				if (*q == '"' || *q == '\'')
+					q++;
+				if (strncmp(q, title, tlen) == 0 &&
+				    strchr("\"' \t{\n", q[tlen]) != NULL)
+					return (line);
+			}
+			if ((p = strchr(p, '\n')) == NULL)
+				break;
+			p++;
+		}
+	}
 	for (i = 0; i < cp->nseclines; i++) {
 		if (cp->seclines[i].sec == sec)
 			return (cp->seclines[i].line);
 	}
 	return (sec->line);
+}
+
+/* The line where opt was set in sec (the section's line if nowhere). */
+static int
+conf_line(cfg_t *sec, const char *opt)
+{
+	size_t	i;
+
+	for (i = 0; i < cp->nseen; i++) {
+		if (cp->seen[i].sec == sec && strcmp(cp->seen[i].opt, opt) == 0)
+			return (cp->seen[i].line);
+	}
+	return (conf_section_line(sec));
 }
 
 /*
@@ -413,12 +464,12 @@ conf_path(cfg_t *sec, const char *opt, char **out)
 		return (0);
 	raw = cfg_getstr(sec, opt);
 	if ((path = config_expand_path(raw, &cause)) == NULL) {
-		conf_errorx(conf_section_line(sec), "%s: %s", opt, cause);
+		conf_errorx(conf_line(sec, opt), "%s: %s", opt, cause);
 		free(cause);
 		return (-1);
 	}
 	if (path[0] != '/') {
-		conf_errorx(conf_section_line(sec), "%s: '%s' is not an "
+		conf_errorx(conf_line(sec, opt), "%s: '%s' is not an "
 		    "absolute path (start it with /, ~ or $HOME)", opt, raw);
 		free(path);
 		return (-1);
@@ -449,13 +500,13 @@ conf_string(cfg_t *sec, const char *opt, int required, char **out)
 	}
 	v = cfg_getstr(sec, opt);
 	if (v == NULL || *v == '\0') {
-		conf_errorx(conf_section_line(sec), "account \"%s\": '%s' is "
+		conf_errorx(conf_line(sec, opt), "account \"%s\": '%s' is "
 		    "empty", cfg_title(sec), opt);
 		return (-1);
 	}
 	for (i = 0; v[i] != '\0'; i++) {
 		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) {
-			conf_errorx(conf_section_line(sec), "account \"%s\": "
+			conf_errorx(conf_line(sec, opt), "account \"%s\": "
 			    "'%s' contains a control character",
 			    cfg_title(sec), opt);
 			return (-1);
@@ -481,7 +532,7 @@ conf_keyword(cfg_t *sec, const char *opt, const char *const *words)
 		if (o >= sizeof list)
 			o = sizeof list - 1;
 	}
-	conf_errorx(conf_section_line(sec), "account \"%s\": %s: '%s' is not "
+	conf_errorx(conf_line(sec, opt), "account \"%s\": %s: '%s' is not "
 	    "one of %s", cfg_title(sec), opt, v, list);
 	return (-1);
 }
@@ -524,8 +575,9 @@ conf_account_secret(cfg_t *sec, struct account_conf *a)
 	}
 	if (a->secret_source == SECRET_CREDENTIAL &&
 	    (strchr(a->secret, '/') != NULL || a->secret[0] == '.')) {
-		conf_errorx(conf_section_line(sec), "account \"%s\": "
-		    "password-credential is a credential's name, not a path",
+		conf_errorx(conf_line(sec, "password-credential"), "account "
+		    "\"%s\": password-credential is a credential's name, not "
+		    "a path",
 		    cfg_title(sec));
 		return (-1);
 	}
@@ -574,7 +626,7 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 	    NULL };
 	static const char *const versions[] = { "1.2", "1.3", NULL };
 	const char	*title = cfg_title(sec);
-	int		 line = conf_section_line(sec), r;
+	int		 r;
 	size_t		 i;
 
 	if ((r = conf_keyword(sec, "tls", modes)) == -1)
@@ -582,7 +634,8 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 	a->tls = (enum tls_mode)r;
 	a->allow_plaintext = cfg_getbool(sec, "allow-plaintext");
 	if (a->tls == TLS_NONE && !a->allow_plaintext) {
-		conf_errorx(line, "account \"%s\": tls = none sends the "
+		conf_errorx(conf_line(sec, "tls"), "account \"%s\": tls = "
+		    "none sends the "
 		    "password and all mail in clear text; set allow-plaintext "
 		    "= yes if you really mean it", title);
 		return (-1);
@@ -598,8 +651,8 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 					    i);
 
 			if (config_parse_fingerprint(fp, a->pins[i]) == -1) {
-				conf_errorx(line, "account \"%s\": "
-				    "tls-fingerprint '%s' is not a SHA-256 "
+				conf_errorx(conf_line(sec, "tls-fingerprint"),
+				    "account \"%s\": tls-fingerprint '%s' is not a SHA-256 "
 				    "fingerprint (sha256:AB:CD:... with 32 "
 				    "bytes)", title, fp);
 				return (-1);
@@ -612,14 +665,16 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 	else
 		a->tls_verify = a->npins == 0;
 	if (!a->tls_verify && a->npins == 0) {
-		conf_errorx(line, "account \"%s\": tls-verify = no is only "
+		conf_errorx(conf_line(sec, "tls-verify"), "account \"%s\": "
+		    "tls-verify = no is only "
 		    "allowed with a tls-fingerprint: maild never trusts an "
 		    "unverified server", title);
 		return (-1);
 	}
 	if (a->tls == TLS_NONE && (a->npins > 0 || cfg_size(sec, "ca-file") ||
 	    cfg_size(sec, "tls-cert-file"))) {
-		conf_errorx(line, "account \"%s\": TLS options make no sense "
+		conf_errorx(conf_line(sec, "tls"), "account \"%s\": TLS "
+		    "options make no sense "
 		    "with tls = none", title);
 		return (-1);
 	}
@@ -628,7 +683,9 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 	    conf_path(sec, "tls-key-file", &a->tls_key_file) == -1)
 		return (-1);
 	if ((a->tls_cert_file == NULL) != (a->tls_key_file == NULL)) {
-		conf_errorx(line, "account \"%s\": tls-cert-file and "
+		conf_errorx(conf_line(sec, a->tls_cert_file != NULL ?
+		    "tls-cert-file" : "tls-key-file"), "account \"%s\": "
+		    "tls-cert-file and "
 		    "tls-key-file go together", title);
 		return (-1);
 	}
@@ -657,13 +714,15 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 	if (cfg_size(sec, "delete-after") > 0) {
 		a->delete_after = cfg_getint(sec, "delete-after");
 		if (!a->keep) {
-			conf_errorx(line, "account \"%s\": delete-after needs "
+			conf_errorx(conf_line(sec, "delete-after"), "account "
+			    "\"%s\": delete-after needs "
 			    "keep = yes (without it, messages are deleted at "
 			    "once)", title);
 			return (-1);
 		}
 		if (a->delete_after < 1) {
-			conf_errorx(line, "account \"%s\": delete-after must "
+			conf_errorx(conf_line(sec, "delete-after"), "account "
+			    "\"%s\": delete-after must "
 			    "be at least 1s", title);
 			return (-1);
 		}
@@ -686,7 +745,8 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 		else if (strcasecmp(h, "x-original-to") == 0)
 			a->add_headers |= HDR_X_ORIGINAL_TO;
 		else {
-			conf_errorx(line, "account \"%s\": add-headers: '%s' "
+			conf_errorx(conf_line(sec, "add-headers"), "account "
+			    "\"%s\": add-headers: '%s' "
 			    "is not yes, no, received, delivered-to or "
 			    "x-original-to", title, h);
 			return (-1);
@@ -703,9 +763,9 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 	a->poll_interval = conf->poll_interval;
 	if (cfg_size(sec, "poll-interval") > 0)
 		a->poll_interval = (int)cfg_getint(sec, "poll-interval");
-	if (a->poll_interval < 10) {
-		conf_errorx(line, "account \"%s\": poll-interval must be at "
-		    "least 10s", title);
+	if (a->poll_interval < 1) {
+		conf_errorx(conf_line(sec, "poll-interval"), "account \"%s\": "
+		    "poll-interval must be at least 1s", title);
 		return (-1);
 	}
 	return (0);
@@ -732,7 +792,8 @@ conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 	    conf_string(sec, "user", 1, &a->user) == -1)
 		return (-1);
 	if (strlen(a->host) > 253 || strchr(a->host, ' ') != NULL) {
-		conf_errorx(line, "account \"%s\": host '%s' is not a host "
+		conf_errorx(conf_line(sec, "host"), "account \"%s\": host "
+		    "'%s' is not a host "
 		    "name or address", title, a->host);
 		return (-1);
 	}
@@ -741,7 +802,8 @@ conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 		long	port = cfg_getint(sec, "port");
 
 		if (port < 1 || port > 65535) {
-			conf_errorx(line, "account \"%s\": port %ld is out of "
+			conf_errorx(conf_line(sec, "port"), "account \"%s\": "
+			    "port %ld is out of "
 			    "range (1-65535)", title, port);
 			return (-1);
 		}
@@ -801,6 +863,129 @@ config_default_path(void)
 		free(path);
 	}
 	return (xstrdup(SYSCONFDIR "/maild.conf"));
+}
+
+/*
+ * Is p the start of a "//" comment as libconfuse's lexer sees one: two or
+ * more slashes at the start of a word, and nothing after them that would
+ * make them part of a longer word?
+ */
+static int
+conf_slash_comment(const char *buf, const char *p)
+{
+	const char	*q;
+
+	if (p[0] != '/' || p[1] != '/')
+		return (0);
+	if (p > buf && strchr(" \t\r\n{}()=+,", p[-1]) == NULL)
+		return (0);
+	for (q = p; *q == '/'; q++)
+		;
+	return (*q == '\0' || strchr(" \t\r\n#\"'={}()+,", *q) != NULL);
+}
+
+/*
+ * Blank out comments, keeping the line breaks: from "#" (outside quoted
+ * strings; it cannot be part of an unquoted word) or from a "//" comment to
+ * the end of the line, and C comments.  libconfuse 3.3 counts each comment line twice,
+ * which would put every later error on the wrong line; without comments
+ * its count is right.
+ */
+void
+config_strip_comments(char *buf)
+{
+	char	*p, quote = 0;
+
+	for (p = buf; *p != '\0'; p++) {
+		if (quote != 0) {
+			if (*p == '\\' && p[1] != '\0')
+				p++;
+			else if (*p == quote)
+				quote = 0;
+			continue;
+		}
+		if (*p == '"' || *p == '\'')
+			quote = *p;
+		else if (p[0] == '/' && p[1] == '*' && (p == buf ||
+		    strchr(" \t\r\n{}()=+,", p[-1]) != NULL)) {
+			/* A C comment, at the start of a word. */
+			while (*p != '\0' && !(p[0] == '*' && p[1] == '/')) {
+				if (*p != '\n')
+					*p = ' ';
+				p++;
+			}
+			if (*p == '\0')
+				break;
+			p[0] = p[1] = ' ';
+			p++;
+		} else if (*p == '#' || conf_slash_comment(buf, p)) {
+			while (*p != '\0' && *p != '\n')
+				*p++ = ' ';
+			if (*p == '\0')
+				break;
+		}
+	}
+}
+
+/*
+ * Read the configuration file.  It must be a regular file of sensible
+ * size, owned by root or by us and writable by nobody else: whoever can
+ * write it can make maild run a password-command.
+ */
+static char *
+conf_read(const char *path, char **cause)
+{
+	struct stat	 sb;
+	char		*buf;
+	ssize_t		 n;
+	size_t		 len = 0;
+	int		 fd;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) == -1) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		return (NULL);
+	}
+	if (fstat(fd, &sb) == -1 || !S_ISREG(sb.st_mode) ||
+	    sb.st_size > CONF_SIZE_MAX) {
+		xasprintf(cause, "%s: not a regular file of at most %d bytes",
+		    path, CONF_SIZE_MAX);
+		close(fd);
+		return (NULL);
+	}
+	if (sb.st_uid != 0 && sb.st_uid != getuid()) {
+		xasprintf(cause, "%s: owned by uid %ld, neither root nor you "
+		    "(uid %ld): refusing it", path, (long)sb.st_uid,
+		    (long)getuid());
+		close(fd);
+		return (NULL);
+	}
+	if ((sb.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+		xasprintf(cause, "%s: writable by others (mode %04o): "
+		    "refusing it; run 'chmod go-w %s'", path,
+		    (unsigned)(sb.st_mode & 07777), path);
+		close(fd);
+		return (NULL);
+	}
+	buf = xmalloc((size_t)sb.st_size + 2);
+	while (len < (size_t)sb.st_size) {
+		n = read(fd, buf + len, (size_t)sb.st_size - len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += n;
+	}
+	close(fd);
+	if (memchr(buf, '\0', len) != NULL) {
+		xasprintf(cause, "%s: contains a NUL byte", path);
+		free(buf);
+		return (NULL);
+	}
+	if (len > 0 && buf[len - 1] != '\n')
+		buf[len++] = '\n';
+	buf[len] = '\0';
+	config_strip_comments(buf);
+	return (buf);
 }
 
 /* Refuse a config holding a password that others can read. */
@@ -863,12 +1048,9 @@ config_load(const char *path, char **cause)
 		cfg_set_validate_func(cfg, name, conf_validate_opt);
 	}
 
-	r = cfg_parse(cfg, path);
-	if (r == CFG_FILE_ERROR) {
-		if (parse.error == NULL)
-			xasprintf(&parse.error, "%s: %s", path, strerror(errno));
+	if ((parse.buf = conf_read(path, &parse.error)) == NULL)
 		goto fail;
-	}
+	r = cfg_parse_buf(cfg, parse.buf);
 	if (r != CFG_SUCCESS) {
 		if (parse.error == NULL)
 			xasprintf(&parse.error, "%s: parse error", path);
@@ -879,21 +1061,24 @@ config_load(const char *path, char **cause)
 	conf->timeout = (int)cfg_getint(cfg, "timeout");
 	conf->session_timeout = (int)cfg_getint(cfg, "session-timeout");
 	v = cfg_getint(cfg, "max-connections");
-	if (conf->poll_interval < 10) {
-		conf_errorx(1, "poll-interval must be at least 10s");
+	if (conf->poll_interval < 1) {
+		conf_errorx(conf_line(cfg, "poll-interval"), "poll-interval "
+		    "must be at least 1s");
 		goto fail;
 	}
 	if (conf->timeout < 1) {
-		conf_errorx(1, "timeout must be at least 1s");
+		conf_errorx(conf_line(cfg, "timeout"), "timeout must be at "
+		    "least 1s");
 		goto fail;
 	}
 	if (conf->session_timeout < conf->timeout) {
-		conf_errorx(1, "session-timeout must not be shorter than "
-		    "timeout");
+		conf_errorx(conf_line(cfg, "session-timeout"), "session-timeout "
+		    "must not be shorter than timeout");
 		goto fail;
 	}
 	if (v < 1 || v > 1000) {
-		conf_errorx(1, "max-connections must be between 1 and 1000");
+		conf_errorx(conf_line(cfg, "max-connections"), "max-connections "
+		    "must be between 1 and 1000");
 		goto fail;
 	}
 	conf->max_connections = (int)v;
@@ -938,6 +1123,7 @@ config_load(const char *path, char **cause)
 	cfg_free(cfg);
 	free(parse.seen);
 	free(parse.seclines);
+	freezero_str(parse.buf);
 	cp = NULL;
 	return (conf);
 
@@ -945,6 +1131,7 @@ fail:
 	cfg_free(cfg);
 	free(parse.seen);
 	free(parse.seclines);
+	freezero_str(parse.buf);
 	*cause = parse.error;
 	cp = NULL;
 	config_free(conf);

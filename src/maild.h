@@ -131,6 +131,7 @@ void		 config_free(struct config *);
 int		 config_check_paths(const struct config *);
 char		*config_default_path(void);
 int		 config_parse_duration(const char *, long *);
+void		 config_strip_comments(char *);
 int		 config_parse_size(const char *, long *);
 int		 config_parse_fingerprint(const char *, uint8_t[32]);
 char		*config_expand_path(const char *, char **);

@@ -126,6 +126,7 @@ maildir_open(struct maildir *md, const char *path, uint32_t tag, char **cause)
 {
 	char		 sub[PATH_MAX];
 	const char	*dirs[] = { "cur", "new", "tmp" };
+	struct stat	 sb;
 	size_t		 i;
 
 	memset(md, 0, sizeof *md);
@@ -137,23 +138,28 @@ maildir_open(struct maildir *md, const char *path, uint32_t tag, char **cause)
 	}
 	for (i = 0; i < 3; i++) {
 		snprintf(sub, sizeof sub, "%s/%s", path, dirs[i]);
-		if (mkdir(sub, 0700) == -1 && errno != EEXIST) {
-			xasprintf(cause, "maildir %s: %s", sub,
-			    strerror(errno));
-			return (-1);
+		if (mkdir(sub, 0700) == -1 && errno != EEXIST)
+			goto fail;
+		if (stat(sub, &sb) == -1)
+			goto fail;
+		if (!S_ISDIR(sb.st_mode)) {
+			errno = ENOTDIR;
+			goto fail;
 		}
 	}
 	snprintf(sub, sizeof sub, "%s/tmp", path);
-	md->tmpfd = open(sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if ((md->tmpfd = open(sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
+		goto fail;
 	snprintf(sub, sizeof sub, "%s/new", path);
-	md->newfd = open(sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (md->tmpfd == -1 || md->newfd == -1) {
-		xasprintf(cause, "maildir %s: %s", sub, strerror(errno));
-		maildir_close(md);
-		return (-1);
-	}
+	if ((md->newfd = open(sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
+		goto fail;
 	md->path = xstrdup(path);
 	return (0);
+
+fail:
+	xasprintf(cause, "maildir %s: %s", sub, strerror(errno));
+	maildir_close(md);
+	return (-1);
 }
 
 void

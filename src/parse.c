@@ -74,14 +74,21 @@ parse_status(const char *line, size_t len, const char **text, size_t *textlen)
 		skip = 4;
 	} else
 		return (POP3_BAD);
-	if (skip < len && line[skip] == ' ')
+	/* "+OKAY" is not "+OK". */
+	if (skip < len && line[skip] != ' ' && line[skip] != '\t')
+		return (POP3_BAD);
+	if (skip < len)
 		skip++;
 	*text = line + skip;
 	*textlen = len - skip;
 	return (st);
 }
 
-/* Find the RFC 2449 response code at the start of a status text. */
+/*
+ * Find the RFC 2449 response code at the start of a status text.  Codes
+ * are hierarchical ("SYS/TEMP/QUOTA"): a code we know followed by finer
+ * detail we do not is still that code.
+ */
 int
 parse_resp_code(const char *text, size_t len)
 {
@@ -104,8 +111,10 @@ parse_resp_code(const char *text, size_t len)
 		return (0);
 	n = end - text - 1;
 	for (i = 0; i < sizeof codes / sizeof codes[0]; i++) {
-		if (strlen(codes[i].name) == n &&
-		    strncasecmp(text + 1, codes[i].name, n) == 0)
+		size_t	l = strlen(codes[i].name);
+
+		if (l <= n && strncasecmp(text + 1, codes[i].name, l) == 0 &&
+		    (l == n || text[1 + l] == '/'))
 			return (codes[i].flag);
 	}
 	return (0);

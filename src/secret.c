@@ -61,7 +61,8 @@ static void	secret_read_cb(evutil_socket_t, short, void *);
 static void	secret_wait_cb(evutil_socket_t, short, void *);
 static void	secret_finish(struct secret_job *, const char *);
 static int	secret_run(struct secret_job *, char **);
-static int	secret_read_file(struct secret_job *, char **);
+static int	secret_read_file(struct secret_job *, const char *, int,
+		    char **);
 
 /*
  * Start getting an account's secret; cb runs once, from the event loop,
@@ -110,7 +111,8 @@ static void
 secret_start_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct secret_job	*job = arg;
-	char			*cause = NULL;
+	char			*cause = NULL, *path;
+	const char		*dir;
 
 	event_free(job->ev);
 	job->ev = NULL;
@@ -123,11 +125,30 @@ secret_start_cb(evutil_socket_t fd, short what, void *arg)
 		secret_finish(job, NULL);
 		return;
 	case SECRET_FILE:
-		if (secret_read_file(job, &cause) == -1) {
+		if (secret_read_file(job, job->ac->secret, 1, &cause) == -1) {
 			secret_finish(job, cause);
 			free(cause);
 			return;
 		}
+		secret_finish(job, NULL);
+		return;
+	case SECRET_CREDENTIAL:
+		/* systemd guards its credentials directory itself. */
+		if ((dir = getenv("CREDENTIALS_DIRECTORY")) == NULL ||
+		    dir[0] != '/') {
+			secret_finish(job, "password-credential: "
+			    "$CREDENTIALS_DIRECTORY is not set (is maild run "
+			    "by systemd with LoadCredential=?)");
+			return;
+		}
+		xasprintf(&path, "%s/%s", dir, job->ac->secret);
+		if (secret_read_file(job, path, 0, &cause) == -1) {
+			free(path);
+			secret_finish(job, cause);
+			free(cause);
+			return;
+		}
+		free(path);
 		secret_finish(job, NULL);
 		return;
 	case SECRET_COMMAND:
@@ -166,12 +187,13 @@ secret_first_line(struct secret_job *job)
 }
 
 static int
-secret_read_file(struct secret_job *job, char **cause)
+secret_read_file(struct secret_job *job, const char *path, int check_mode,
+    char **cause)
 {
 	struct stat	 sb;
 	ssize_t		 n;
 	int		 fd;
-	const char	*path = job->ac->secret, *bad;
+	const char	*bad;
 
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) == -1) {
 		xasprintf(cause, "password-file %s: %s", path, strerror(errno));
@@ -182,7 +204,7 @@ secret_read_file(struct secret_job *job, char **cause)
 		close(fd);
 		return (-1);
 	}
-	if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+	if (check_mode && (sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
 		xasprintf(cause, "password-file %s is readable by others "
 		    "(mode %04o); run 'chmod 600 %s'", path,
 		    (unsigned)(sb.st_mode & 07777), path);

@@ -96,7 +96,7 @@ hexval(int c)
 	return (-1);
 }
 
-/* Undo state_escape(); refuses anything it would not have written. */
+/* Undo state_escape(); refuses malformed escapes and raw odd bytes. */
 int
 state_unescape(const char *s, size_t len, char **out, size_t *outlen)
 {
@@ -321,11 +321,18 @@ parse_i64(const char *s, int64_t min, int64_t max, int64_t *out)
 	return (0);
 }
 
-/* Is name a Maildir file name maild would write (no path, no dots first)? */
+/*
+ * Is name one maild would have written into new/: its own tmp/ name (see
+ * maildir.c) followed by ",S=<size>"?  Anything else in a P record is
+ * damage or tampering, and must not reach rename().
+ */
 static int
 state_valid_file(const char *name)
 {
-	size_t	i;
+	const char	*comma;
+	char		 base[256];
+	uint32_t	 tag;
+	size_t		 i;
 
 	if (name[0] == '\0' || name[0] == '.' || strlen(name) > 255)
 		return (0);
@@ -333,7 +340,12 @@ state_valid_file(const char *name)
 		if (name[i] == '/')
 			return (0);
 	}
-	return (1);
+	if ((comma = strstr(name, ",S=")) == NULL || comma == name ||
+	    (size_t)(comma - name) >= sizeof base)
+		return (0);
+	memcpy(base, name, comma - name);
+	base[comma - name] = '\0';
+	return (maildir_name_tag(base, &tag) == 0);
 }
 
 /* Load a state file into st.  A missing file is an empty state. */
@@ -346,6 +358,7 @@ state_load_file(struct state *st, const char *path, char **cause)
 	int64_t		 first, ord;
 	int		 lineno = 0, version = 0;
 	enum state_kind	 kind;
+	struct state_entry *e;
 
 	if ((f = fopen(path, "re")) == NULL) {
 		if (errno == ENOENT)
@@ -432,8 +445,10 @@ state_load_file(struct state *st, const char *path, char **cause)
 			    "twice", path, lineno);
 			goto fail;
 		}
-		state_new_entry(st, uidl, uidl_len, (uint32_t)ord, first, kind,
-		    kind == STATE_PENDING ? fld[4] : NULL);
+		e = state_new_entry(st, uidl, uidl_len, (uint32_t)ord, first,
+		    kind, kind == STATE_PENDING ? fld[4] : NULL);
+		/* Until this session's listing mentions it. */
+		e->listed = 0;
 		free(uidl);
 	}
 	if (ferror(f)) {

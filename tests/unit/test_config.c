@@ -1,2 +1,768 @@
+/*
+ * test_config.c: unit tests for src/config.c: durations, path expansion
+ * and config_load() on good and bad files, checking that every error
+ * comes as "file:line: message" with the right line.
+ *
+ * Each bad config is checked three ways: it is refused, the message says
+ * what is wrong, and the line number is that of the offending option (or,
+ * for errors about a whole account section, of the section's first
+ * option, as config.c documents).  The line is a separate check so that a
+ * wrong line shows up on its own.
+ */
+
+#include "config.h"
+
+#include <sys/stat.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "maild.h"
 #include "tap.h"
-int main(void){ ok(1, "placeholder"); return done(); }
+
+static char	*topdir;
+static int	 nconf;
+
+/* ---------------------------------------------------------------------- */
+/* Helpers */
+
+static int
+rm_cb(const char *path, const struct stat *sb, int type, struct FTW *ftw)
+{
+	(void)sb;
+	(void)type;
+	(void)ftw;
+	return (remove(path));
+}
+
+static void
+rm_rf(const char *path)
+{
+	nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static char *
+mkscratch(void)
+{
+	const char	*t = getenv("TMPDIR");
+	char		*dir;
+
+	xasprintf(&dir, "%s/maild-test-config.XXXXXX",
+	    t != NULL && *t == '/' ? t : "/tmp");
+	if (mkdtemp(dir) == NULL) {
+		perror("mkdtemp");
+		exit(99);
+	}
+	return (dir);
+}
+
+/* Write a config file with the given mode; returns its path. */
+static char *
+write_conf(const char *text, mode_t mode)
+{
+	char	*path;
+	FILE	*f;
+
+	xasprintf(&path, "%s/c%03d.conf", topdir, ++nconf);
+	if ((f = fopen(path, "w")) == NULL || fputs(text, f) == EOF ||
+	    fclose(f) == EOF || chmod(path, mode) == -1) {
+		perror(path);
+		exit(99);
+	}
+	return (path);
+}
+
+/* Load text as a config; NULL with *cause on failure. */
+static struct config *
+load(const char *text, mode_t mode, char **pathp, char **cause)
+{
+	struct config	*conf;
+	char		*path = write_conf(text, mode);
+
+	*cause = NULL;
+	conf = config_load(path, cause);
+	if (pathp != NULL)
+		*pathp = path;
+	else
+		free(path);
+	return (conf);
+}
+
+static int
+good(const char *what, const char *text, mode_t mode)
+{
+	struct config	*conf;
+	char		*cause;
+	int		 r;
+
+	conf = load(text, mode, NULL, &cause);
+	r = ok(conf != NULL, tap_fmt("good config %s: loads", what));
+	if (conf == NULL)
+		diag("%s", cause);
+	config_free(conf);
+	free(cause);
+	return (r);
+}
+
+/*
+ * A config that must be refused with "path:line: " and a phrase.  line 0
+ * means the message has no line: "path: "; -1 that any line will do.
+ */
+static void
+bad(const char *what, const char *text, mode_t mode, int line,
+    const char *phrase)
+{
+	struct config	*conf;
+	char		*path, *cause, *end;
+	size_t		 plen;
+	long		 got = -1;
+
+	conf = load(text, mode, &path, &cause);
+	if (!ok(conf == NULL, tap_fmt("bad config %s: refused", what))) {
+		config_free(conf);
+		free(path);
+		return;
+	}
+	plen = strlen(path);
+	if (!ok(cause != NULL && strncmp(cause, path, plen) == 0 &&
+	    cause[plen] == ':', tap_fmt("bad config %s: message starts with "
+	    "the file name", what))) {
+		diag("message: %s", cause ? cause : "(null)");
+		free(path);
+		free(cause);
+		return;
+	}
+	like(cause, phrase, tap_fmt("bad config %s: says \"%s\"", what,
+	    phrase));
+	if (line < 0)
+		;	/* any line, or none */
+	else if (line == 0)
+		ok(cause[plen + 1] == ' ', tap_fmt("bad config %s: \"file: \" "
+		    "with no line", what));
+	else {
+		errno = 0;
+		got = strtol(cause + plen + 1, &end, 10);
+		if (end == cause + plen + 1 || strncmp(end, ": ", 2) != 0)
+			got = -1;
+		if (!is_int(got, line, tap_fmt("bad config %s: reported at "
+		    "line %d", what, line)))
+			diag("message: %s", cause);
+	}
+	free(path);
+	free(cause);
+}
+
+/* ---------------------------------------------------------------------- */
+/* config_parse_duration */
+
+static void
+test_duration(void)
+{
+	static const struct {
+		const char	*s;
+		long		 v;
+	} goods[] = {
+		{ "90", 90 }, { "0", 0 }, { "30s", 30 }, { "5m", 300 },
+		{ "2h", 7200 }, { "1d", 86400 }, { "30d", 2592000 },
+		{ "2592000", 2592000 }, { "2592000s", 2592000 },
+		{ "43200m", 2592000 }, { "720h", 2592000 }, { "007", 7 },
+		{ "0d", 0 },
+	};
+	static const char *const bads[] = {
+		"31d", "2592001", "2592001s", "43201m", "721h", "-5", "-0",
+		"", "5x", "m", "s", "5ms", "5mm", "5 m", " 5", "5 ", "5M",
+		"5D", "5S", "+5", "0x10", "1.5h", "1e3",
+		"99999999999999999999", "9223372036854775807",
+		"9223372036854775807d", "18446744073709551617s", "5\n",
+		"5\tm",
+	};
+	size_t	i;
+	long	v;
+
+	for (i = 0; i < sizeof goods / sizeof goods[0]; i++) {
+		v = -12345;
+		ok(config_parse_duration(goods[i].s, &v) == 0 &&
+		    v == goods[i].v, tap_fmt("duration \"%s\" is %ld",
+		    goods[i].s, goods[i].v));
+	}
+	for (i = 0; i < sizeof bads / sizeof bads[0]; i++) {
+		char	shown[64];
+		size_t	k, o = 0;
+
+		/* No raw control characters in the TAP line. */
+		for (k = 0; bads[i][k] != '\0' && o + 5 < sizeof shown; k++) {
+			if (iscntrl((unsigned char)bads[i][k]))
+				o += snprintf(shown + o, sizeof shown - o,
+				    "\\x%02x", (unsigned char)bads[i][k]);
+			else
+				shown[o++] = bads[i][k];
+		}
+		shown[o] = '\0';
+		ok(config_parse_duration(bads[i], &v) == -1,
+		    tap_fmt("duration \"%s\" is refused", shown));
+	}
+}
+
+/* ---------------------------------------------------------------------- */
+/* config_expand_path */
+
+static void
+expand_is(const char *in, const char *want)
+{
+	char	*cause = NULL, *out;
+
+	out = config_expand_path(in, &cause);
+	is_str(out, want, tap_fmt("expand \"%s\"", in));
+	if (out == NULL)
+		diag("%s", cause);
+	free(out);
+	free(cause);
+}
+
+static void
+expand_fails(const char *in, const char *phrase, const char *what)
+{
+	char	*cause = NULL, *out;
+
+	out = config_expand_path(in, &cause);
+	ok(out == NULL, tap_fmt("expand %s: fails", what));
+	like(cause, phrase, tap_fmt("expand %s: says \"%s\"", what, phrase));
+	free(out);
+	free(cause);
+}
+
+static void
+test_expand(void)
+{
+	char		*big, *want, *out, *cause = NULL;
+	struct passwd	*pw;
+	size_t		 n;
+
+	setenv("HOME", "/home/tester", 1);
+	setenv("MAILD_T_VAR", "value", 1);
+	setenv("MAILD_T_EMPTY", "", 1);
+	unsetenv("MAILD_T_UNSET");
+
+	expand_is("~", "/home/tester");
+	expand_is("~/x", "/home/tester/x");
+	expand_is("~/", "/home/tester/");
+	expand_is("$HOME", "/home/tester");
+	expand_is("$HOME/Mail", "/home/tester/Mail");
+	expand_is("${HOME}/x", "/home/tester/x");
+	expand_is("${HOME}x", "/home/testerx");
+	expand_is("/a/$MAILD_T_VAR/b", "/a/value/b");
+	expand_is("/a/$MAILD_T_VAR-b", "/a/value-b");
+	expand_is("/a/$MAILD_T_VAR.b", "/a/value.b");
+	expand_is("$HOME$HOME", "/home/tester/home/tester");
+	expand_is("/plain/path", "/plain/path");
+	expand_is("relative/path", "relative/path");
+	expand_is("", "");
+	expand_is("~user/x", "~user/x");
+	expand_is("/a/~/b", "/a/~/b");
+
+	expand_fails("$MAILD_T_UNSET/x", "$MAILD_T_UNSET is not set",
+	    "unset $VAR");
+	expand_fails("${MAILD_T_UNSET}/x", "$MAILD_T_UNSET is not set",
+	    "unset ${VAR}");
+	expand_fails("$MAILD_T_EMPTY/x", "is not set", "empty $VAR");
+	expand_fails("${HOME", "unterminated", "${ without }");
+	expand_fails("/a/${}", "bad variable name", "${}");
+	expand_fails("/a/$", "bad variable name", "trailing $");
+	expand_fails("/a/$/b", "bad variable name", "$/");
+
+	/* Length limits: PATH_MAX - 1 bytes fit, PATH_MAX do not. */
+	big = xmalloc(PATH_MAX + 10);
+	big[0] = '/';
+	memset(big + 1, 'a', PATH_MAX - 2);
+	big[PATH_MAX - 1] = '\0';
+	out = config_expand_path(big, &cause);
+	ok(out != NULL && strlen(out) == PATH_MAX - 1,
+	    "expand: a path of PATH_MAX - 1 bytes is fine");
+	free(out);
+	big[PATH_MAX - 1] = 'a';
+	big[PATH_MAX] = '\0';
+	expand_fails(big, "path too long", "path of PATH_MAX bytes");
+	memset(big, 'b', PATH_MAX - 100);
+	big[PATH_MAX - 100] = '\0';
+	setenv("MAILD_T_BIG", big, 1);
+	expand_fails("$MAILD_T_BIG/$MAILD_T_BIG", "path too long",
+	    "variables too long together");
+	expand_fails("~/$MAILD_T_BIG/$MAILD_T_BIG", "path too long",
+	    "~ and variables too long together");
+	setenv("HOME", big, 1);
+	n = strlen(big);
+	xasprintf(&want, "%s/x", big);
+	expand_is("~/x", want);
+	free(want);
+	big[n] = 'c';
+	memset(big + n, 'c', PATH_MAX + 5 - n);
+	big[PATH_MAX + 5] = '\0';
+	setenv("HOME", big, 1);
+	expand_fails("~", "path too long", "~ with an overlong $HOME");
+	free(big);
+
+	/* No $HOME: ~ is the password database's home. */
+	unsetenv("HOME");
+	if ((pw = getpwuid(getuid())) != NULL) {
+		xasprintf(&want, "%s/x", pw->pw_dir);
+		expand_is("~/x", want);
+		free(want);
+	}
+	setenv("HOME", "", 1);
+	if (pw != NULL) {
+		xasprintf(&want, "%s/x", pw->pw_dir);
+		expand_is("~/x", want);
+		free(want);
+	}
+	free(cause);
+}
+
+/* ---------------------------------------------------------------------- */
+/* config_load: good configs */
+
+static void
+test_good(void)
+{
+	struct config		*conf;
+	struct account_conf	*a;
+	char			*cause, *path, *want;
+	const char		*text;
+
+	setenv("HOME", topdir, 1);
+	unsetenv("XDG_STATE_HOME");
+	unsetenv("XDG_CONFIG_HOME");
+
+	conf = load(
+	    "state-dir = \"/var/tmp/maild-st\"\n"
+	    "account main {\n"
+	    "  host = \"pop.example.com\"\n"
+	    "  user = \"me\"\n"
+	    "  password = \"secret\"\n"
+	    "  maildir = \"~/Maildir\"\n"
+	    "}\n", 0600, &path, &cause);
+	if (!ok(conf != NULL, "minimal config loads")) {
+		diag("%s", cause);
+		free(cause);
+		free(path);
+		return;
+	}
+	is_str(conf->path, path, "minimal: path");
+	is_int(conf->naccounts, 1, "minimal: one account");
+	is_int(conf->poll_interval, 300, "minimal: poll-interval 300");
+	is_int(conf->timeout, 60, "minimal: timeout 60");
+	is_int(conf->session_timeout, 3600, "minimal: session-timeout 3600");
+	is_int(conf->max_connections, 16, "minimal: max-connections 16");
+	is_str(conf->state_dir, "/var/tmp/maild-st", "minimal: state-dir");
+	a = &conf->accounts[0];
+	is_str(a->name, "main", "minimal: account name");
+	is_str(a->host, "pop.example.com", "minimal: host");
+	is_int(a->port, 995, "minimal: port 995");
+	is_str(a->user, "me", "minimal: user");
+	is_int(a->secret_source, SECRET_PASSWORD, "minimal: password inline");
+	is_str(a->secret, "secret", "minimal: password");
+	xasprintf(&want, "%s/Maildir", topdir);
+	is_str(a->maildir, want, "minimal: maildir expanded from ~");
+	free(want);
+	ok(a->ca_file == NULL, "minimal: no ca-file");
+	is_int(a->keep, 0, "minimal: keep false");
+	is_int(a->poll_interval, 300, "minimal: account poll-interval 300");
+	config_free(conf);
+	free(path);
+
+	/* The default state directory. */
+	conf = load(
+	    "account main {\n"
+	    "  host = \"pop.example.com\"\n"
+	    "  user = \"me\"\n"
+	    "  password = \"secret\"\n"
+	    "  maildir = \"/m\"\n"
+	    "}\n", 0600, NULL, &cause);
+	if (ok(conf != NULL, "config without state-dir loads")) {
+		if (getuid() == 0)
+			xasprintf(&want, "%s/lib/maild", LOCALSTATEDIR);
+		else
+			xasprintf(&want, "%s/.local/state/maild", topdir);
+		is_str(conf->state_dir, want, "default state-dir");
+		free(want);
+	} else
+		diag("%s", cause);
+	config_free(conf);
+	free(cause);
+
+	/* Everything set. */
+	setenv("MAILD_T_CA", "/etc/ssl/ca.pem", 1);
+	text =
+	    "# maild test config\n"
+	    "poll-interval = 5m\n"
+	    "timeout = 30s\n"
+	    "session-timeout = 1h\n"
+	    "max-connections = 4\n"
+	    "state-dir = \"$HOME/state\"\n"
+	    "account work {\n"
+	    "  host = \"POP.example.com\"\n"
+	    "  port = 1995\n"
+	    "  user = \"me@example.com\"\n"
+	    "  password-file = \"~/pw\"\n"
+	    "  maildir = \"${HOME}/Mail/work\"\n"
+	    "  keep = true\n"
+	    "  ca-file = \"$MAILD_T_CA\"\n"
+	    "  poll-interval = 2h\n"
+	    "}\n"
+	    "account 'me@home.example_1.x+y-z' {\n"
+	    "  host = \"pop.example.com\"\n"
+	    "  user = \"me@example.com\"\n"
+	    "  password-command = \"pass show mail\"\n"
+	    "  maildir = \"/var/mail/me\"\n"
+	    "}\n";
+	conf = load(text, 0644, NULL, &cause);
+	if (ok(conf != NULL, "full config loads (0644: no inline password)")) {
+		is_int(conf->poll_interval, 300, "full: poll-interval 5m");
+		is_int(conf->timeout, 30, "full: timeout 30s");
+		is_int(conf->session_timeout, 3600, "full: session-timeout 1h");
+		is_int(conf->max_connections, 4, "full: max-connections");
+		xasprintf(&want, "%s/state", topdir);
+		is_str(conf->state_dir, want, "full: state-dir expanded");
+		free(want);
+		is_int(conf->naccounts, 2, "full: two accounts");
+		a = &conf->accounts[0];
+		is_int(a->port, 1995, "full: port");
+		is_int(a->keep, 1, "full: keep");
+		is_int(a->poll_interval, 7200, "full: account poll-interval");
+		is_int(a->secret_source, SECRET_FILE, "full: password-file");
+		xasprintf(&want, "%s/pw", topdir);
+		is_str(a->secret, want, "full: password-file expanded");
+		free(want);
+		xasprintf(&want, "%s/Mail/work", topdir);
+		is_str(a->maildir, want, "full: maildir expanded from ${HOME}");
+		free(want);
+		is_str(a->ca_file, "/etc/ssl/ca.pem", "full: ca-file expanded");
+		a = &conf->accounts[1];
+		is_str(a->name, "me@home.example_1.x+y-z",
+		    "full: account name with all allowed punctuation");
+		is_int(a->secret_source, SECRET_COMMAND,
+		    "full: password-command");
+		is_str(a->secret, "pass show mail", "full: the command");
+		is_int(a->poll_interval, 300, "full: poll-interval inherited");
+		is_int(a->port, 995, "full: second account port 995");
+	} else
+		diag("%s", cause);
+	config_free(conf);
+	free(cause);
+
+	/* Limits that are just inside. */
+	good("port 1 and 65535",
+	    "state-dir = \"/s\"\n"
+	    "account a {\n  host = \"h\"\n  port = 1\n  user = \"u\"\n"
+	    "  password = \"p\"\n  maildir = \"/m\"\n}\n"
+	    "account b {\n  host = \"h\"\n  port = 65535\n  user = \"u\"\n"
+	    "  password = \"p\"\n  maildir = \"/m\"\n}\n", 0600);
+	good("same host and user, other port",
+	    "state-dir = \"/s\"\n"
+	    "account a {\n  host = \"h\"\n  user = \"u\"\n"
+	    "  password = \"p\"\n  maildir = \"/m\"\n}\n"
+	    "account b {\n  host = \"h\"\n  port = 110\n  user = \"u\"\n"
+	    "  password = \"p\"\n  maildir = \"/m\"\n}\n", 0600);
+	good("same host, user differing in case",
+	    "state-dir = \"/s\"\n"
+	    "account a {\n  host = \"h\"\n  user = \"u\"\n"
+	    "  password = \"p\"\n  maildir = \"/m\"\n}\n"
+	    "account b {\n  host = \"h\"\n  user = \"U\"\n"
+	    "  password = \"p\"\n  maildir = \"/m\"\n}\n", 0600);
+	good("poll-interval 10s, max-connections 1 and 1000",
+	    "poll-interval = 10s\nmax-connections = 1000\n"
+	    "state-dir = \"/s\"\n"
+	    "account a {\n  host = \"h\"\n  user = \"u\"\n"
+	    "  password = \"p\"\n  maildir = \"/m\"\n  poll-interval = 10\n"
+	    "}\n", 0600);
+	good("max-connections 1",
+	    "max-connections = 1\nstate-dir = \"/s\"\n"
+	    "account a {\n  host = \"h\"\n  user = \"u\"\n"
+	    "  password = \"p\"\n  maildir = \"/m\"\n}\n", 0600);
+	good("account name of 64 characters",
+	    "state-dir = \"/s\"\n"
+	    "account aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	    " {\n  host = \"h\"\n  user = \"u\"\n"
+	    "  password = \"p\"\n  maildir = \"/m\"\n}\n", 0600);
+	good("inline password, mode 0400",
+	    "state-dir = \"/s\"\n"
+	    "account a {\n  host = \"h\"\n  user = \"u\"\n"
+	    "  password = \"p\"\n  maildir = \"/m\"\n}\n", 0400);
+	good("password-file, mode 0644",
+	    "state-dir = \"/s\"\n"
+	    "account a {\n  host = \"h\"\n  user = \"u\"\n"
+	    "  password-file = \"/nonexistent/pw\"\n  maildir = \"/m\"\n}\n",
+	    0644);
+	good("password-command, mode 0644",
+	    "state-dir = \"/s\"\n"
+	    "account a {\n  host = \"h\"\n  user = \"u\"\n"
+	    "  password-command = \"echo x\"\n  maildir = \"/m\"\n}\n", 0644);
+}
+
+/* ---------------------------------------------------------------------- */
+/* config_load: bad configs */
+
+/* An account section with one line replaced or added. */
+#define HEAD	"state-dir = \"/s\"\n"		/* line 1 */ \
+		"account a {\n"			/* line 2 */
+#define HOST	"  host = \"h\"\n"		/* line 3 */
+#define USER	"  user = \"u\"\n"		/* line 4 */
+#define PASS	"  password = \"p\"\n"
+#define MDIR	"  maildir = \"/m\"\n"
+#define TAIL	"}\n"
+
+static void
+test_bad(void)
+{
+	char	*nofile;
+
+	setenv("HOME", topdir, 1);
+	unsetenv("MAILD_T_UNSET");
+
+	/* Parse errors found by libconfuse or the callbacks. */
+	bad("unknown option",
+	    HEAD HOST USER "  bogus = 1\n" PASS MDIR TAIL, 0600, 5,
+	    "no such option 'bogus'");
+	bad("unknown global option",
+	    "state-dir = \"/s\"\nfrobnicate = 1\n"
+	    "account a {\n" HOST USER PASS MDIR TAIL, 0600, 2,
+	    "no such option 'frobnicate'");
+	bad("option set twice in a section",
+	    HEAD HOST USER "  user = \"v\"\n" PASS MDIR TAIL, 0600, 5,
+	    "'user' is set twice");
+	bad("option set twice, apart",
+	    HEAD HOST USER PASS MDIR "  user = \"v\"\n" TAIL, 0600, 7,
+	    "'user' is set twice");
+	bad("global option set twice",
+	    "timeout = 30\nstate-dir = \"/s\"\ntimeout = 40\n"
+	    "account a {\n" HOST USER PASS MDIR TAIL, 0600, 3,
+	    "'timeout' is set twice");
+	bad("bad duration in an account",
+	    HEAD HOST USER "  poll-interval = 5x\n" PASS MDIR TAIL, 0600, 5,
+	    "is not a duration");
+	bad("bad global duration",
+	    "state-dir = \"/s\"\ntimeout = 31d\n"
+	    "account a {\n" HOST USER PASS MDIR TAIL, 0600, 2,
+	    "'31d' is not a duration");
+	bad("duplicate account title",
+	    HEAD HOST USER PASS MDIR TAIL
+	    "account a {\n" HOST "  user = \"other\"\n" PASS MDIR TAIL, 0600, 8,
+	    "duplicate title 'a'");
+	bad("port not a number",
+	    HEAD HOST "  port = pop3s\n" USER PASS MDIR TAIL, 0600, 4,
+	    "port");
+	bad("keep not a boolean",
+	    HEAD HOST "  keep = maybe\n" USER PASS MDIR TAIL, 0600, 4,
+	    "keep");
+	bad("stray closing brace",
+	    HEAD HOST USER PASS MDIR TAIL TAIL, 0600, 8,
+	    "unexpected closing brace");
+	bad("missing equal sign",
+	    HEAD HOST USER "  password \"p\"\n" MDIR TAIL, 0600, 5,
+	    "missing equal sign");
+
+	/* Errors about a whole account: reported at its "account" line. */
+	bad("missing host",
+	    HEAD USER PASS MDIR TAIL, 0600, 2, "'host' is required");
+	bad("missing user",
+	    HEAD HOST PASS MDIR TAIL, 0600, 2, "'user' is required");
+	bad("missing maildir",
+	    HEAD HOST USER PASS TAIL, 0600, 2, "'maildir' is required");
+	bad("no password option",
+	    HEAD HOST USER MDIR TAIL, 0600, 2, "give exactly one of password");
+	bad("password and password-file",
+	    HEAD HOST USER PASS "  password-file = \"/pw\"\n" MDIR TAIL, 0600,
+	    2, "give exactly one of password");
+	bad("password-file and password-command",
+	    HEAD HOST USER "  password-file = \"/pw\"\n"
+	    "  password-command = \"x\"\n" MDIR TAIL, 0600, 2,
+	    "give exactly one of password");
+	bad("two accounts for one mailbox",
+	    HEAD HOST USER PASS MDIR TAIL
+	    "account b {\n" "  host = \"H\"\n" USER PASS
+	    "  maildir = \"/other\"\n" TAIL, 0600, 8,
+	    "account \"b\" fetches the same mailbox as account \"a\" (line 2)");
+	bad("no account", "state-dir = \"/s\"\ntimeout = 30\n", 0600, 0,
+	    "no account is configured");
+
+	/* The secrecy of inline passwords. */
+	bad("inline password, group-readable",
+	    HEAD HOST USER PASS MDIR TAIL, 0640, 2,
+	    "readable by others (mode 0640)");
+	bad("inline password, world-readable",
+	    HEAD HOST USER PASS MDIR TAIL, 0644, 2, "chmod 600");
+	bad("inline password, other-writable only",
+	    HEAD HOST USER PASS MDIR TAIL, 0602, -1, "writable by others");
+	/*
+	 * A config others can write to can name any password-command (run
+	 * as maild's user, root for the system instance) or redirect the
+	 * mail; like fetchmail and ssh, refuse it whatever holds the secret.
+	 */
+	bad("password-command, world-writable file",
+	    HEAD HOST USER "  password-command = \"echo x\"\n" MDIR TAIL, 0666,
+	    -1, "writable");
+	bad("password-command, group-writable file",
+	    HEAD HOST USER "  password-command = \"echo x\"\n" MDIR TAIL, 0620,
+	    -1, "writable");
+	bad("inline password in the second account, 0644",
+	    HEAD HOST USER "  password-file = \"/pw\"\n" MDIR TAIL
+	    "account b {\n" "  host = \"h2\"\n" USER PASS MDIR TAIL, 0644, 8,
+	    "account \"b\" has a password");
+
+	/* Values of account options, checked after parsing. */
+	bad("port 0",
+	    HEAD HOST USER "  port = 0\n" PASS MDIR TAIL, 0600, 5,
+	    "port 0 is out of range");
+	bad("port 70000",
+	    HEAD HOST USER "  port = 70000\n" PASS MDIR TAIL, 0600, 5,
+	    "port 70000 is out of range");
+	bad("port -1",
+	    HEAD HOST USER "  port = -1\n" PASS MDIR TAIL, 0600, 5,
+	    "out of range");
+	bad("empty host",
+	    HEAD USER "  host = \"\"\n" PASS MDIR TAIL, 0600, 4,
+	    "'host' is empty");
+	bad("host with a space",
+	    HEAD USER "  host = \"pop example.com\"\n" PASS MDIR TAIL, 0600, 4,
+	    "is not a host name");
+	bad("user with CR LF",
+	    HEAD HOST PASS "  user = \"me\\r\\nDELE 1\"\n" MDIR TAIL, 0600, 5,
+	    "'user' contains a control character");
+	bad("user with a tab",
+	    HEAD HOST PASS "  user = \"me\\tyou\"\n" MDIR TAIL, 0600, 5,
+	    "control character");
+	bad("user with DEL",
+	    HEAD HOST PASS "  user = \"me\\x7f\"\n" MDIR TAIL, 0600, 5,
+	    "control character");
+	bad("host with an escape",
+	    HEAD USER "  host = \"h\\eost\"\n" PASS MDIR TAIL, 0600, 4,
+	    "control character");
+	bad("password with LF",
+	    HEAD HOST USER MDIR "  password = \"a\\nb\"\n" TAIL, 0600, 6,
+	    "'password' contains a control character");
+	bad("empty password",
+	    HEAD HOST USER MDIR "  password = \"\"\n" TAIL, 0600, 6,
+	    "'password' is empty");
+	bad("relative maildir",
+	    HEAD HOST USER PASS "  maildir = \"Mail\"\n" TAIL, 0600, 6,
+	    "'Mail' is not an absolute path");
+	bad("maildir with an unset variable",
+	    HEAD HOST USER PASS "  maildir = \"$MAILD_T_UNSET/Mail\"\n" TAIL,
+	    0600, 6, "$MAILD_T_UNSET is not set");
+	bad("relative password-file",
+	    HEAD HOST USER "  password-file = \"pw\"\n" MDIR TAIL, 0600, 5,
+	    "is not an absolute path");
+	bad("relative ca-file",
+	    HEAD HOST USER PASS MDIR "  ca-file = \"ca.pem\"\n" TAIL, 0600, 7,
+	    "is not an absolute path");
+	bad("account poll-interval of 0",
+	    HEAD HOST USER "  poll-interval = 0s\n" PASS MDIR TAIL, 0600, 5,
+	    "poll-interval must be at least 1s");
+
+	/* Account names. */
+	bad("account name with a space",
+	    "state-dir = \"/s\"\naccount 'a b' {\n" HOST USER PASS MDIR TAIL,
+	    0600, 2, "account name \"a b\" must be");
+	bad("account name with a slash",
+	    "state-dir = \"/s\"\naccount 'a/b' {\n" HOST USER PASS MDIR TAIL,
+	    0600, 2, "must be 1 to 64");
+	bad("account name ..x/",
+	    "state-dir = \"/s\"\naccount '../x' {\n" HOST USER PASS MDIR TAIL,
+	    0600, 2, "must be 1 to 64");
+	bad("empty account name",
+	    "state-dir = \"/s\"\naccount '' {\n" HOST USER PASS MDIR TAIL,
+	    0600, 2, "must be 1 to 64");
+	bad("account name of 65 characters",
+	    "state-dir = \"/s\"\naccount "
+	    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	    " {\n" HOST USER PASS MDIR TAIL, 0600, 2, "must be 1 to 64");
+	bad("account name with a control character",
+	    "state-dir = \"/s\"\naccount \"a\\tb\" {\n" HOST USER PASS MDIR
+	    TAIL, 0600, 3, "must be 1 to 64");
+
+	/* Global values, checked after parsing. */
+	bad("max-connections 0",
+	    "state-dir = \"/s\"\nmax-connections = 0\ntimeout = 30\n"
+	    "account a {\n" HOST USER PASS MDIR TAIL, 0600, 2,
+	    "max-connections must be between 1 and 1000");
+	bad("max-connections 1001",
+	    "state-dir = \"/s\"\nmax-connections = 1001\ntimeout = 30\n"
+	    "account a {\n" HOST USER PASS MDIR TAIL, 0600, 2,
+	    "max-connections must be between 1 and 1000");
+	bad("global poll-interval of 0",
+	    "state-dir = \"/s\"\npoll-interval = 0\ntimeout = 30\n"
+	    "account a {\n" HOST USER PASS MDIR TAIL, 0600, 2,
+	    "poll-interval must be at least 1s");
+	bad("timeout 0",
+	    "state-dir = \"/s\"\ntimeout = 0\nmax-connections = 3\n"
+	    "account a {\n" HOST USER PASS MDIR TAIL, 0600, 2,
+	    "timeout must be at least 1s");
+	bad("session-timeout shorter than timeout",
+	    "state-dir = \"/s\"\ntimeout = 2m\nsession-timeout = 1m\n"
+	    "max-connections = 3\n"
+	    "account a {\n" HOST USER PASS MDIR TAIL, 0600, 3,
+	    "session-timeout must not be shorter than timeout");
+	bad("relative state-dir",
+	    "timeout = 30\nstate-dir = \"state\"\nmax-connections = 3\n"
+	    "account a {\n" HOST USER PASS MDIR TAIL, 0600, 2,
+	    "is not an absolute path");
+
+	/*
+	 * Comments must not throw the line numbers off: the unknown option
+	 * is on line 6 (libconfuse 3.3 counts each '#' or '//' comment line
+	 * twice).
+	 */
+	bad("line numbers after comments",
+	    "# maild.conf\n"
+	    "// another comment\n"
+	    "state-dir = \"/s\"   # trailing comment\n"
+	    "account a {\n"
+	    HOST
+	    "  bogus = 1\n"
+	    USER PASS MDIR TAIL, 0600, 6, "no such option 'bogus'");
+	bad("line numbers after a C comment",
+	    "/* maild.conf\n"
+	    " */\n"
+	    "state-dir = \"/s\"\n"
+	    "account a {\n"
+	    HOST
+	    "  bogus = 1\n"
+	    USER PASS MDIR TAIL, 0600, 6, "no such option 'bogus'");
+
+	/* A missing file. */
+	{
+		struct config	*conf;
+		char		*cause = NULL;
+
+		xasprintf(&nofile, "%s/does-not-exist.conf", topdir);
+		conf = config_load(nofile, &cause);
+		ok(conf == NULL, "missing config file: refused");
+		has_prefix(cause, tap_fmt("%s: ", nofile),
+		    "missing config file: message starts with \"file: \"");
+		like(cause, strerror(ENOENT), "missing config file: says why");
+		free(cause);
+		free(nofile);
+	}
+}
+
+int
+main(void)
+{
+	int	r;
+
+	topdir = mkscratch();
+	test_duration();
+	test_expand();
+	test_good();
+	test_bad();
+	r = done();
+	rm_rf(topdir);
+	free(topdir);
+	return (r);
+}
