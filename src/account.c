@@ -18,14 +18,28 @@
  * account.c: when each account is polled.  Every account has a one-shot
  * timer, re-armed when its session ends, so an account never has two
  * sessions at once; at most max-connections sessions run together and the
- * others wait in line.  One account failing never holds up another.
+ * others wait in line.  One account failing never holds up another; after
+ * failures it is polled less and less often (backoff).
+ *
+ * A reload (SIGHUP) matches the new configuration's accounts with the
+ * running ones by name: unchanged accounts keep their schedule and their
+ * session, removed ones finish what is in flight and go, changed ones
+ * finish and start again with the new settings, new ones start now.
+ * After every poll, the status file in the state directory is rewritten.
  */
 
 #include "config.h"
 
+#include <sys/queue.h>
+#include <sys/stat.h>
+
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -33,8 +47,24 @@
 
 #include "maild.h"
 
+#ifndef TAILQ_FOREACH_SAFE
+#define TAILQ_FOREACH_SAFE(var, head, field, tvar)			\
+	for ((var) = TAILQ_FIRST(head);					\
+	    (var) != NULL && ((tvar) = TAILQ_NEXT(var, field), 1);	\
+	    (var) = (tvar))
+#endif
+
+/* Backoff after failures never waits longer than this (or 16 polls). */
+#define BACKOFF_CAP	3600
+
 struct account {
-	const struct account_conf *ac;
+	TAILQ_ENTRY(account)	 entry;
+	TAILQ_ENTRY(account)	 waiting;
+	struct config		*conf;		/* a reference */
+	const struct account_conf *ac;		/* inside conf */
+	struct config		*next_conf;	/* to switch to (reload) */
+	const struct account_conf *next_ac;
+	int			 removed;	/* gone from the config */
 	SSL_CTX			*ctx;
 	struct session		*session;
 	struct event		*timer;
@@ -46,104 +76,233 @@ struct account {
 	int			 failures;	/* in a row */
 	long			 login_delay;	/* the server's LOGIN-DELAY */
 	double			 started;
+	time_t			 last_poll;
+	time_t			 last_success;
+	time_t			 next_poll;
+	unsigned		 last_fetched;
+	unsigned long long	 fetched_total;
+	char			*last_error;
 };
+TAILQ_HEAD(account_list, account);
 
-/* Backoff after failures never waits longer than this (or 16 polls). */
-#define BACKOFF_CAP	3600
-
-static struct account	*accounts;
-static size_t		 naccounts;
-static const struct session_env *env;
-static int		 once;
-static int		 stopping;
-static int		 active;
-static struct account	**waitq;	/* accounts waiting for a slot */
-static size_t		 nwait;
+static struct account_list	 accounts = TAILQ_HEAD_INITIALIZER(accounts);
+static struct account_list	 waitq = TAILQ_HEAD_INITIALIZER(waitq);
+static const struct session_env	*env;
+static struct config		*current;
+static int			 mode;		/* ACCOUNTS_* */
+static int			 stopping;
+static int			 active;
 
 static void	account_timer_cb(evutil_socket_t, short, void *);
 static void	account_done_cb(struct session_result *, void *);
 static void	account_run(struct account *);
-static void	account_schedule(struct account *, int);
+static void	account_schedule(struct account *, long);
+static void	account_free(struct account *);
 static void	account_check_finished(void);
+static void	account_report_check(struct account *,
+		    const struct session_result *);
 static long	account_next_delay(struct account *,
 		    const struct session_result *);
+static void	accounts_write_status(void);
 
-/* Set up the accounts of the configuration in env. */
-int
-accounts_init(const struct session_env *e, int run_once, char **cause)
+static struct account *
+account_new(struct config *conf, const struct account_conf *ac)
+{
+	struct account	*a;
+
+	a = xcalloc(1, sizeof *a);
+	a->conf = config_ref(conf);
+	a->ac = ac;
+	a->timer = evtimer_new(env->base, account_timer_cb, a);
+	TAILQ_INSERT_TAIL(&accounts, a, entry);
+	return (a);
+}
+
+static void
+account_free(struct account *a)
+{
+	TAILQ_REMOVE(&accounts, a, entry);
+	if (a->queued)
+		TAILQ_REMOVE(&waitq, a, waiting);
+	event_free(a->timer);
+	SSL_CTX_free(a->ctx);
+	config_free(a->conf);
+	config_free(a->next_conf);
+	free(a->last_error);
+	free(a);
+}
+
+/* Set up the accounts of conf, to be polled in the given mode. */
+void
+accounts_init(const struct session_env *e, struct config *conf, int m)
 {
 	size_t	i;
 
 	env = e;
-	once = run_once;
-	naccounts = e->conf->naccounts;
-	accounts = xcalloc(naccounts, sizeof *accounts);
-	waitq = xcalloc(naccounts, sizeof *waitq);
-	for (i = 0; i < naccounts; i++) {
-		struct account	*a = &accounts[i];
-
-		a->ac = &e->conf->accounts[i];
-		a->timer = evtimer_new(e->base, account_timer_cb, a);
-	}
-	(void)cause;
-	return (0);
+	mode = m;
+	current = config_ref(conf);
+	for (i = 0; i < conf->naccounts; i++)
+		account_new(conf, &conf->accounts[i]);
 }
 
 /* Poll every account now. */
 void
 accounts_start(void)
 {
-	size_t	i;
+	struct account	*a;
 
-	for (i = 0; i < naccounts; i++)
-		account_schedule(&accounts[i], 0);
+	TAILQ_FOREACH(a, &accounts, entry)
+		account_schedule(a, 0);
+	accounts_write_status();
 }
 
 /* Poll now every account that is not already busy (SIGUSR1). */
 void
 accounts_poll_now(void)
 {
-	size_t	i;
+	struct account	*a;
 
 	if (stopping)
 		return;
-	for (i = 0; i < naccounts; i++) {
-		struct account	*a = &accounts[i];
-
-		if (a->session == NULL && !a->queued)
+	TAILQ_FOREACH(a, &accounts, entry) {
+		if (a->session == NULL && !a->queued && !a->removed)
 			account_schedule(a, 0);
 	}
+}
+
+/* Switch an idle account to its new configuration and poll it soon. */
+static void
+account_switch(struct account *a)
+{
+	config_free(a->conf);
+	a->conf = a->next_conf;
+	a->ac = a->next_ac;
+	a->next_conf = NULL;
+	a->next_ac = NULL;
+	SSL_CTX_free(a->ctx);
+	a->ctx = NULL;
+	a->failures = 0;
+	a->nopipelining = 0;
+	account_schedule(a, 0);
+}
+
+/*
+ * Take a new configuration (SIGHUP), already loaded and valid: see the
+ * top of this file.  Returns how many accounts changed, came or went.
+ */
+int
+accounts_reload(struct config *conf)
+{
+	struct account			*a, *next;
+	const struct account_conf	*nac;
+	size_t				 i;
+	int				 changes = 0;
+
+	TAILQ_FOREACH_SAFE(a, &accounts, entry, next) {
+		if (a->removed)
+			continue;
+		nac = NULL;
+		for (i = 0; i < conf->naccounts; i++) {
+			if (strcmp(conf->accounts[i].name, a->ac->name) == 0)
+				nac = &conf->accounts[i];
+		}
+		if (nac == NULL) {
+			log_info("account=%s removed from the configuration",
+			    a->ac->name);
+			changes++;
+			a->removed = 1;
+			evtimer_del(a->timer);
+			if (a->session != NULL)
+				session_stop(a->session);
+			else
+				account_free(a);
+			continue;
+		}
+		if (config_account_equal(a->conf, a->ac, conf, nac)) {
+			/* Same settings: keep everything, new pointers. */
+			config_free(a->next_conf);
+			a->next_conf = NULL;
+			if (a->session == NULL) {
+				config_free(a->conf);
+				a->conf = config_ref(conf);
+				a->ac = nac;
+			} else {
+				a->next_conf = config_ref(conf);
+				a->next_ac = nac;
+			}
+			continue;
+		}
+		log_info("account=%s changed in the configuration",
+		    a->ac->name);
+		changes++;
+		config_free(a->next_conf);
+		a->next_conf = config_ref(conf);
+		a->next_ac = nac;
+		if (a->session != NULL)
+			session_stop(a->session);
+		else if (!a->queued)
+			account_switch(a);
+	}
+	for (i = 0; i < conf->naccounts; i++) {
+		TAILQ_FOREACH(a, &accounts, entry) {
+			if (!a->removed &&
+			    strcmp(a->ac->name, conf->accounts[i].name) == 0)
+				break;
+		}
+		if (a != NULL)
+			continue;
+		log_info("account=%s added to the configuration",
+		    conf->accounts[i].name);
+		changes++;
+		account_schedule(account_new(conf, &conf->accounts[i]), 0);
+	}
+	config_free(current);
+	current = config_ref(conf);
+	accounts_write_status();
+	return (changes);
 }
 
 /* Stop: no new sessions; running ones end at their next safe point. */
 void
 accounts_stop(void)
 {
-	size_t	i;
+	struct account	*a;
 
 	stopping = 1;
-	nwait = 0;
-	for (i = 0; i < naccounts; i++) {
-		struct account	*a = &accounts[i];
-
+	TAILQ_FOREACH(a, &accounts, entry) {
 		evtimer_del(a->timer);
-		a->queued = 0;
+		if (a->queued) {
+			TAILQ_REMOVE(&waitq, a, waiting);
+			a->queued = 0;
+		}
 		if (a->session != NULL)
 			session_stop(a->session);
 	}
 	account_check_finished();
 }
 
-/* --once: the exit status of the first account that failed, or 0. */
+/* The grace time is over: end the sessions still running now. */
+void
+accounts_abort(void)
+{
+	struct account	*a;
+
+	TAILQ_FOREACH(a, &accounts, entry) {
+		if (a->session != NULL)
+			session_abort(a->session);
+	}
+}
+
+/* --once and --check: the status of the first account that failed. */
 int
 accounts_exitcode(void)
 {
-	size_t	i;
+	struct account	*a;
 
-	for (i = 0; i < naccounts; i++) {
-		if (accounts[i].exitcode != 0)
-			return (accounts[i].exitcode);
-		if (accounts[i].polls == 0)
+	TAILQ_FOREACH(a, &accounts, entry) {
+		if (a->exitcode != 0)
+			return (a->exitcode);
+		if (a->polls == 0)
 			return (EXIT_TEMPFAIL);		/* never ran */
 	}
 	return (0);
@@ -152,23 +311,20 @@ accounts_exitcode(void)
 void
 accounts_free(void)
 {
-	size_t	i;
+	struct account	*a;
 
-	for (i = 0; i < naccounts; i++) {
-		event_free(accounts[i].timer);
-		SSL_CTX_free(accounts[i].ctx);
-	}
-	free(accounts);
-	free(waitq);
-	accounts = NULL;
-	naccounts = 0;
+	while ((a = TAILQ_FIRST(&accounts)) != NULL)
+		account_free(a);
+	config_free(current);
+	current = NULL;
 }
 
 static void
-account_schedule(struct account *a, int seconds)
+account_schedule(struct account *a, long seconds)
 {
 	struct timeval	tv = { seconds, 0 };
 
+	a->next_poll = time(NULL) + seconds;
 	evtimer_add(a->timer, &tv);
 }
 
@@ -177,11 +333,11 @@ account_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct account	*a = arg;
 
-	if (stopping || a->session != NULL || a->queued)
+	if (stopping || a->session != NULL || a->queued || a->removed)
 		return;
-	if (active >= env->conf->max_connections) {
+	if (active >= current->max_connections) {
 		a->queued = 1;
-		waitq[nwait++] = a;
+		TAILQ_INSERT_TAIL(&waitq, a, waiting);
 		return;
 	}
 	account_run(a);
@@ -193,79 +349,112 @@ account_run(struct account *a)
 {
 	char	*cause = NULL;
 
-	if (a->ctx == NULL && (a->ctx = tls_ctx_new(a->ac, &cause)) == NULL) {
+	active++;
+	a->started = now_mono();
+	a->last_poll = time(NULL);
+	if (a->ctx == NULL && a->ac->tls != TLS_NONE &&
+	    (a->ctx = tls_ctx_new(a->ac, &cause)) == NULL) {
 		struct session_result	r;
 
 		memset(&r, 0, sizeof r);
 		r.exitcode = EXIT_CONFIG;
 		r.error = cause;
-		a->started = now_mono();
-		active++;
+		r.stage = "init";
 		account_done_cb(&r, a);
 		free(cause);
 		return;
 	}
-	active++;
-	a->started = now_mono();
 	log_debug("account=%s polling %s:%d", a->ac->name, a->ac->host,
 	    a->ac->port);
-	a->session = session_start(env, a->ac, a->ctx, a->nopipelining,
-	    account_done_cb, a);
+	a->session = session_start(env, a->conf, a->ac, a->ctx,
+	    mode == ACCOUNTS_CHECK ? SESSION_CHECK : SESSION_FETCH,
+	    a->nopipelining, account_done_cb, a);
+}
+
+/* Log how a poll went, in one key=value line. */
+static void
+account_log(struct account *a, const struct session_result *r, long next)
+{
+	double	secs = now_mono() - a->started;
+	char	tail[64] = "";
+
+	if (mode == ACCOUNTS_DAEMON && !stopping && !a->removed)
+		snprintf(tail, sizeof tail, " next=%lds", next);
+	if (r->error == NULL)
+		log_info("account=%s fetched=%u bytes=%llu deleted=%u "
+		    "seconds=%.1f%s", a->ac->name, r->fetched,
+		    (unsigned long long)r->bytes, r->deleted, secs, tail);
+	else if (r->stopped || (r->resp_codes & (RESP_IN_USE | RESP_SYS_TEMP |
+	    RESP_LOGIN_DELAY)))
+		/* Stopped on purpose, or the server is busy: no alarm. */
+		log_info("account=%s fetched=%u bytes=%llu deleted=%u "
+		    "seconds=%.1f %s=\"%s\"%s", a->ac->name, r->fetched,
+		    (unsigned long long)r->bytes, r->deleted, secs,
+		    r->stopped ? "stopped" : "busy", r->error, tail);
+	else
+		log_warnx("account=%s fetched=%u bytes=%llu deleted=%u "
+		    "seconds=%.1f error=\"%s\"%s", a->ac->name, r->fetched,
+		    (unsigned long long)r->bytes, r->deleted, secs, r->error,
+		    tail);
 }
 
 static void
 account_done_cb(struct session_result *r, void *arg)
 {
-	struct account	*a = arg;
-	double		 secs = now_mono() - a->started;
-
+	struct account	*a = arg, *b;
 	long		 next;
 
 	a->session = NULL;
 	active--;
 	a->polls++;
 	a->exitcode = r->exitcode;
+	a->last_fetched = r->fetched;
+	a->fetched_total += r->fetched;
+	free(a->last_error);
+	a->last_error = r->error != NULL ? xstrdup(r->error) : NULL;
+	if (r->exitcode == 0)
+		a->last_success = time(NULL);
 	next = account_next_delay(a, r);
-	if (r->error == NULL)
-		log_info("account=%s fetched=%u bytes=%llu deleted=%u "
-		    "seconds=%.1f", a->ac->name, r->fetched,
-		    (unsigned long long)r->bytes, r->deleted, secs);
-	else if (r->resp_codes & (RESP_IN_USE | RESP_SYS_TEMP |
-	    RESP_LOGIN_DELAY))
-		/* The server is busy, not broken: no alarm. */
-		log_info("account=%s fetched=%u bytes=%llu deleted=%u "
-		    "seconds=%.1f busy=\"%s\" retry=%ld", a->ac->name,
-		    r->fetched, (unsigned long long)r->bytes, r->deleted, secs,
-		    r->error, next);
+	if (mode == ACCOUNTS_CHECK)
+		account_report_check(a, r);
 	else
-		log_warnx("account=%s fetched=%u bytes=%llu deleted=%u "
-		    "seconds=%.1f error=\"%s\" retry=%ld", a->ac->name,
-		    r->fetched, (unsigned long long)r->bytes, r->deleted, secs,
-		    r->error, next);
+		account_log(a, r, next);
 
 	if (r->nopipelining && !a->nopipelining) {
 		a->nopipelining = 1;
 		log_warnx("account=%s the server mishandled pipelined commands;"
 		    " using one command at a time from now on", a->ac->name);
-		if (once && !a->retried && !stopping) {
+		if (mode == ACCOUNTS_ONCE && !a->retried && !stopping) {
 			a->retried = 1;
 			a->polls--;
-			account_schedule(a, 0);
-			goto next;
+			next = 0;
 		}
 	}
-	if (!once && !stopping)
-		account_schedule(a, (int)next);
+	if (a->removed)
+		account_free(a);
+	else if (a->next_conf != NULL && a->next_ac != NULL &&
+	    !config_account_equal(a->conf, a->ac, a->next_conf, a->next_ac))
+		account_switch(a);
+	else {
+		if (a->next_conf != NULL) {
+			config_free(a->conf);
+			a->conf = a->next_conf;
+			a->ac = a->next_ac;
+			a->next_conf = NULL;
+			a->next_ac = NULL;
+		}
+		if (!stopping && (mode == ACCOUNTS_DAEMON || next == 0))
+			account_schedule(a, next);
+	}
 
-next:
 	/* Hand the slot to the next account in line. */
-	while (nwait > 0 && active < env->conf->max_connections && !stopping) {
-		struct account	*b = waitq[0];
-
-		memmove(waitq, waitq + 1, --nwait * sizeof *waitq);
+	while (!stopping && active < current->max_connections &&
+	    (b = TAILQ_FIRST(&waitq)) != NULL) {
+		TAILQ_REMOVE(&waitq, b, waiting);
 		b->queued = 0;
 		account_run(b);
 	}
+	accounts_write_status();
 	account_check_finished();
 }
 
@@ -284,7 +473,7 @@ account_next_delay(struct account *a, const struct session_result *r)
 
 	if (r->login_delay > 0)
 		a->login_delay = r->login_delay;
-	if (r->exitcode == 0) {
+	if (r->exitcode == 0 || r->stopped) {
 		a->failures = 0;
 		delay = base;
 	} else {
@@ -301,26 +490,137 @@ account_next_delay(struct account *a, const struct session_result *r)
 			delay = cap;
 		/* +-10%, so that accounts failing together spread out. */
 		random_bytes(&rnd, sizeof rnd);
-		delay += (long)((double)delay * ((rnd % 2001) - 1000) / 10000);
+		delay += delay * ((long)(rnd % 2001) - 1000) / 10000;
 	}
 	if (delay < a->login_delay)
 		delay = a->login_delay;
 	return (delay < 1 ? 1 : delay);
 }
 
-/* In --once mode, or when stopping, leave the loop when all are done. */
+/* In --once/--check mode, or when stopping, leave the loop when done. */
 static void
 account_check_finished(void)
 {
-	size_t	i;
+	struct account	*a;
 
-	if (!once && !stopping)
+	if (mode == ACCOUNTS_DAEMON && !stopping)
 		return;
-	if (active > 0 || nwait > 0)
+	if (active > 0 || !TAILQ_EMPTY(&waitq))
 		return;
-	for (i = 0; i < naccounts && !stopping; i++) {
-		if (evtimer_pending(accounts[i].timer, NULL))
+	TAILQ_FOREACH(a, &accounts, entry) {
+		if (!stopping && evtimer_pending(a->timer, NULL))
 			return;
 	}
 	event_base_loopexit(env->base, NULL);
+}
+
+/* --check: what worked and what did not, for a human. */
+static void
+account_report_check(struct account *a, const struct session_result *r)
+{
+	const char	*stage = r->stage != NULL ? r->stage : "?";
+	int		 reached_tls, logged_in;
+
+	printf("account \"%s\": %s@%s port %d\n", a->ac->name, a->ac->user,
+	    a->ac->host, a->ac->port);
+	if (r->peer[0] != '\0')
+		printf("  connect       ok      %s\n", r->peer);
+	reached_tls = r->tls[0] != '\0';
+	if (reached_tls)
+		printf("  tls           ok      %s, certificate %s\n", r->tls,
+		    a->ac->npins > 0 ? "matches tls-fingerprint" : "verified");
+	else if (a->ac->tls == TLS_NONE && r->peer[0] != '\0')
+		printf("  tls           NONE    (tls = none: not encrypted)\n");
+	if (r->capa[0] != '\0')
+		printf("  capabilities          %s\n", r->capa);
+	logged_in = r->login != NULL;
+	if (logged_in)
+		printf("  login         ok      %s\n", r->login);
+	if (r->exitcode == 0)
+		printf("  mailbox       ok      %ld message%s, %llu bytes\n",
+		    r->messages, r->messages == 1 ? "" : "s", r->octets);
+	else
+		printf("  %-13s FAILED  %s\n", stage, r->error != NULL ?
+		    r->error : "?");
+	fflush(stdout);
+}
+
+/* Times in the status file: UTC, ISO 8601; "-" for never. */
+static const char *
+status_time(time_t t, char *buf, size_t size)
+{
+	struct tm	tm;
+
+	if (t == 0)
+		return ("-");
+	gmtime_r(&t, &tm);
+	strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	return (buf);
+}
+
+/*
+ * Rewrite <state-dir>/maild.status (atomically) and tell systemd a
+ * one-line summary: what "maild --status" shows.
+ */
+static void
+accounts_write_status(void)
+{
+	struct account	*a;
+	char		 path[PATH_MAX], tmp[PATH_MAX], t1[32], t2[32], t3[32];
+	char		 esc[LOG_ESCAPE_MAX];
+	time_t		 last = 0;
+	FILE		*f;
+	int		 fd, n = 0, failing = 0;
+
+	if (mode == ACCOUNTS_CHECK)
+		return;
+	TAILQ_FOREACH(a, &accounts, entry) {
+		n++;
+		if (a->exitcode != 0 && a->polls > 0)
+			failing++;
+		if (a->last_poll > last)
+			last = a->last_poll;
+	}
+	sdnotify("STATUS=%d account%s, last poll %s, %d failing", n,
+	    n == 1 ? "" : "s", status_time(last, t1, sizeof t1), failing);
+
+	if ((size_t)snprintf(path, sizeof path, "%s/maild.status",
+	    current->state_dir) >= sizeof path - 8)
+		return;
+	snprintf(tmp, sizeof tmp, "%.*s.XXXXXX", (int)(sizeof tmp - 8), path);
+	if (mkdir_p(current->state_dir, 0700) == -1 ||
+	    (fd = mkstemp(tmp)) == -1)
+		return;
+	if ((f = fdopen(fd, "w")) == NULL) {
+		close(fd);
+		unlink(tmp);
+		return;
+	}
+	fprintf(f, "# maild status, see maild(8); times are UTC\n"
+	    "pid=%ld mode=%s written=%s\n", (long)getpid(),
+	    mode == ACCOUNTS_DAEMON ? "daemon" : "once",
+	    status_time(time(NULL), t1, sizeof t1));
+	TAILQ_FOREACH(a, &accounts, entry) {
+		fprintf(f, "account=%s state=%s last-poll=%s last-success=%s "
+		    "next-poll=%s fetched=%u fetched-total=%llu failures=%d",
+		    a->ac->name, a->session != NULL ? "polling" :
+		    a->polls == 0 ? "waiting" : a->exitcode == 0 ? "ok" :
+		    "failing", status_time(a->last_poll, t1, sizeof t1),
+		    status_time(a->last_success, t2, sizeof t2),
+		    mode == ACCOUNTS_DAEMON && !stopping ?
+		    status_time(a->next_poll, t3, sizeof t3) : "-",
+		    a->last_fetched, a->fetched_total, a->failures);
+		if (a->last_error != NULL)
+			fprintf(f, " error=\"%s\"", log_escape(esc, sizeof esc,
+			    a->last_error, strlen(a->last_error)));
+		fputc('\n', f);
+	}
+	if (fflush(f) == EOF || ferror(f)) {
+		fclose(f);
+		unlink(tmp);
+		return;
+	}
+	fclose(f);
+	if (rename(tmp, path) == -1)
+		unlink(tmp);
 }

@@ -1032,6 +1032,7 @@ config_load(const char *path, char **cause)
 	parse.file = path;
 	cp = &parse;
 	conf = xcalloc(1, sizeof *conf);
+	conf->refs = 1;
 	conf->path = xstrdup(path);
 
 	cfg = cfg_init(global_opts, CFGF_NONE);
@@ -1138,33 +1139,103 @@ fail:
 	return (NULL);
 }
 
+static void
+conf_account_free(struct account_conf *a)
+{
+	free(a->name);
+	free(a->host);
+	free(a->user);
+	if (a->secret_source == SECRET_PASSWORD)
+		freezero_str(a->secret);
+	else
+		free(a->secret);
+	free(a->maildir);
+	free(a->ca_file);
+	free(a->tls_cert_file);
+	free(a->tls_key_file);
+	free(a->pins);
+}
+
+/* Keep only the named account (maild --check name); -1 if there is none. */
+int
+config_keep_account(struct config *conf, const char *name)
+{
+	size_t	i, keep = conf->naccounts;
+
+	for (i = 0; i < conf->naccounts; i++) {
+		if (strcmp(conf->accounts[i].name, name) == 0)
+			keep = i;
+	}
+	if (keep == conf->naccounts)
+		return (-1);
+	for (i = 0; i < conf->naccounts; i++) {
+		if (i != keep)
+			conf_account_free(&conf->accounts[i]);
+	}
+	conf->accounts[0] = conf->accounts[keep];
+	conf->naccounts = 1;
+	return (0);
+}
+
+/* Take a reference: sessions keep the configuration they started with. */
+struct config *
+config_ref(struct config *conf)
+{
+	conf->refs++;
+	return (conf);
+}
+
+/* Drop a reference; the last one frees. */
 void
 config_free(struct config *conf)
 {
 	size_t	i;
 
-	if (conf == NULL)
+	if (conf == NULL || --conf->refs > 0)
 		return;
-	for (i = 0; i < conf->naccounts; i++) {
-		struct account_conf	*a = &conf->accounts[i];
-
-		free(a->name);
-		free(a->host);
-		free(a->user);
-		if (a->secret_source == SECRET_PASSWORD)
-			freezero_str(a->secret);
-		else
-			free(a->secret);
-		free(a->maildir);
-		free(a->ca_file);
-		free(a->tls_cert_file);
-		free(a->tls_key_file);
-		free(a->pins);
-	}
+	for (i = 0; i < conf->naccounts; i++)
+		conf_account_free(&conf->accounts[i]);
 	free(conf->accounts);
 	free(conf->state_dir);
 	free(conf->path);
 	free(conf);
+}
+
+static int
+str_equal(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return (a == b);
+	return (strcmp(a, b) == 0);
+}
+
+/*
+ * Would two account configurations poll the same way?  A reload keeps
+ * the schedule and the running session of an account that did not change.
+ */
+int
+config_account_equal(const struct config *ca, const struct account_conf *a,
+    const struct config *cb, const struct account_conf *b)
+{
+	return (str_equal(ca->state_dir, cb->state_dir) &&
+	    ca->timeout == cb->timeout &&
+	    ca->session_timeout == cb->session_timeout &&
+	    str_equal(a->name, b->name) && str_equal(a->host, b->host) &&
+	    a->port == b->port && str_equal(a->user, b->user) &&
+	    a->secret_source == b->secret_source &&
+	    str_equal(a->secret, b->secret) &&
+	    str_equal(a->maildir, b->maildir) && a->keep == b->keep &&
+	    a->delete_after == b->delete_after && a->max_size == b->max_size &&
+	    a->add_headers == b->add_headers && a->tls == b->tls &&
+	    a->allow_plaintext == b->allow_plaintext &&
+	    str_equal(a->ca_file, b->ca_file) &&
+	    a->tls_verify == b->tls_verify && a->npins == b->npins &&
+	    (a->npins == 0 || memcmp(a->pins, b->pins, a->npins * 32) == 0) &&
+	    str_equal(a->tls_cert_file, b->tls_cert_file) &&
+	    str_equal(a->tls_key_file, b->tls_key_file) &&
+	    a->tls_min_version == b->tls_min_version && a->auth == b->auth &&
+	    a->pipelining == b->pipelining &&
+	    a->poll_interval == b->poll_interval);
 }
 
 /* Is path a writable directory, or could one be created there? */

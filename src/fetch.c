@@ -150,6 +150,20 @@ fetch_status(struct session *s, enum pop3_cmd cmd, enum pop3_status st,
 	}
 	pop3_dequeue(s);
 	switch (cmd) {
+	case CMD_STAT:
+		if (st != POP3_OK) {
+			pop3_server_error(s, "STAT failed", text, len,
+			    EXIT_PROTOCOL);
+			return;
+		}
+		if (sscanf(text, "%ld %llu", &s->result.messages,
+		    &s->result.octets) != 2 || s->result.messages < 0) {
+			pop3_fail(s, EXIT_PROTOCOL, "bad reply to STAT");
+			return;
+		}
+		pop3_set_state(s, POP3_QUIT);
+		pop3_send(s, CMD_QUIT, 0, "QUIT");
+		break;
 	case CMD_UIDL:
 		if (s->ac->keep) {
 			pop3_fail(s, EXIT_PROTOCOL, "the server does not "
@@ -576,10 +590,10 @@ fetch_trace_headers(struct session *s, char *buf, size_t size)
 		local[sizeof local - 1] = '\0';
 		n = snprintf(buf + o, size - o, "Received: from %s (%s)\n"
 		    "\tby %s (maild %s) with %s%s%s%s\n\tfor <%s>; %s\n",
-		    ac->host, s->peer, local, PACKAGE_VERSION,
+		    ac->host, s->result.peer, local, PACKAGE_VERSION,
 		    ac->tls == TLS_NONE ? "POP3" : "POP3S",
-		    s->tlsdesc[0] ? " (" : "", s->tlsdesc,
-		    s->tlsdesc[0] ? ")" : "", addr, date);
+		    s->result.tls[0] ? " (" : "", s->result.tls,
+		    s->result.tls[0] ? ")" : "", addr, date);
 		if (n > 0 && (size_t)n < size - o)
 			o += n;
 	}

@@ -131,11 +131,14 @@ log_warnx(const char *fmt, ...)
 	va_end(ap);
 }
 
+/* Routine news; quiet (verbosity -1) for --check, which prints a report. */
 void
 log_info(const char *fmt, ...)
 {
 	va_list	ap;
 
+	if (log_verbose < 0)
+		return;
 	va_start(ap, fmt);
 	log_vwrite(LOG_INFO, fmt, ap);
 	va_end(ap);

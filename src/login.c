@@ -52,6 +52,7 @@ login_connected(struct session *s)
 	if (s->state == POP3_TLS && s->ac->tls == TLS_STARTTLS) {
 		/* RFC 2595: forget what was learnt before TLS. */
 		memset(&s->capa, 0, sizeof s->capa);
+		s->result.capa[0] = '\0';
 		s->flags &= ~S_HAVE_CAPA;
 		pop3_set_state(s, POP3_CAPA);
 		pop3_send(s, CMD_CAPA, 0, "CAPA");
@@ -60,7 +61,7 @@ login_connected(struct session *s)
 	if (s->ac->tls == TLS_NONE)
 		log_warnx("account=%s connection to %s is not encrypted "
 		    "(tls = none): the password and the mail can be read "
-		    "on the way", s->ac->name, s->peer);
+		    "on the way", s->ac->name, s->result.peer);
 	pop3_set_state(s, POP3_GREETING);
 	pop3_expect(s, CMD_GREETING);
 }
@@ -128,9 +129,15 @@ login_capa_line(struct session *s, const char *line, size_t len)
 {
 	char	esc[LOG_ESCAPE_MAX];
 
+	size_t	o = strlen(s->result.capa);
+
 	log_trace("account=%s <<< %s", s->ac->name,
 	    log_escape(esc, sizeof esc, line, len));
 	parse_capa_line(&s->capa, line, len);
+	/* For --check: the capabilities as the server put them. */
+	if (o + 2 < sizeof s->result.capa)
+		snprintf(s->result.capa + o, sizeof s->result.capa - o, "%s%s",
+		    o ? ", " : "", log_escape(esc, sizeof esc, line, len));
 }
 
 /* CAPA is answered (or refused): on to STLS, the login or the listing. */
@@ -334,8 +341,14 @@ static void
 login_done(struct session *s)
 {
 	pop3_wipe_secret(s);
+	s->result.login = auth_method_name(s->method);
 	log_debug("account=%s logged in (%s)", s->ac->name,
 	    auth_method_name(s->method));
+	if (s->flags & S_CHECK) {
+		pop3_set_state(s, POP3_LIST);
+		pop3_send(s, CMD_STAT, 0, "STAT");
+		return;
+	}
 	/* Some servers announce more after login (mpop learnt this from
 	   Gmail); ask again if pipelining was not offered before. */
 	if (!(s->capa.flags & CAPA_PIPELINING) && !s->result.nopipelining) {

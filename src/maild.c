@@ -16,7 +16,7 @@
 
 /*
  * maild.c: main(): the command line, the configuration, signals and the
- * event loop everything else runs on.
+ * event loop everything else runs on; also --status, which only reads.
  */
 
 #include "config.h"
@@ -25,6 +25,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,31 +39,70 @@
 
 #include "maild.h"
 
+/* After SIGTERM, sessions get this long to finish what is in flight. */
+#define STOP_GRACE	20
+
 static struct event_base	*base;
+static char			*conf_path;
+static int			 run_mode;
 static int			 stopping;
 
 static __dead void	usage(void);
 static void		signal_cb(evutil_socket_t, short, void *);
+static void		grace_cb(evutil_socket_t, short, void *);
+static int		show_status(const struct config *);
 
 static __dead void
 usage(void)
 {
-	fprintf(stderr, "usage: maild [-dnvV] [-f file] [--once]\n");
+	fprintf(stderr, "usage: maild [-dnvV] [-f file] [--once | --check "
+	    "[account] | --status]\n");
 	exit(EXIT_USAGE);
+}
+
+/* SIGHUP: load the file again; switch only if all of it is valid. */
+static void
+reload(void)
+{
+	struct config	*conf;
+	char		*cause = NULL;
+	int		 changes;
+
+	sdnotify_reloading();
+	log_info("reloading %s", conf_path);
+	if ((conf = config_load(conf_path, &cause)) == NULL) {
+		log_warnx("reload failed, still running the previous "
+		    "configuration: %s", cause);
+		free(cause);
+		sdnotify("READY=1");
+		return;
+	}
+	changes = accounts_reload(conf);
+	config_free(conf);
+	log_info("reloaded %s: %d account%s added, removed or changed",
+	    conf_path, changes, changes == 1 ? "" : "s");
+	sdnotify("READY=1");
 }
 
 static void
 signal_cb(evutil_socket_t sig, short what, void *arg)
 {
+	struct event	*grace;
+	struct timeval	 tv = { STOP_GRACE, 0 };
+
 	switch (sig) {
 	case SIGTERM:
 	case SIGINT:
 		if (stopping++) {
-			log_warnx("second signal: exiting now");
-			event_base_loopbreak(base);
+			log_warnx("second signal: stopping now");
+			accounts_abort();
 			return;
 		}
-		log_info("stopping: finishing the messages in flight");
+		log_info("stopping: finishing the messages in flight (at most "
+		    "%d seconds)", STOP_GRACE);
+		sdnotify("STOPPING=1");
+		grace = evtimer_new(base, grace_cb, NULL);
+		event_add(grace, &tv);
 		accounts_stop();
 		break;
 	case SIGUSR1:
@@ -70,10 +110,20 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 		accounts_poll_now();
 		break;
 	case SIGHUP:
-		log_warnx("SIGHUP: reloading is not supported yet; restart "
-		    "maild to apply a new configuration");
+		if (run_mode == ACCOUNTS_DAEMON && !stopping)
+			reload();
 		break;
 	}
+}
+
+/* The grace time is over: whatever is still running stops now. */
+static void
+grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	log_warnx("sessions still running after %d seconds: stopping them",
+	    STOP_GRACE);
+	accounts_abort();
+	event_free(event_base_get_running_event(base));
 }
 
 /* evdns reads resolv.conf and /etc/hosts; address literals need neither. */
@@ -100,6 +150,8 @@ main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "once", no_argument, NULL, 'o' },
+		{ "check", no_argument, NULL, 'c' },
+		{ "status", no_argument, NULL, 's' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 }
@@ -108,9 +160,10 @@ main(int argc, char **argv)
 	struct session_env	 env;
 	struct event		*sigev[4];
 	const int		 sigs[4] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
-	char			*path = NULL, *cause = NULL;
+	char			*cause = NULL;
+	const char		*check_name = NULL;
 	int			 ch, foreground = 0, verbose = 0, check = 0;
-	int			 once = 0, code, i;
+	int			 once = 0, online = 0, status = 0, code, i;
 
 	umask(077);
 	while ((ch = getopt_long(argc, argv, "df:hnvV", longopts, NULL)) != -1) {
@@ -119,14 +172,20 @@ main(int argc, char **argv)
 			foreground = 1;
 			break;
 		case 'f':
-			free(path);
-			path = xstrdup(optarg);
+			free(conf_path);
+			conf_path = xstrdup(optarg);
 			break;
 		case 'n':
 			check = 1;
 			break;
 		case 'o':
 			once = 1;
+			break;
+		case 'c':
+			online = 1;
+			break;
+		case 's':
+			status = 1;
 			break;
 		case 'v':
 			verbose++;
@@ -138,28 +197,43 @@ main(int argc, char **argv)
 			usage();
 		}
 	}
-	if (optind != argc)
+	if (online && optind < argc)
+		check_name = argv[optind++];
+	if (optind != argc || once + online + status + check > 1)
 		usage();
-	if (path == NULL)
-		path = config_default_path();
+	if (conf_path == NULL)
+		conf_path = config_default_path();
 
-	if ((conf = config_load(path, &cause)) == NULL) {
+	if ((conf = config_load(conf_path, &cause)) == NULL) {
 		fprintf(stderr, "maild: %s\n", cause);
 		exit(EXIT_CONFIG);
 	}
 	if (check) {
 		if (config_check_paths(conf) == -1)
 			exit(EXIT_CONFIG);
-		printf("maild: %s: configuration OK (%zu account%s)\n", path,
-		    conf->naccounts, conf->naccounts == 1 ? "" : "s");
+		printf("maild: %s: configuration OK (%zu account%s)\n",
+		    conf_path, conf->naccounts, conf->naccounts == 1 ? "" : "s");
 		config_free(conf);
-		free(path);
+		free(conf_path);
 		exit(0);
 	}
+	if (status) {
+		code = show_status(conf);
+		config_free(conf);
+		free(conf_path);
+		exit(code);
+	}
+	if (check_name != NULL && config_keep_account(conf, check_name) == -1) {
+		fprintf(stderr, "maild: %s: no account \"%s\"\n", conf_path,
+		    check_name);
+		exit(EXIT_USAGE);
+	}
 
-	if (once)
+	run_mode = online ? ACCOUNTS_CHECK : once ? ACCOUNTS_ONCE :
+	    ACCOUNTS_DAEMON;
+	if (run_mode != ACCOUNTS_DAEMON)
 		foreground = 1;
-	log_init(foreground, verbose);
+	log_init(foreground, online && verbose == 0 ? -1 : verbose);
 	if (!foreground && daemon(0, 0) == -1)
 		fatal("daemon");
 	signal(SIGPIPE, SIG_IGN);
@@ -172,17 +246,17 @@ main(int argc, char **argv)
 	}
 	env.base = base;
 	env.dns = dns_init(base);
-	env.conf = conf;
-	if (accounts_init(&env, once, &cause) == -1)
-		fatalx("%s", cause);
-	log_info("started: %zu account%s, %s", conf->naccounts,
-	    conf->naccounts == 1 ? "" : "s", once ? "polling once" :
-	    "daemon");
+	accounts_init(&env, conf, run_mode);
+	if (run_mode != ACCOUNTS_CHECK)
+		log_info("started: %zu account%s, %s", conf->naccounts,
+		    conf->naccounts == 1 ? "" : "s", once ? "polling once" :
+		    "daemon");
 	accounts_start();
+	sdnotify("READY=1");
 	event_base_dispatch(base);
 
-	code = once ? accounts_exitcode() : 0;
-	if (stopping && !once)
+	code = run_mode != ACCOUNTS_DAEMON ? accounts_exitcode() : 0;
+	if (stopping && run_mode == ACCOUNTS_DAEMON)
 		log_info("stopped");
 	accounts_free();
 	for (i = 0; i < 4; i++)
@@ -191,6 +265,83 @@ main(int argc, char **argv)
 	event_base_free(base);
 	tls_shutdown();
 	config_free(conf);
-	free(path);
+	free(conf_path);
 	return (code);
+}
+
+/* Print one key of a status line: "key=value" or key="quoted value". */
+static const char *
+status_field(const char *line, const char *key, char *buf, size_t size)
+{
+	const char	*p = line, *end;
+	size_t		 klen = strlen(key), n;
+
+	while ((p = strstr(p, key)) != NULL) {
+		if ((p == line || p[-1] == ' ') && p[klen] == '=')
+			break;
+		p += klen;
+	}
+	if (p == NULL)
+		return ("-");
+	p += klen + 1;
+	if (*p == '"') {
+		for (end = ++p; *end != '\0' && *end != '"'; end++) {
+			if (*end == '\\' && end[1] != '\0')
+				end++;
+		}
+	} else
+		end = p + strcspn(p, " \n");
+	n = (size_t)(end - p) < size - 1 ? (size_t)(end - p) : size - 1;
+	memcpy(buf, p, n);
+	buf[n] = '\0';
+	return (buf);
+}
+
+/* --status: show what the last maild wrote in the status file. */
+static int
+show_status(const struct config *conf)
+{
+	char	 path[PATH_MAX], line[4096], v[6][512];
+	FILE	*f;
+	long	 pid;
+	size_t	 i;
+
+	snprintf(path, sizeof path, "%s/maild.status", conf->state_dir);
+	if ((f = fopen(path, "re")) == NULL) {
+		printf("maild: no status in %s yet: maild has not polled with "
+		    "this configuration\n", path);
+		return (errno == ENOENT ? 0 : EXIT_IOERR);
+	}
+	while (fgets(line, sizeof line, f) != NULL) {
+		if (line[0] == '#')
+			continue;
+		if (strncmp(line, "pid=", 4) == 0) {
+			pid = strtol(status_field(line, "pid", v[0], 512), NULL,
+			    10);
+			printf("status written %s by maild pid %ld (%s), which "
+			    "is %s\n", status_field(line, "written", v[1], 512),
+			    pid, status_field(line, "mode", v[2], 512),
+			    pid > 0 && kill((pid_t)pid, 0) == 0 ? "running" :
+			    "not running");
+			continue;
+		}
+		printf("\naccount %s: %s\n", status_field(line, "account", v[0],
+		    512), status_field(line, "state", v[1], 512));
+		printf("  last poll       %s\n", status_field(line, "last-poll",
+		    v[2], 512));
+		printf("  last success    %s\n", status_field(line,
+		    "last-success", v[3], 512));
+		printf("  next poll       %s\n", status_field(line, "next-poll",
+		    v[4], 512));
+		printf("  fetched         %s at the last poll, %s since maild "
+		    "started\n", status_field(line, "fetched", v[5], 512),
+		    status_field(line, "fetched-total", v[0], 512));
+		printf("  failures        %s in a row\n", status_field(line,
+		    "failures", v[1], 512));
+		printf("  last error      %s\n", status_field(line, "error",
+		    v[2], 512));
+	}
+	fclose(f);
+	(void)i;
+	return (0);
 }

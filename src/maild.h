@@ -116,6 +116,7 @@ struct account_conf {
 };
 
 struct config {
+	int		 refs;
 	char		*path;
 	int		 poll_interval;		/* seconds */
 	int		 timeout;		/* seconds without progress */
@@ -127,7 +128,12 @@ struct config {
 };
 
 struct config	*config_load(const char *, char **);
+struct config	*config_ref(struct config *);
+int		 config_keep_account(struct config *, const char *);
 void		 config_free(struct config *);
+int		 config_account_equal(const struct config *,
+		     const struct account_conf *, const struct config *,
+		     const struct account_conf *);
 int		 config_check_paths(const struct config *);
 char		*config_default_path(void);
 int		 config_parse_duration(const char *, long *);
@@ -329,30 +335,49 @@ void		 secret_cancel(struct secret_job *);
 struct session_result {
 	int		 exitcode;	/* 0 or an EXIT_* code */
 	char		*error;		/* what went wrong, for the log */
+	int		 stopped;	/* ended early on request */
+	const char	*stage;		/* the state it ended in */
 	unsigned	 fetched;
 	uint64_t	 bytes;
 	unsigned	 deleted;
 	unsigned	 resp_codes;	/* RESP_* seen on the failure */
 	long		 login_delay;	/* CAPA LOGIN-DELAY, seconds */
 	int		 nopipelining;	/* server choked on pipelining */
+	/* What --check reports. */
+	char		 peer[64];
+	char		 tls[128];
+	char		 capa[512];
+	const char	*login;
+	long		 messages;	/* STAT */
+	unsigned long long octets;
 };
 typedef void (*session_done_cb)(struct session_result *, void *);
 struct session_env {
 	struct event_base	*base;
 	struct evdns_base	*dns;
-	const struct config	*conf;
 };
-struct session	*session_start(const struct session_env *,
-		     const struct account_conf *, struct ssl_ctx_st *, int,
+#define SESSION_FETCH	0
+#define SESSION_CHECK	1	/* log in, STAT, QUIT: --check */
+struct session	*session_start(const struct session_env *, struct config *,
+		     const struct account_conf *, struct ssl_ctx_st *, int, int,
 		     session_done_cb, void *);
 void		 session_stop(struct session *);
+void		 session_abort(struct session *);
+
+/* sdnotify.c */
+void		 sdnotify(const char *, ...) PRINTFLIKE(1, 2);
+void		 sdnotify_reloading(void);
 
 /* account.c */
-struct account;
-int		 accounts_init(const struct session_env *, int, char **);
+#define ACCOUNTS_DAEMON	0
+#define ACCOUNTS_ONCE	1
+#define ACCOUNTS_CHECK	2
+void		 accounts_init(const struct session_env *, struct config *, int);
 void		 accounts_start(void);
 void		 accounts_poll_now(void);
+int		 accounts_reload(struct config *);
 void		 accounts_stop(void);
+void		 accounts_abort(void);
 int		 accounts_exitcode(void);
 void		 accounts_free(void);
 

@@ -96,8 +96,9 @@ pop3_dequeue(struct session *s)
  * fresh event; the session frees itself after it.
  */
 struct session *
-session_start(const struct session_env *env, const struct account_conf *ac,
-    SSL_CTX *ctx, int nopipelining, session_done_cb done, void *arg)
+session_start(const struct session_env *env, struct config *conf,
+    const struct account_conf *ac, SSL_CTX *ctx, int mode, int nopipelining,
+    session_done_cb done, void *arg)
 {
 	struct session	*s;
 	struct timeval	 tv;
@@ -107,7 +108,9 @@ session_start(const struct session_env *env, const struct account_conf *ac,
 
 	s = xcalloc(1, sizeof *s);
 	s->ac = ac;
-	s->conf = env->conf;
+	s->conf = config_ref(conf);
+	if (mode == SESSION_CHECK)
+		s->flags |= S_CHECK;
 	s->base = env->base;
 	s->dns = env->dns;
 	s->ctx = ctx;
@@ -125,6 +128,8 @@ session_start(const struct session_env *env, const struct account_conf *ac,
 	tv.tv_sec = s->conf->session_timeout;
 	tv.tv_usec = 0;
 	evtimer_add(s->deadline_ev, &tv);
+	if (s->flags & S_CHECK)
+		goto secret;
 
 	/* The state file and the Maildir come first: no point connecting
 	   if we could not store anything. */
@@ -158,25 +163,46 @@ session_start(const struct session_env *env, const struct account_conf *ac,
 		return (s);
 	}
 
+secret:
 	pop3_set_state(s, POP3_SECRET);
 	s->secret_job = secret_get(s->base, ac, s->conf->timeout,
 	    pop3_secret_cb, s);
 	return (s);
 }
 
-/* Ask a session to stop early: it ends at the next safe point. */
+/*
+ * Ask a session to stop early: no new message is asked for; the ones on
+ * their way are delivered, then the session deletes what it should and
+ * says QUIT.  Before the transfer there is nothing to finish.
+ */
 void
 session_stop(struct session *s)
 {
 	if (s->flags & S_DEAD)
 		return;
 	s->flags |= S_STOPPING;
+	s->result.stopped = 1;
 	if (s->state < POP3_TRANSFER) {
 		pop3_fail(s, EXIT_TEMPFAIL, "stopped before fetching");
 		return;
 	}
 	if (s->state == POP3_TRANSFER)
 		fetch_pump(s);
+}
+
+/*
+ * Stop now (the grace time is over): keep the messages that are complete,
+ * drop the one in flight, hang up.  Nothing is lost: what was not deleted
+ * is still on the server, and its UIDL is recorded if it was delivered.
+ */
+void
+session_abort(struct session *s)
+{
+	if (s->flags & S_DEAD)
+		return;
+	s->result.stopped = 1;
+	pop3_fail(s, EXIT_TEMPFAIL, "stopped in the middle of the session; "
+	    "the rest follows at the next poll");
 }
 
 static void
@@ -219,7 +245,7 @@ pop3_connected_cb(int fd, const char *msg, void *arg)
 		pop3_fail(s, EXIT_UNAVAIL, "%s", msg);
 		return;
 	}
-	snprintf(s->peer, sizeof s->peer, "%s", msg);
+	snprintf(s->result.peer, sizeof s->result.peer, "%s", msg);
 	if (s->ac->tls != TLS_IMPLICIT) {
 		s->bev = bufferevent_socket_new(s->base, fd,
 		    BEV_OPT_CLOSE_ON_FREE);
@@ -314,7 +340,7 @@ pop3_progress_cb(evutil_socket_t fd, short what, void *arg)
 	struct session	*s = arg;
 
 	pop3_fail(s, EXIT_TEMPFAIL, "%s timed out after %d seconds without "
-	    "progress (state %s)", s->peer[0] ? s->peer : s->ac->host,
+	    "progress (state %s)", s->result.peer[0] ? s->result.peer : s->ac->host,
 	    s->conf->timeout, pop3_statenames[s->state]);
 }
 
@@ -497,9 +523,9 @@ pop3_event_cb(struct bufferevent *bev, short what, void *arg)
 			    "not match tls-fingerprint", s->ac->host);
 			return;
 		}
-		tls_describe(ssl, s->tlsdesc, sizeof s->tlsdesc);
+		tls_describe(ssl, s->result.tls, sizeof s->result.tls);
 		log_debug("account=%s tls=\"%s\" peer=%s", s->ac->name,
-		    s->tlsdesc, s->peer);
+		    s->result.tls, s->result.peer);
 		login_connected(s);
 		return;
 	}
@@ -652,6 +678,7 @@ pop3_finish(struct session *s)
 	if (s->flags & S_DEAD)
 		return;
 	s->flags |= S_DEAD;
+	s->result.stage = pop3_statenames[s->state];
 	if (s->result.error == NULL && s->retr_failed > 0) {
 		xasprintf(&s->result.error, "%u message%s could not be "
 		    "retrieved and stayed on the server", s->retr_failed,
@@ -700,5 +727,6 @@ pop3_free_cb(evutil_socket_t fd, short what, void *arg)
 	event_free(s->deadline_ev);
 	event_free(s->free_ev);
 	free(s->q);
+	config_free(s->conf);
 	free(s);
 }

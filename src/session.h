@@ -56,6 +56,7 @@ enum pop3_cmd {
 	CMD_LIST,
 	CMD_RETR,
 	CMD_DELE,
+	CMD_STAT,
 	CMD_QUIT,
 	CMD_NONE		/* a reply within AUTH, not a command */
 };
@@ -102,16 +103,15 @@ struct session {
 #define S_STATE_SUSPECT	0x040	/* a commit failed: do not save the state */
 #define S_HAVE_CAPA	0x080	/* the server answered CAPA */
 #define S_SASL_IR	0x100	/* the AUTH command carried its response */
+#define S_CHECK		0x200	/* --check: log in, STAT, QUIT */
 	const struct account_conf *ac;
-	const struct config	*conf;
+	struct config		*conf;		/* a reference */
 	struct event_base	*base;
 	struct evdns_base	*dns;
 	SSL_CTX			*ctx;
 	session_done_cb		 done;
 	void			*done_arg;
 	struct session_result	 result;
-	char			 peer[64];
-	char			 tlsdesc[128];
 
 	struct secret_job	*secret_job;
 	char			*secret;
