@@ -828,9 +828,12 @@ badname:
 static char *
 conf_default_state_dir(void)
 {
-	const char	*home, *xdg;
+	const char	*home, *xdg, *sd;
 	char		*path;
 
+	/* systemd's StateDirectory= says where (first of a ':' list). */
+	if ((sd = getenv("STATE_DIRECTORY")) != NULL && sd[0] == '/')
+		return (xstrndup(sd, strcspn(sd, ":")));
 	if (getuid() == 0)
 		return (xstrdup(LOCALSTATEDIR "/lib/maild"));
 	if ((xdg = getenv("XDG_STATE_HOME")) != NULL && xdg[0] == '/')
