@@ -238,7 +238,6 @@ static void
 pop3_connected_cb(int fd, const char *msg, void *arg)
 {
 	struct session	*s = arg;
-	SSL		*ssl;
 
 	s->nc = NULL;
 	if (fd == -1) {
@@ -246,45 +245,30 @@ pop3_connected_cb(int fd, const char *msg, void *arg)
 		return;
 	}
 	snprintf(s->result.peer, sizeof s->result.peer, "%s", msg);
-	if (s->ac->tls != TLS_IMPLICIT) {
-		s->bev = bufferevent_socket_new(s->base, fd,
-		    BEV_OPT_CLOSE_ON_FREE);
-		if (s->bev == NULL) {
-			close(fd);
-			pop3_fail(s, EXIT_SOFTWARE, "cannot set up the "
-			    "connection");
-			return;
-		}
-		bufferevent_setcb(s->bev, pop3_read_cb, NULL, pop3_event_cb,
-		    s);
-		bufferevent_enable(s->bev, EV_READ | EV_WRITE);
-		login_connected(s);
-		return;
-	}
-	if ((ssl = tls_ssl_new(s->ctx, s->ac)) == NULL) {
-		close(fd);
-		pop3_fail(s, EXIT_SOFTWARE, "cannot set up TLS");
-		return;
-	}
-	s->bev = bufferevent_openssl_socket_new(s->base, fd, ssl,
-	    BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+	s->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (s->bev == NULL) {
-		/* With CLOSE_ON_FREE, libevent freed ssl already. */
 		close(fd);
 		pop3_fail(s, EXIT_SOFTWARE, "cannot set up the connection");
 		return;
 	}
 	bufferevent_setcb(s->bev, pop3_read_cb, NULL, pop3_event_cb, s);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
-	pop3_set_state(s, POP3_TLS);
-	pop3_arm_progress(s);
+	if (s->ac->tls == TLS_IMPLICIT)
+		pop3_start_tls(s);
+	else
+		login_connected(s);
 }
 
 /*
- * STLS was accepted: start TLS over the connection.  Anything the server
- * sent after its +OK arrived in clear text after the point where it
- * promised TLS, so it can only be an attack (RFC 2595, and CVE-2011-0411
- * in other software): refuse it.
+ * Start TLS over the connection: at once for implicit TLS, after the +OK
+ * to STLS otherwise.  TLS runs as a filter over the socket's bufferevent,
+ * which reads the socket in large chunks: servers send many small
+ * records, and OpenSSL reading them straight from the socket would cost
+ * two system calls each.
+ *
+ * After STLS, anything the server sent after its +OK arrived in clear
+ * text after the point where it promised TLS, so it can only be an attack
+ * (RFC 2595, and CVE-2011-0411 in other software): refuse it.
  */
 void
 pop3_start_tls(struct session *s)

@@ -16,10 +16,14 @@
 
 /*
  * sdnotify.c: tell systemd how maild is doing (sd_notify(3)): READY=1,
- * STATUS=, RELOADING=1, STOPPING=1.  With libsystemd (configure found it)
- * its sd_notify() does the work; without, the same datagram goes to
- * $NOTIFY_SOCKET directly, as the protocol is documented to be stable.
- * Without $NOTIFY_SOCKET, nothing happens.
+ * STATUS=, RELOADING=1, STOPPING=1.  Without $NOTIFY_SOCKET, nothing
+ * happens.  If configure found libsystemd, its sd_notify() does the work,
+ * but the library is only loaded (dlopen) when $NOTIFY_SOCKET says systemd
+ * is listening: linked in for good, it and what it pulls in (libgcrypt,
+ * three compression libraries) would cost maild a megabyte of memory on
+ * every run, a quarter of what a fetch needs.  Without libsystemd, the
+ * same datagram goes to $NOTIFY_SOCKET directly, as the protocol is
+ * documented to be stable.
  */
 
 #include "config.h"
@@ -36,12 +40,12 @@
 #include <unistd.h>
 
 #ifdef HAVE_LIBSYSTEMD
+#include <dlfcn.h>
 #include <systemd/sd-daemon.h>
 #endif
 
 #include "maild.h"
 
-#ifndef HAVE_LIBSYSTEMD
 /* Send one datagram to $NOTIFY_SOCKET ("@name" is an abstract socket). */
 static int
 sdnotify_send(const char *msg)
@@ -71,6 +75,27 @@ sdnotify_send(const char *msg)
 	close(fd);
 	return (n == -1 ? -1 : 0);
 }
+
+#ifdef HAVE_LIBSYSTEMD
+/* libsystemd's sd_notify, loaded on first use; NULL if it cannot be. */
+static __typeof__(sd_notify) *
+sdnotify_libsystemd(void)
+{
+	static __typeof__(sd_notify)	*fn;
+	static int			 tried;
+	void				*h;
+
+	if (!tried) {
+		tried = 1;
+		if ((h = dlopen("libsystemd.so.0", RTLD_NOW | RTLD_LOCAL)) !=
+		    NULL)
+			*(void **)&fn = dlsym(h, "sd_notify");
+		if (fn == NULL)
+			log_debug("libsystemd not loaded; notifying systemd "
+			    "directly");
+	}
+	return (fn);
+}
 #endif
 
 /* Send a notification, printf-style; errors are logged at debug level. */
@@ -87,9 +112,12 @@ sdnotify(const char *fmt, ...)
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
 #ifdef HAVE_LIBSYSTEMD
-	r = sd_notify(0, msg);
-	if (r < 0)
-		errno = -r;
+	if (sdnotify_libsystemd() != NULL) {
+		r = sdnotify_libsystemd()(0, msg);
+		if (r < 0)
+			errno = -r;
+	} else
+		r = sdnotify_send(msg);
 #else
 	r = sdnotify_send(msg);
 #endif
