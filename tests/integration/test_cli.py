@@ -1,0 +1,479 @@
+#!/usr/bin/env python3
+"""test_cli.py: maild's command line and configuration checking.
+
+-V, usage errors (exit 64), "maild -n" on a valid configuration (exit 0)
+and on broken ones (exit 78 with "file:line: message" on stderr, the line
+being the one the mistake is on: the offending option's line, or the
+"account" line for what is missing from an account), and path expansion
+of ~ and $VAR in a real run.
+"""
+
+import os
+import stat
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "lib"))
+
+import certs       # noqa: E402
+import corpus      # noqa: E402
+import fakepop3    # noqa: E402
+import maildtest as mt  # noqa: E402
+import tap         # noqa: E402
+
+
+def maild(t, args, timeout=20):
+    mt.require_maild()
+    return mt.run_maild(args, timeout=timeout)
+
+
+@tap.test
+def test_version(t):
+    r = maild(t, ["-V"])
+    assert r.rc == 0, f"exit {r.rc}"
+    assert r.stdout == "maild 0.1.0\n", f"stdout {r.stdout!r}"
+
+
+@tap.test
+def test_version_long(t):
+    r = maild(t, ["--version"])
+    assert r.rc == 0 and r.stdout == "maild 0.1.0\n", (r.rc, r.stdout)
+
+
+@tap.test
+def test_usage_unknown_flag(t):
+    r = maild(t, ["-x"])
+    assert r.rc == mt.EX_USAGE, f"exit {r.rc}, expected 64"
+    assert "usage:" in r.stderr, r.stderr
+
+
+@tap.test
+def test_usage_unknown_long_option(t):
+    r = maild(t, ["--no-such-option"])
+    assert r.rc == mt.EX_USAGE, f"exit {r.rc}, expected 64"
+    assert "usage:" in r.stderr, r.stderr
+
+
+@tap.test
+def test_usage_extra_argument(t):
+    r = maild(t, ["--once", "stray-argument"])
+    assert r.rc == mt.EX_USAGE, f"exit {r.rc}, expected 64"
+    assert "usage:" in r.stderr, r.stderr
+
+
+@tap.test
+def test_usage_f_without_file(t):
+    r = maild(t, ["-f"])
+    assert r.rc == mt.EX_USAGE, f"exit {r.rc}, expected 64"
+
+
+# ---------------------------------------------------------------------------
+# configuration files.  Each case is written line by line so that the
+# expected line number is known; a line ending in "# <--" is the one the
+# error must name (the marker is stripped).
+
+GOOD = """\
+# a valid configuration
+state-dir = "{tmp}/state"
+poll-interval = 5m
+timeout = 60
+session-timeout = 1h
+max-connections = 16
+
+account "work" {{
+    host = "127.0.0.1"
+    port = 995
+    user = "user001"
+    password = "secret"
+    maildir = "{tmp}/Maildir"
+    keep = false
+    poll-interval = 10m
+}}
+account "home.box@x+y-z" {{
+    host = "localhost"
+    user = "user002"
+    password-command = "echo secret"
+    maildir = "~/Maildir-home"
+}}
+"""
+
+
+def write_case(t, text, mode=0o600, name="maild.conf"):
+    """Write text (with {tmp} filled in); return (path, line) where line
+    is the 1-based number of the line marked '# <--' (or None)."""
+    text = text.format(tmp=t.tmp)
+    line = None
+    out = []
+    for i, ln in enumerate(text.splitlines(), 1):
+        if ln.rstrip().endswith("# <--"):
+            line = i
+            ln = ln[:ln.rindex("# <--")].rstrip()
+        out.append(ln)
+    path = t.tmp / name
+    mt.write_file(path, "\n".join(out) + "\n", mode)
+    t.attach("config", "\n".join(f"{i:3}: {ln}"
+                                 for i, ln in enumerate(out, 1)))
+    return path, line
+
+
+def check_bad(t, text, want_in_message=None, mode=0o600, env=None):
+    path, line = write_case(t, text, mode)
+    assert line is not None, "test bug: no '# <--' marker"
+    r = mt.run_maild(["-n", "-f", path], timeout=20, env=env)
+    assert r.rc == mt.EX_CONFIG, f"exit {r.rc}, expected 78"
+    prefix = f"{path}:{line}: "
+    assert prefix in r.stderr, (f"stderr does not name {prefix!r}:\n"
+                                f"{r.stderr.strip()}")
+    if want_in_message:
+        msg = r.stderr[r.stderr.index(prefix) + len(prefix):]
+        assert want_in_message.lower() in msg.lower(), (
+            f"expected {want_in_message!r} in the message: {msg.strip()!r}")
+    return r
+
+
+@tap.test
+def test_check_valid_config(t):
+    mt.require_maild()
+    path, _ = write_case(t, GOOD)
+    r = mt.run_maild(["-n", "-f", path], timeout=20,
+                     env={"HOME": str(t.tmp)})
+    assert r.rc == 0, f"exit {r.rc}: {r.stderr}"
+    assert "OK" in r.stdout, r.stdout
+    # -n is offline and must not create anything
+    assert not (t.tmp / "state").exists(), "-n created the state dir"
+    assert not (t.tmp / "Maildir").exists(), "-n created the Maildir"
+
+
+@tap.test
+def test_check_missing_file(t):
+    mt.require_maild()
+    r = mt.run_maild(["-n", "-f", t.tmp / "nope.conf"], timeout=20)
+    assert r.rc == mt.EX_CONFIG, f"exit {r.rc}, expected 78"
+    assert "nope.conf" in r.stderr, r.stderr
+
+
+@tap.test
+def test_bad_unknown_option(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    colour = "blue"                 # <--
+    maildir = "{tmp}/Maildir"
+}}
+""", "colour")
+
+
+@tap.test
+def test_bad_unknown_global_option(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+verbosity = 3                       # <--
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "verbosity")
+
+
+@tap.test
+def test_bad_missing_host(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+
+account "a" {{                      # <--
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "host")
+
+
+@tap.test
+def test_bad_missing_maildir(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+account "a" {{                      # <--
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+}}
+""", "maildir")
+
+
+@tap.test
+def test_bad_missing_user(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+account "a" {{                      # <--
+    host = "127.0.0.1"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "user")
+
+
+@tap.test
+def test_bad_no_password(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+account "a" {{                      # <--
+    host = "127.0.0.1"
+    user = "u"
+    maildir = "{tmp}/Maildir"
+}}
+""", "password")
+
+
+@tap.test
+def test_bad_two_password_options(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+account "a" {{                      # <--
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    password-command = "echo p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "password")
+
+
+@tap.test
+def test_bad_port_out_of_range(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    port = 70000                    # <--
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "port")
+
+
+@tap.test
+def test_bad_port_not_a_number(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    port = "pop3s"                  # <--
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "port")
+
+
+@tap.test
+def test_bad_duration_global(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+poll-interval = 5x                  # <--
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "poll-interval")
+
+
+@tap.test
+def test_bad_duration_account(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+    poll-interval = "10 minutes"    # <--
+}}
+""", "poll-interval")
+
+
+@tap.test
+def test_bad_duplicate_account(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+account "a" {{                      # <--
+    host = "127.0.0.2"
+    user = "v"
+    password = "p"
+    maildir = "{tmp}/Maildir2"
+}}
+""", "a")
+
+
+@tap.test
+def test_bad_option_set_twice(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    user = "v"                      # <--
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "user")
+
+
+@tap.test
+def test_bad_global_option_set_twice(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+timeout = 10
+timeout = 20                        # <--
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "timeout")
+
+
+@tap.test
+def test_bad_group_readable_with_password(t):
+    mt.require_maild()
+    # the error names the account holding the password (its first line)
+    r = check_bad(t, """\
+state-dir = "{tmp}/state"
+account "a" {{                      # <--
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "readable", mode=0o640)
+    assert "chmod" in r.stderr, "no hint how to fix it"
+
+
+@tap.test
+def test_group_readable_without_password_ok(t):
+    mt.require_maild()
+    path, _ = write_case(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password-command = "echo p"
+    maildir = "{tmp}/Maildir"
+}}
+""", mode=0o644)
+    r = mt.run_maild(["-n", "-f", path], timeout=20)
+    assert r.rc == 0, f"exit {r.rc}: {r.stderr}"
+
+
+@tap.test
+def test_bad_relative_maildir(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "Maildir"             # <--
+}}
+""", "absolute")
+
+
+@tap.test
+def test_bad_unset_variable(t):
+    mt.require_maild()
+    env = {"MAILD_TEST_UNSET_VAR": None}
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "$MAILD_TEST_UNSET_VAR/Maildir"   # <--
+}}
+""", "MAILD_TEST_UNSET_VAR", env=env)
+
+
+@tap.test
+def test_bad_account_name(t):
+    mt.require_maild()
+    check_bad(t, """\
+state-dir = "{tmp}/state"
+account "a/b" {{                    # <--
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "a/b")
+
+
+@tap.test
+def test_bad_no_account(t):
+    mt.require_maild()
+    path, _ = write_case(t, 'state-dir = "{tmp}/state"\n')
+    r = mt.run_maild(["-n", "-f", path], timeout=20)
+    assert r.rc == mt.EX_CONFIG, f"exit {r.rc}, expected 78"
+    assert str(path) in r.stderr, r.stderr
+
+
+@tap.test
+def test_expansion_in_a_real_run(t):
+    """~ and $VAR expand; the Maildir is created 0700 with cur/new/tmp."""
+    mt.require_maild()
+    home = t.tmp / "home"
+    home.mkdir()
+    other = t.tmp / "other"
+    other.mkdir()
+    c = certs.get()
+    msgs = [corpus.simple("cli/1"), corpus.simple("cli/2")]
+    env = {"HOME": str(home), "MAILD_TEST_DIR": str(other)}
+    with fakepop3.FakePOP3(msgs, tls=c.server) as srv:
+        path = mt.write_config(t.tmp / "maild.conf", [mt.account(
+            "a", "127.0.0.1", srv.port, srv.user, srv.password,
+            "${MAILD_TEST_DIR}/deep/Maildir", keep=True, ca_file=c.ca)],
+            state_dir="~/state")
+        r = mt.run_maild(["-n", "-f", path], timeout=20, env=env)
+        assert r.rc == 0, f"-n: exit {r.rc}: {r.stderr}"
+        r = mt.run_maild(["--once", "-f", path], timeout=30, env=env)
+        assert r.rc == 0, f"exit {r.rc}"
+    md = other / "deep" / "Maildir"
+    assert md.is_dir(), f"{md} was not created"
+    mode = stat.S_IMODE(md.stat().st_mode)
+    assert mode == 0o700, f"{md} has mode {mode:o}, expected 700"
+    for sub in ("cur", "new", "tmp"):
+        assert (md / sub).is_dir(), f"{md}/{sub} missing"
+    mt.assert_maildir(md, msgs)
+    assert (home / "state" / "a.state").exists(), "state not under ~/state"
+
+
+if __name__ == "__main__":
+    tap.main()

@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""test_crash.py: exactly-once delivery when maild is killed at random.
+
+A private Dovecot serves a large fetch (about 480 messages over three
+accounts, some of them large, and one multi-MB message).  `maild --once`
+is started and killed with SIGKILL after a seeded random delay, again and
+again, until a run completes on its own; then every message must be in
+the Maildirs exactly once, byte-exact, tmp/ empty, and the server
+untouched (keep mode) or empty (delete mode).  This repeats in rounds until
+enough kills were made.  Between kills: every file in new/ must be a
+complete message and no message may be there twice.
+
+Kill delays are drawn so that kills land in every phase: connect, TLS,
+login, listing, transfer, and the commit window: new/ is polled and maild
+killed the moment files appear there (or a few more), or the state file is
+polled and maild killed the moment it was replaced (records durable, files
+not yet moved to new/).  maild runs with -vv, so the last
+"state A -> B" line tells where each kill landed; a histogram is printed.
+
+Environment: MAILD_CRASH_SEED (default 20261126), MAILD_CRASH_KILLS (kills
+per mode, default 60), MAILD_CRASH_SCALE (message count factor, default 1).
+"""
+
+import collections
+import os
+import random
+import re
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "lib"))
+
+import certs       # noqa: E402
+import corpus      # noqa: E402
+import dovecot     # noqa: E402
+import maildtest as mt  # noqa: E402
+import tap         # noqa: E402
+
+SEED = int(os.environ.get("MAILD_CRASH_SEED", "20261126"))
+KILLS = int(os.environ.get("MAILD_CRASH_KILLS", "60"))
+SCALE = float(os.environ.get("MAILD_CRASH_SCALE", "1"))
+USERS = {"crash1": int(280 * SCALE), "crash2": int(120 * SCALE),
+         "crash3": int(80 * SCALE)}
+HUGE = 4_000_000
+RUN_TIMEOUT = 120          # one maild run
+MAX_ATTEMPTS_PER_ROUND = 200
+
+STATE_RE = re.compile(r"account=(\S+) state (\S+) -> (\S+)")
+
+
+class Fixture:
+    def __init__(self, srv):
+        self.srv = srv
+        self.msgs = {}
+        for i, (u, n) in enumerate(USERS.items()):
+            self.msgs[u] = corpus.generate(seed=SEED, count=n, prefix=u,
+                                           huge_bytes=HUGE if i == 0 else 0)
+        self.by_id = {m.id: m.data for ms in self.msgs.values() for m in ms}
+        self.full_run = None     # seconds for an uninterrupted run
+
+
+def fixture():
+    import contextlib
+
+    @contextlib.contextmanager
+    def cm():
+        mt.require_maild()
+        with dovecot.Dovecot(certs.get()) as srv:
+            for u in USERS:
+                srv.add_user(u)
+            yield Fixture(srv)
+    return cm()
+
+
+def reset_server(fx):
+    for u, msgs in fx.msgs.items():
+        fx.srv.set_mailbox(u, msgs)
+
+
+def make_config(t, fx, d, keep):
+    accts = [mt.account(u, "127.0.0.1", fx.srv.pop3s_port, u,
+                        fx.srv.password, d / f"Maildir-{u}", keep=keep,
+                        ca_file=fx.srv.ca) for u in USERS]
+    return mt.write_config(d / "maild.conf", accts, state_dir=d / "state",
+                           timeout=30)
+
+
+def maildirs(d):
+    return {u: d / f"Maildir-{u}" for u in USERS}
+
+
+def count_new(d):
+    return sum(mt.count_new(md) for md in maildirs(d).values())
+
+
+def check_new_consistent(fx, d):
+    """Between kills: new/ holds only complete messages, none twice."""
+    problems = []
+    for u, md in maildirs(d).items():
+        seen = collections.Counter()
+        for sub, name, p in mt.maildir_files(md, ("new", "cur")):
+            data = mt.strip_trace(p.read_bytes())
+            mid = corpus.test_id(data)
+            if mid not in fx.by_id:
+                problems.append(f"{u}: {sub}/{name}: unknown message "
+                                f"({len(data)} bytes)")
+            elif data != fx.by_id[mid]:
+                problems.append(f"{u}: {sub}/{name}: partial or corrupt "
+                                f"copy of {mid}: "
+                                f"{mt.describe_diff(data, fx.by_id[mid])}")
+            seen[mid] += 1
+        problems += [f"{u}: {mid} is there {n} times"
+                     for mid, n in seen.items() if n > 1]
+    return problems
+
+
+def state_stamps(d):
+    """Identity of each state file (changes when it is replaced)."""
+    out = {}
+    try:
+        with os.scandir(d / "state") as it:
+            for e in it:
+                if e.name.endswith(".state"):
+                    st = e.stat()
+                    out[e.name] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def last_states(err_text):
+    """account -> the state it was in when the log ends."""
+    states = {}
+    for m in STATE_RE.finditer(err_text):
+        states[m.group(1)] = m.group(3)
+    return states
+
+
+def run_to_completion(t, fx, d, cfg, rng, kills_left, hist, mode):
+    """Kill maild at random until a run finishes by itself; returns the
+    number of kills made."""
+    kills = 0
+    for attempt in range(MAX_ATTEMPTS_PER_ROUND):
+        errpath = d / f"stderr.{attempt}"
+        full = fx.full_run
+        r = rng.random()
+        if kills >= kills_left:
+            strategy, delay = "none", None
+        elif r < 0.15:
+            strategy, delay = "early", rng.uniform(0, 0.012)
+        elif r < 0.30:
+            strategy, delay = "login", rng.uniform(0.004, 0.05)
+        elif r < 0.70:
+            strategy, delay = "timed", rng.uniform(0, full * 1.1)
+        elif r < 0.85:
+            strategy, delay = "commit", None
+        else:
+            strategy, delay = "state", None
+        # commit: kill once new/ has grown by `grow` files (1: right at the
+        # first rename of a batch); state: once a state file was replaced
+        # (records written, files not yet moved)
+        grow = rng.choice([1, 1, 1, 2, 3, 10, 50])
+        before_new = count_new(d)
+        before_state = state_stamps(d)
+        p = mt.start_maild(["--once", "-vv", "-f", cfg], errpath)
+        killed = False
+        try:
+            started = time.monotonic()
+            if strategy in ("early", "login", "timed"):
+                try:
+                    p.wait(timeout=delay)
+                except Exception:
+                    mt.kill_tree(p, signal.SIGKILL)
+                    killed = True
+            elif strategy in ("commit", "state"):
+                deadline = started + RUN_TIMEOUT
+                while p.poll() is None and time.monotonic() < deadline:
+                    if (count_new(d) >= before_new + grow
+                            if strategy == "commit"
+                            else state_stamps(d) != before_state):
+                        mt.kill_tree(p, signal.SIGKILL)
+                        killed = True
+                        break
+                    time.sleep(0.0003)
+            if not killed:
+                try:
+                    p.wait(timeout=RUN_TIMEOUT)
+                except Exception:
+                    mt.kill_tree(p)
+                    raise AssertionError(f"maild did not finish within "
+                                         f"{RUN_TIMEOUT} s")
+        finally:
+            if p.poll() is None:
+                mt.kill_tree(p)
+        err = errpath.read_text(errors="replace")
+        t.attach(f"maild stderr ({mode}, attempt {attempt})", err)
+        if killed and p.returncode == -signal.SIGKILL:
+            kills += 1
+            states = last_states(err)
+            if strategy == "commit":
+                hist["commit-window"] += 1
+            elif strategy == "state":
+                hist["state-saved"] += 1
+            elif not states:
+                hist["startup"] += 1
+            else:
+                for s in set(states.values()):
+                    hist[s] += 1
+            t.note(f"{mode} kill {kills}: {strategy} "
+                   f"{'' if delay is None else f'{delay * 1000:.1f} ms '}"
+                   f"states={states} new/={count_new(d)}")
+            problems = check_new_consistent(fx, d)
+            assert not problems, (f"after kill {kills} ({strategy}):\n  "
+                                  + "\n  ".join(problems[:10]))
+            continue
+        # maild ended on its own
+        assert p.returncode == 0, (f"maild exited {p.returncode} without "
+                                   f"being killed:\n{mt.tail(err)}")
+        return kills, err
+    raise AssertionError(f"no complete run after {MAX_ATTEMPTS_PER_ROUND} "
+                         "attempts")
+
+
+def verify_final(t, fx, d, keep, cfg):
+    for u, md in maildirs(d).items():
+        mt.assert_maildir(md, fx.msgs[u], f"Maildir of {u}")
+        if keep:
+            mt.assert_messages(fx.srv.mailbox(u), fx.msgs[u],
+                               f"server mailbox of {u}")
+        else:
+            left = fx.srv.mailbox(u)
+            assert not left, f"{u}: {len(left)} messages left on the server"
+    r = mt.run_maild(["--once", "-f", cfg], timeout=RUN_TIMEOUT,
+                     label="check run")
+    assert r.rc == 0, f"check run: exit {r.rc}"
+    for u in USERS:
+        s = r.account(u)
+        assert s["fetched"] == 0, f"{u}: check run fetched {s['fetched']}"
+
+
+def calibrate(t, fx):
+    if fx.full_run is not None:
+        return
+    d = t.tmp / "calibrate"
+    d.mkdir()
+    reset_server(fx)
+    cfg = make_config(t, fx, d, keep=True)
+    r = mt.run_maild(["--once", "-f", cfg], timeout=RUN_TIMEOUT,
+                     label="calibration run")
+    assert r.rc == 0, f"calibration run: exit {r.rc}"
+    fx.full_run = max(r.seconds, 0.05)
+    tap.diag(f"an uninterrupted run takes {r.seconds:.2f} s "
+             f"({sum(len(m) for m in fx.msgs.values())} messages, "
+             f"{sum(corpus.total_bytes(m) for m in fx.msgs.values())} "
+             "bytes)")
+
+
+def crash_mode(t, keep):
+    fx = t.fx
+    mode = "keep" if keep else "delete"
+    calibrate(t, fx)
+    rng = random.Random(f"{SEED}:{mode}")
+    tap.diag(f"{mode}: seed {SEED}, {KILLS} kills wanted "
+             "(MAILD_CRASH_SEED, MAILD_CRASH_KILLS)")
+    hist = collections.Counter()
+    kills = rounds = 0
+    while kills < KILLS:
+        rounds += 1
+        d = t.tmp / f"{mode}-round{rounds}"
+        d.mkdir()
+        reset_server(fx)
+        cfg = make_config(t, fx, d, keep)
+        k, _ = run_to_completion(t, fx, d, cfg, rng, KILLS - kills, hist,
+                                 mode)
+        kills += k
+        verify_final(t, fx, d, keep, cfg)
+        if rounds > 50:
+            raise AssertionError("too many rounds")
+        if not tap.keep_tmp():
+            tap.rmtree(d)
+    tap.diag(f"{mode}: {kills} kills in {rounds} rounds; where they "
+             "landed: " + ", ".join(f"{k}={v}" for k, v in
+                                    sorted(hist.items())))
+    assert kills >= KILLS
+    assert hist["commit-window"] > 0, "no kill landed in the commit window"
+    assert len(hist) >= 3, f"kills landed in too few phases: {dict(hist)}"
+
+
+@tap.test(timeout=600)
+def test_crash_keep_mode(t):
+    crash_mode(t, keep=True)
+
+
+@tap.test(timeout=600)
+def test_crash_delete_mode(t):
+    crash_mode(t, keep=False)
+
+
+if __name__ == "__main__":
+    tap.main(fixture=fixture)
