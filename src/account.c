@@ -537,8 +537,9 @@ account_report_check(struct account *a, const struct session_result *r)
 	if (logged_in)
 		printf("  login         ok      %s\n", r->login);
 	if (r->exitcode == 0)
-		printf("  mailbox       ok      %ld message%s, %llu bytes\n",
-		    r->messages, r->messages == 1 ? "" : "s", r->octets);
+		printf("  mailbox       ok      %llu message%s, %llu bytes\n",
+		    (unsigned long long)r->messages, r->messages == 1 ? "" :
+		    "s", (unsigned long long)r->octets);
 	else
 		printf("  %-13s FAILED  %s\n", stage, r->error != NULL ?
 		    r->error : "?");

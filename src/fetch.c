@@ -156,8 +156,8 @@ fetch_status(struct session *s, enum pop3_cmd cmd, enum pop3_status st,
 			    EXIT_PROTOCOL);
 			return;
 		}
-		if (sscanf(text, "%ld %llu", &s->result.messages,
-		    &s->result.octets) != 2 || s->result.messages < 0) {
+		if (parse_stat(text, len, &s->result.messages,
+		    &s->result.octets) == -1) {
 			pop3_fail(s, EXIT_PROTOCOL, "bad reply to STAT");
 			return;
 		}

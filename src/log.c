@@ -42,6 +42,7 @@ static int	log_verbose;
 static int	log_journal;	/* stderr is systemd's journal */
 
 static void	log_vwrite(int, const char *, va_list) PRINTFLIKE(2, 0);
+static void	log_fatal_line(const char *, ...) PRINTFLIKE(1, 2);
 static void	log_libevent_cb(int, const char *);
 
 /* Start logging: to stderr if foreground, else to syslog. */
@@ -121,11 +122,14 @@ log_warn(const char *fmt, ...)
 	errno = saved;
 }
 
+/* Something is wrong; silent only at verbosity -2 (fuzzers). */
 void
 log_warnx(const char *fmt, ...)
 {
 	va_list	ap;
 
+	if (log_verbose < -1)
+		return;
 	va_start(ap, fmt);
 	log_vwrite(LOG_WARNING, fmt, ap);
 	va_end(ap);
@@ -170,6 +174,17 @@ log_trace(const char *fmt, ...)
 	va_end(ap);
 }
 
+/* The last words before exiting: never silenced. */
+static void
+log_fatal_line(const char *fmt, ...)
+{
+	va_list	ap;
+
+	va_start(ap, fmt);
+	log_vwrite(LOG_CRIT, fmt, ap);
+	va_end(ap);
+}
+
 /* Log and exit: only for broken invariants and exhausted memory. */
 void
 fatal(const char *fmt, ...)
@@ -181,7 +196,7 @@ fatal(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof buf, fmt, ap);
 	va_end(ap);
-	log_warnx("fatal: %s: %s", buf, strerror(saved));
+	log_fatal_line("fatal: %s: %s", buf, strerror(saved));
 	exit(EXIT_SOFTWARE);
 }
 
@@ -194,7 +209,7 @@ fatalx(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof buf, fmt, ap);
 	va_end(ap);
-	log_warnx("fatal: %s", buf);
+	log_fatal_line("fatal: %s", buf);
 	exit(EXIT_SOFTWARE);
 }
 

@@ -192,6 +192,7 @@ int		 parse_resp_code(const char *, size_t);
 int		 parse_uidl_line(const char *, size_t, uint32_t *, const char **,
 		     size_t *);
 int		 parse_list_line(const char *, size_t, uint32_t *, uint64_t *);
+int		 parse_stat(const char *, size_t, uint64_t *, uint64_t *);
 
 #define CAPA_PIPELINING		0x0001
 #define CAPA_UIDL		0x0002
@@ -271,6 +272,7 @@ struct state {
 };
 struct state	*state_open(const char *, const char *, const char *,
 		     const char *, int *, char **);
+struct state	*state_new(void);
 int		 state_lock(const char *, int *, char **);
 void		 state_close(struct state *);
 struct state_entry *state_find(struct state *, const char *, size_t, uint32_t);
@@ -348,8 +350,8 @@ struct session_result {
 	char		 tls[128];
 	char		 capa[512];
 	const char	*login;
-	long		 messages;	/* STAT */
-	unsigned long long octets;
+	uint64_t	 messages;	/* STAT */
+	uint64_t	 octets;
 };
 typedef void (*session_done_cb)(struct session_result *, void *);
 struct session_env {

@@ -173,6 +173,24 @@ parse_list_line(const char *line, size_t len, uint32_t *num, uint64_t *size)
 	return (0);
 }
 
+/* Parse the text of a +OK to STAT: "count octets [...]". */
+int
+parse_stat(const char *text, size_t len, uint64_t *count, uint64_t *octets)
+{
+	const char	*p = text, *end = text + len;
+
+	if (parse_number(&p, end, POP3_MAX_MESSAGES, count) == -1)
+		return (-1);
+	if (p == end || (*p != ' ' && *p != '\t'))
+		return (-1);
+	p = skip_spaces(p, end);
+	if (parse_number(&p, end, UINT64_MAX, octets) == -1)
+		return (-1);
+	if (p != end && *p != ' ' && *p != '\t')
+		return (-1);
+	return (0);
+}
+
 /* Note what one line of a CAPA response announces. */
 void
 parse_capa_line(struct pop3_capa *capa, const char *line, size_t len)

@@ -566,6 +566,19 @@ state_reconcile(struct state *st, char **cause)
 	return (0);
 }
 
+/* An empty state, not tied to any file: for tests and fuzzing. */
+struct state *
+state_new(void)
+{
+	struct state	*st;
+
+	st = xcalloc(1, sizeof *st);
+	st->lock_fd = -1;
+	random_bytes(st->key, sizeof st->key);
+	state_index_rebuild(st);
+	return (st);
+}
+
 /*
  * Lock and load the state of one account, finishing interrupted
  * deliveries.  mailbox ("user@host") and maildir are what the account is
@@ -579,12 +592,9 @@ state_open(const char *path, const char *lock_path, const char *mailbox,
 {
 	struct state	*st;
 
-	st = xcalloc(1, sizeof *st);
-	st->lock_fd = -1;
+	st = state_new();
 	st->path = xstrdup(path);
 	st->lock_path = xstrdup(lock_path);
-	random_bytes(st->key, sizeof st->key);
-	state_index_rebuild(st);
 	*code = EXIT_TEMPFAIL;
 	if (state_lock(lock_path, &st->lock_fd, cause) == -1)
 		goto fail;
