@@ -133,7 +133,7 @@ auth_apop(const char *user, const char *timestamp, const char *secret,
 		fatalx("auth_apop: MD5 unavailable");
 	EVP_MD_CTX_free(md);
 	for (i = 0; i < n; i++)
-		snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+		snprintf(hex + 2 * (size_t)i, 3, "%02x", digest[i]);
 	xasprintf(&out, "APOP %s %s", user, hex);
 	wipe(hex, sizeof hex);
 	wipe(digest, sizeof digest);
@@ -193,13 +193,13 @@ auth_cram_md5(const char *user, const char *secret, size_t secretlen,
 		fatalx("auth_cram_md5: HMAC-MD5 unavailable");
 	free(chal);
 	for (i = 0; i < maclen; i++)
-		snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+		snprintf(hex + 2 * (size_t)i, 3, "%02x", mac[i]);
 	parts[0] = user;
 	lens[0] = strlen(user);
 	parts[1] = " ";
 	lens[1] = 1;
 	parts[2] = hex;
-	lens[2] = 2 * maclen;
+	lens[2] = 2 * (size_t)maclen;
 	out = auth_b64_parts(parts, lens, 3);
 	wipe(hex, sizeof hex);
 	wipe(mac, sizeof mac);

@@ -591,9 +591,8 @@ config_parse_fingerprint(const char *s, uint8_t out[32])
 	size_t	n = 0;
 	int	hi = -1, c, v;
 
-	if (strncasecmp(s, "sha256:", 7) == 0)
-		s += 7;
-	else if (strncasecmp(s, "sha256/", 7) == 0)
+	if (strncasecmp(s, "sha256:", 7) == 0 ||
+	    strncasecmp(s, "sha256/", 7) == 0)
 		s += 7;
 	for (; *s != '\0'; s++) {
 		c = (unsigned char)*s;

@@ -794,7 +794,7 @@ fetch_commit(struct session *s, char **cause)
 	}
 	if (maildir_sync_tmp(&s->md, cause) == -1)
 		goto discard;
-	ents = xcalloc(s->nbatch, sizeof *ents);
+	ents = xcalloc(s->nbatch, sizeof(struct state_entry *));
 	for (i = 0; i < s->nbatch; i++) {
 		struct batch_item	*b = &s->batch[i];
 		struct pop3_msg		*m = &s->msgs[b->msg];

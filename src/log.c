@@ -50,6 +50,7 @@ void
 log_init(int foreground, int verbose)
 {
 	const char	*js;
+	char		*end;
 	struct stat	 sb;
 	unsigned long	 dev, ino;
 
@@ -61,11 +62,16 @@ log_init(int foreground, int verbose)
 	 * Under systemd, stderr may be the journal: then give each line its
 	 * priority (sd-daemon(3) prefixes) and leave the time stamp to it.
 	 */
-	if (foreground && (js = getenv("JOURNAL_STREAM")) != NULL &&
-	    sscanf(js, "%lu:%lu", &dev, &ino) == 2 &&
-	    fstat(STDERR_FILENO, &sb) == 0 &&
-	    (unsigned long)sb.st_dev == dev && (unsigned long)sb.st_ino == ino)
-		log_journal = 1;
+	if (foreground && (js = getenv("JOURNAL_STREAM")) != NULL) {
+		dev = strtoul(js, &end, 10);
+		if (*end == ':') {
+			ino = strtoul(end + 1, &end, 10);
+			if (*end == '\0' && fstat(STDERR_FILENO, &sb) == 0 &&
+			    (unsigned long)sb.st_dev == dev &&
+			    (unsigned long)sb.st_ino == ino)
+				log_journal = 1;
+		}
+	}
 	event_set_log_callback(log_libevent_cb);
 }
 

@@ -50,10 +50,11 @@ struct session;
 #define EXIT_NOPERM	77	/* EX_NOPERM: login or certificate refused */
 #define EXIT_CONFIG	78	/* EX_CONFIG */
 
-/* RFC 1939: a status line is at most 512 octets including CRLF. */
+/*
+ * RFC 1939: a status line is at most 512 octets including CRLF.  Lines of
+ * multi-line listings (CAPA, UIDL, LIST) have the same bound.
+ */
 #define POP3_STATUS_MAX		512
-/* Multi-line listings (CAPA, UIDL, LIST) use the same bound per line. */
-#define POP3_LISTLINE_MAX	512
 /* Most messages a listing may announce; more is treated as hostile. */
 #define POP3_MAX_MESSAGES	2000000
 /* RFC 1939 unique-id: 1 to 70 characters in 0x21..0x7e. */
@@ -206,7 +207,7 @@ int		 parse_stat(const char *, size_t, uint64_t *, uint64_t *);
 struct pop3_capa {
 	unsigned	 flags;
 	long		 login_delay;	/* seconds, if CAPA_LOGIN_DELAY */
-	char		 sasl[POP3_LISTLINE_MAX];	/* mechanisms, spaces */
+	char		 sasl[POP3_STATUS_MAX];	/* mechanisms, spaces */
 };
 void		 parse_capa_line(struct pop3_capa *, const char *, size_t);
 

@@ -103,7 +103,7 @@ maildir_name_tag(const char *name, uint32_t *tag)
 	if (*a != 'A')
 		return (-1);
 	for (i = 1; i <= 8; i++) {
-		int	c = a[i], d;
+		int	c = (unsigned char)a[i], d;
 
 		if (c >= '0' && c <= '9')
 			d = c - '0';

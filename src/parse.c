@@ -244,7 +244,7 @@ parse_capa_line(struct pop3_capa *capa, const char *line, size_t len)
 		break;
 	case CAPA_LOGIN_DELAY:
 		/* "LOGIN-DELAY 900" or, after USER, "LOGIN-DELAY 900 USER". */
-		if (parse_number(&p, end, 86400 * 30, &v) == 0)
+		if (parse_number(&p, end, 86400ULL * 30, &v) == 0)
 			capa->login_delay = (long)v;
 		else
 			capa->flags &= ~CAPA_LOGIN_DELAY;

@@ -358,13 +358,15 @@ pop3_send(struct session *s, enum pop3_cmd cmd, size_t msg, const char *fmt,
 		struct pop3_pending	*nq;
 		size_t			 i;
 
-		nq = xcalloc(s->qcap * 2, sizeof *nq);
+		size_t			 cap = s->qcap ? s->qcap * 2 : 64;
+
+		nq = xcalloc(cap, sizeof *nq);
 		for (i = 0; i < s->qlen; i++)
 			nq[i] = s->q[(s->qhead + i) % s->qcap];
 		free(s->q);
 		s->q = nq;
 		s->qhead = 0;
-		s->qcap *= 2;
+		s->qcap = cap;
 	}
 	s->q[(s->qhead + s->qlen) % s->qcap].cmd = cmd;
 	s->q[(s->qhead + s->qlen) % s->qcap].msg = msg;
@@ -461,8 +463,8 @@ pop3_read_cb(struct bufferevent *bev, void *arg)
 			fetch_body(s, in);
 			continue;
 		}
-		r = pop3_read_line(in, line, s->rd == RD_STATUS ?
-		    POP3_STATUS_MAX : POP3_LISTLINE_MAX, &len);
+		/* Listing lines have the status line's bound too. */
+		r = pop3_read_line(in, line, POP3_STATUS_MAX, &len);
 		if (r == 0)
 			break;
 		if (r == -1) {

@@ -204,7 +204,7 @@ state_new_entry(struct state *st, const char *uidl, size_t len,
 	if (st->nentries == st->capentries) {
 		st->capentries = st->capentries ? st->capentries * 2 : 256;
 		st->entries = xreallocarray(st->entries, st->capentries,
-		    sizeof *st->entries);
+		    sizeof(struct state_entry *));
 	}
 	st->entries[st->nentries++] = e;
 	if (st->nentries * 2 + 2 > st->indexsize)

@@ -75,14 +75,21 @@ main(int argc, char **argv)
 		while ((de = readdir(d)) != NULL) {
 			if (de->d_name[0] == '.')
 				continue;
-			names = realloc(names, (nnames + 1) * sizeof *names);
+			char	**nn = realloc(names, (nnames + 1) *
+				    sizeof *names);
+
+			if (nn == NULL)
+				abort();
+			names = nn;
 			snprintf(path, sizeof path, "%s/%s", argv[a],
 			    de->d_name);
-			names[nnames++] = strdup(path);
+			if ((names[nnames++] = strdup(path)) == NULL)
+				abort();
 		}
 		closedir(d);
 	}
-	qsort(names, nnames, sizeof *names, compare);
+	if (nnames > 0)
+		qsort(names, nnames, sizeof *names, compare);
 	for (i = 0; i < nnames; i++) {
 		replay_file(names[i]);
 		free(names[i]);

@@ -179,8 +179,14 @@ def _env(extra=None):
 def run_maild(args, timeout=60, env=None, check_rc=None, label="maild"):
     """Run maild with args (a list), bounded by timeout seconds: on timeout
     maild is killed (by its PID) and MaildTimeout is raised with its output.
-    Returns a Result.  check_rc: assert this exit status."""
-    cmd = [maild_bin()] + [str(a) for a in args]
+    Returns a Result.  check_rc: assert this exit status.
+
+    $MAILD_WRAPPER (e.g. "valgrind --error-exitcode=99 ...") is put in
+    front of the command, and $MAILD_TIMEOUT_SCALE multiplies timeout,
+    for the valgrind runs of tests/run."""
+    cmd = shlex.split(os.environ.get("MAILD_WRAPPER", "")) + \
+        [maild_bin()] + [str(a) for a in args]
+    timeout *= float(os.environ.get("MAILD_TIMEOUT_SCALE", "1"))
     t = tap.current()
     started = time.monotonic()
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
