@@ -326,6 +326,7 @@ int		 tls_check_pin(struct ssl_st *, const struct account_conf *);
 char		*tls_explain_failure(struct ssl_st *, const char *,
 		     unsigned long, int *);
 void		 tls_describe(struct ssl_st *, char *, size_t);
+void		 tls_clean_end(struct ssl_st *);
 
 /* secret.c */
 typedef void (*secret_cb)(char *, size_t, const char *, void *);

@@ -701,8 +701,11 @@ pop3_free_cb(evutil_socket_t fd, short what, void *arg)
 		secret_cancel(s->secret_job);
 	if (s->nc != NULL)
 		net_connect_cancel(s->nc);
-	if (s->bev != NULL)
+	if (s->bev != NULL) {
+		if (s->state == POP3_DONE && (s->flags & S_TLS_UP))
+			tls_clean_end(bufferevent_openssl_get_ssl(s->bev));
 		bufferevent_free(s->bev);
+	}
 	pop3_wipe_secret(s);
 	free(s->sasl_error);
 	fetch_free(s);

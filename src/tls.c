@@ -48,6 +48,7 @@ struct tls_seen {
 };
 
 static int	tls_ex_index = -1;
+static int	tls_ctx_index = -1;	/* the last session, for resumption */
 static X509_STORE *tls_system_store;
 
 static int	tls_verify_cb(int, X509_STORE_CTX *);
@@ -63,12 +64,39 @@ tls_seen_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
 	free(ptr);
 }
 
+/* A context's saved session goes with it. */
+static void
+tls_session_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
+    long argl, void *argp)
+{
+	SSL_SESSION_free(ptr);
+}
+
 static void
 tls_init(void)
 {
 	if (tls_ex_index == -1)
 		tls_ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL,
 		    tls_seen_free);
+	if (tls_ctx_index == -1)
+		tls_ctx_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL,
+		    tls_session_free);
+}
+
+/*
+ * Keep the newest session the server offers (TLS 1.3 sends tickets after
+ * the handshake), to resume it at the next poll: a cheaper handshake.
+ * Each account has its own context, so a session is only ever offered to
+ * the server that issued it.
+ */
+static int
+tls_new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+	SSL_CTX		*ctx = SSL_get_SSL_CTX(ssl);
+
+	SSL_SESSION_free(SSL_CTX_get_ex_data(ctx, tls_ctx_index));
+	SSL_CTX_set_ex_data(ctx, tls_ctx_index, sess);
+	return (1);	/* we keep the reference */
 }
 
 /* An OpenSSL error queue as one line. */
@@ -133,6 +161,9 @@ tls_ctx_new(const struct account_conf *a, char **cause)
 	SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF |
 	    SSL_OP_NO_RENEGOTIATION);
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, tls_verify_cb);
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT |
+	    SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	SSL_CTX_sess_set_new_cb(ctx, tls_new_session_cb);
 	if (a->tls_cert_file != NULL) {
 		if (SSL_CTX_use_certificate_chain_file(ctx,
 		    a->tls_cert_file) != 1 ||
@@ -185,6 +216,7 @@ tls_ssl_new(SSL_CTX *ctx, const struct account_conf *ac)
 {
 	const char		*host = ac->host;
 	SSL			*ssl;
+	SSL_SESSION		*sess;
 	struct tls_seen		*seen;
 	unsigned char		 addr[16];
 	X509_VERIFY_PARAM	*param;
@@ -194,6 +226,12 @@ tls_ssl_new(SSL_CTX *ctx, const struct account_conf *ac)
 	seen = xcalloc(1, sizeof *seen);
 	seen->ac = ac;
 	SSL_set_ex_data(ssl, tls_ex_index, seen);
+	if ((sess = SSL_CTX_get_ex_data(ctx, tls_ctx_index)) != NULL) {
+		/* TLS 1.3 tickets are for one use. */
+		SSL_set_session(ssl, sess);
+		SSL_CTX_set_ex_data(ctx, tls_ctx_index, NULL);
+		SSL_SESSION_free(sess);
+	}
 	param = SSL_get0_param(ssl);
 	if (inet_pton(AF_INET, host, addr) == 1 ||
 	    inet_pton(AF_INET6, host, addr) == 1) {
@@ -417,10 +455,23 @@ tls_explain_failure(SSL *ssl, const char *host, unsigned long err,
 	return (msg);
 }
 
+/*
+ * The POP3 session ended with QUIT: say the TLS one ended cleanly too.
+ * OpenSSL makes the session of a connection freed without a shutdown
+ * unusable for resumption.
+ */
+void
+tls_clean_end(SSL *ssl)
+{
+	if (ssl != NULL)
+		SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+}
+
 /* "TLSv1.3 TLS_AES_256_GCM_SHA384", for the log. */
 void
 tls_describe(SSL *ssl, char *buf, size_t size)
 {
-	snprintf(buf, size, "%s %s", SSL_get_version(ssl),
-	    SSL_get_cipher_name(ssl));
+	snprintf(buf, size, "%s %s%s", SSL_get_version(ssl),
+	    SSL_get_cipher_name(ssl), SSL_session_reused(ssl) ?
+	    " (resumed)" : "");
 }

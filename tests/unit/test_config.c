@@ -358,7 +358,7 @@ test_good(void)
 	is_int(conf->poll_interval, 300, "minimal: poll-interval 300");
 	is_int(conf->timeout, 60, "minimal: timeout 60");
 	is_int(conf->session_timeout, 3600, "minimal: session-timeout 3600");
-	is_int(conf->max_connections, 16, "minimal: max-connections 16");
+	is_int(conf->max_connections, 32, "minimal: max-connections 32");
 	is_str(conf->state_dir, "/var/tmp/maild-st", "minimal: state-dir");
 	a = &conf->accounts[0];
 	is_str(a->name, "main", "minimal: account name");
