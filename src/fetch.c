@@ -87,7 +87,7 @@
    estimates on some servers); beyond that the server is lying. */
 #define SIZE_LIMIT(sz)		(2 * ((sz) + (1U << 20)))
 /* The UIDL arena never grows beyond this. */
-#define ARENA_MAX		(256U << 20)
+#define ARENA_MAX		(64U << 20)
 
 /* How often a content digest was seen in this session (no UIDL). */
 struct digest_count {

@@ -56,7 +56,7 @@ struct session;
  */
 #define POP3_STATUS_MAX		512
 /* Most messages a listing may announce; more is treated as hostile. */
-#define POP3_MAX_MESSAGES	2000000
+#define POP3_MAX_MESSAGES	1000000
 /* RFC 1939 unique-id: 1 to 70 characters in 0x21..0x7e. */
 #define UIDL_RFC_MAX		70
 

@@ -190,7 +190,7 @@ test_uidl(void)
 	uidl_ok(S("1 abc"), 1, S("abc"), "simple");
 	uidl_ok(S("42 whqtswO00WBw418f9t5JxYwZ"), 42,
 	    S("whqtswO00WBw418f9t5JxYwZ"), "RFC 1939 example");
-	uidl_ok(S("2000000 x"), 2000000, S("x"), "POP3_MAX_MESSAGES");
+	uidl_ok(S("1000000 x"), 1000000, S("x"), "POP3_MAX_MESSAGES");
 	uidl_ok(S("1\tabc"), 1, S("abc"), "tab separator");
 	uidl_ok(S("1   abc"), 1, S("abc"), "several spaces");
 	uidl_ok(S("1 \t abc"), 1, S("abc"), "mixed white space");
@@ -224,7 +224,7 @@ test_uidl(void)
 	uidl_bad(S("1abc"), "no separator");
 	uidl_bad(S("0 abc"), "message number 0");
 	uidl_bad(S("00 abc"), "message number 00");
-	uidl_bad(S("2000001 abc"), "number above POP3_MAX_MESSAGES");
+	uidl_bad(S("1000001 abc"), "number above POP3_MAX_MESSAGES");
 	uidl_bad(S("+1 abc"), "leading +");
 	uidl_bad(S("-1 abc"), "leading -");
 	uidl_bad(S(" 1 abc"), "leading space");
@@ -271,7 +271,7 @@ test_list(void)
 
 	list_ok(S("1 120"), 1, 120, "simple");
 	list_ok(S("2 0"), 2, 0, "size 0");
-	list_ok(S("2000000 5"), 2000000, 5, "POP3_MAX_MESSAGES");
+	list_ok(S("1000000 5"), 1000000, 5, "POP3_MAX_MESSAGES");
 	list_ok(S("1\t120"), 1, 120, "tab separator");
 	list_ok(S("1   120"), 1, 120, "several spaces");
 	list_ok(S("1 120 "), 1, 120, "trailing space");
@@ -289,7 +289,7 @@ test_list(void)
 	list_bad(S("1 "), "no size");
 	list_bad(S("15"), "no separator");
 	list_bad(S("0 120"), "message number 0");
-	list_bad(S("2000001 120"), "number above POP3_MAX_MESSAGES");
+	list_bad(S("1000001 120"), "number above POP3_MAX_MESSAGES");
 	list_bad(S("+1 120"), "leading + on the number");
 	list_bad(S("-1 120"), "leading - on the number");
 	list_bad(S("1 +120"), "leading + on the size");
