@@ -238,47 +238,48 @@ config_parse_size(const char *s, long *out)
 	return (0);
 }
 
+/* A libconfuse value callback: parse with fn, or say what was expected. */
 static int
-conf_long_duration_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value,
-    void *result)
+conf_value(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result,
+    int (*fn)(const char *, long *), const char *expected)
 {
 	long	v;
 
-	if (parse_duration(value, 3650L * 86400, &v) == -1) {
-		cfg_error(cfg, "%s: '%s' is not a duration (like 12h, 30d; at "
-		    "most 3650d)", cfg_opt_name(opt), value);
+	if (fn(value, &v) == -1) {
+		cfg_error(cfg, "%s: '%s' is not %s", cfg_opt_name(opt), value,
+		    expected);
 		return (-1);
 	}
 	*(long *)result = v;
 	return (0);
+}
+
+static int
+conf_long_duration(const char *s, long *v)
+{
+	return (parse_duration(s, 3650L * 86400, v));
+}
+
+static int
+conf_long_duration_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value,
+    void *result)
+{
+	return (conf_value(cfg, opt, value, result, conf_long_duration,
+	    "a duration (like 12h, 30d; at most 3650d)"));
 }
 
 static int
 conf_size_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
 {
-	long	v;
-
-	if (config_parse_size(value, &v) == -1) {
-		cfg_error(cfg, "%s: '%s' is not a size (like 500000, 800k, "
-		    "20M, 1G)", cfg_opt_name(opt), value);
-		return (-1);
-	}
-	*(long *)result = v;
-	return (0);
+	return (conf_value(cfg, opt, value, result, config_parse_size,
+	    "a size (like 500000, 800k, 20M, 1G)"));
 }
 
 static int
 conf_duration_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
 {
-	long	v;
-
-	if (config_parse_duration(value, &v) == -1) {
-		cfg_error(cfg, "%s: '%s' is not a duration (like 90, 30s, 5m, "
-		    "2h or 1d; at most 30d)", cfg_opt_name(opt), value);
-		return (-1);
-	}
-	*(long *)result = v;
-	return (0);
+	return (conf_value(cfg, opt, value, result, config_parse_duration,
+	    "a duration (like 90, 30s, 5m, 2h or 1d; at most 30d)"));
 }
 
 /* Refuse an option given twice in one section: the user meant something. */

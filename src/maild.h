@@ -308,6 +308,7 @@ int		 maildir_write(struct maildir_file *, const void *, size_t);
 int		 maildir_finish(struct maildir_file *, char **);
 int		 maildir_sync_file(struct maildir *, const char *, char **);
 void		 maildir_unlink(struct maildir *, const char *);
+const char	*maildir_tmp_name(const char *, char *, size_t);
 void		 maildir_abort(struct maildir *, struct maildir_file *);
 int		 maildir_sync_tmp(struct maildir *, char **);
 int		 maildir_move(struct maildir *, const char *, char **);

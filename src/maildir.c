@@ -247,12 +247,10 @@ maildir_finish(struct maildir_file *f, char **cause)
 int
 maildir_sync_file(struct maildir *md, const char *final, char **cause)
 {
-	char	name[256], *comma;
+	char	name[256];
 	int	fd;
 
-	snprintf(name, sizeof name, "%s", final);
-	if ((comma = strchr(name, ',')) != NULL)
-		*comma = '\0';
+	maildir_tmp_name(final, name, sizeof name);
 	fd = openat(md->tmpfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd == -1 || fdatasync(fd) == -1) {
 		xasprintf(cause, "maildir %s: fsync tmp/%s: %s", md->path, name,
@@ -269,13 +267,26 @@ maildir_sync_file(struct maildir *md, const char *final, char **cause)
 void
 maildir_unlink(struct maildir *md, const char *final)
 {
-	char	name[256], *comma;
+	char	name[256];
 
-	snprintf(name, sizeof name, "%s", final);
-	if ((comma = strchr(name, ',')) != NULL)
-		*comma = '\0';
+	maildir_tmp_name(final, name, sizeof name);
 	if (unlinkat(md->tmpfd, name, 0) == -1 && errno != ENOENT)
 		log_warn("maildir %s: cannot remove tmp/%s", md->path, name);
+}
+
+/*
+ * A finished file's name in tmp/, from its name in new/: the same, less
+ * the ",S=<size>" (see maildir_finish).
+ */
+const char *
+maildir_tmp_name(const char *final, char *buf, size_t size)
+{
+	char	*comma;
+
+	snprintf(buf, size, "%s", final);
+	if ((comma = strchr(buf, ',')) != NULL)
+		*comma = '\0';
+	return (buf);
 }
 
 /* Throw away a file in tmp/ that will not be delivered. */
@@ -313,11 +324,9 @@ maildir_sync_tmp(struct maildir *md, char **cause)
 int
 maildir_move(struct maildir *md, const char *final, char **cause)
 {
-	char	name[256], *comma;
+	char	name[256];
 
-	snprintf(name, sizeof name, "%s", final);
-	if ((comma = strchr(name, ',')) != NULL)
-		*comma = '\0';
+	maildir_tmp_name(final, name, sizeof name);
 	if (renameat(md->tmpfd, name, md->newfd, final) == -1) {
 		xasprintf(cause, "maildir %s: rename tmp/%s to new/: %s",
 		    md->path, name, strerror(errno));

@@ -520,7 +520,7 @@ state_lock(const char *path, int *fdp, char **cause)
 static int
 state_reconcile(struct state *st, char **cause)
 {
-	char	 from[PATH_MAX], to[PATH_MAX], tmpname[256], *comma;
+	char	 from[PATH_MAX], to[PATH_MAX], tmpname[256];
 	size_t	 i;
 	int	 pending = 0;
 
@@ -530,11 +530,8 @@ state_reconcile(struct state *st, char **cause)
 		if (e->kind != STATE_PENDING)
 			continue;
 		if (st->maildir != NULL) {
-			snprintf(tmpname, sizeof tmpname, "%s", e->file);
-			if ((comma = strchr(tmpname, ',')) != NULL)
-				*comma = '\0';
 			snprintf(from, sizeof from, "%s/tmp/%s", st->maildir,
-			    tmpname);
+			    maildir_tmp_name(e->file, tmpname, sizeof tmpname));
 			snprintf(to, sizeof to, "%s/new/%s", st->maildir,
 			    e->file);
 			if (rename(from, to) == 0) {
