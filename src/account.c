@@ -35,6 +35,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,11 +98,12 @@ static void	account_timer_cb(evutil_socket_t, short, void *);
 static void	account_done_cb(struct session_result *, void *);
 static void	account_run(struct account *);
 static void	account_schedule(struct account *, long);
+static void	account_schedule_ms(struct account *, long);
 static void	account_free(struct account *);
 static void	account_check_finished(void);
 static void	account_report_check(struct account *,
 		    const struct session_result *);
-static long	account_next_delay(struct account *,
+static long	account_next_delay_ms(struct account *,
 		    const struct session_result *);
 static void	accounts_write_status(void);
 
@@ -183,7 +185,8 @@ account_switch(struct account *a)
 	a->ctx = NULL;
 	a->failures = 0;
 	a->nopipelining = 0;
-	account_schedule(a, 0);
+	if (!a->queued)		/* else it runs, as it is now, in its turn */
+		account_schedule(a, 0);
 }
 
 /*
@@ -240,7 +243,7 @@ accounts_reload(struct config *conf)
 		a->next_ac = nac;
 		if (a->session != NULL)
 			session_stop(a->session);
-		else if (!a->queued)
+		else
 			account_switch(a);
 	}
 	for (i = 0; i < conf->naccounts; i++) {
@@ -322,9 +325,15 @@ accounts_free(void)
 static void
 account_schedule(struct account *a, long seconds)
 {
-	struct timeval	tv = { seconds, 0 };
+	account_schedule_ms(a, seconds * 1000);
+}
 
-	a->next_poll = time(NULL) + seconds;
+static void
+account_schedule_ms(struct account *a, long ms)
+{
+	struct timeval	tv = { ms / 1000, (ms % 1000) * 1000 };
+
+	a->next_poll = time(NULL) + (ms + 999) / 1000;
 	evtimer_add(a->timer, &tv);
 }
 
@@ -379,7 +388,7 @@ account_log(struct account *a, const struct session_result *r, long next)
 	char	tail[64] = "";
 
 	if (mode == ACCOUNTS_DAEMON && !stopping && !a->removed)
-		snprintf(tail, sizeof tail, " next=%lds", next);
+		snprintf(tail, sizeof tail, " next=%lds", (next + 500) / 1000);
 	if (r->error == NULL)
 		log_info("account=%s fetched=%u bytes=%llu deleted=%u "
 		    "seconds=%.1f%s", a->ac->name, r->fetched,
@@ -407,14 +416,20 @@ account_done_cb(struct session_result *r, void *arg)
 	a->session = NULL;
 	active--;
 	a->polls++;
-	a->exitcode = r->exitcode;
 	a->last_fetched = r->fetched;
 	a->fetched_total += r->fetched;
-	free(a->last_error);
-	a->last_error = r->error != NULL ? xstrdup(r->error) : NULL;
-	if (r->exitcode == 0)
-		a->last_success = time(NULL);
-	next = account_next_delay(a, r);
+	/* Stopped on purpose is neither a success nor a failure. */
+	if (!r->stopped) {
+		a->exitcode = r->exitcode;
+		free(a->last_error);
+		a->last_error = r->error != NULL ? xstrdup(r->error) : NULL;
+		if (r->exitcode == 0)
+			a->last_success = time(NULL);
+	}
+	next = account_next_delay_ms(a, r);
+	if (a->next_conf != NULL && a->next_ac != NULL &&
+	    !config_account_equal(a->conf, a->ac, a->next_conf, a->next_ac))
+		next = 0;		/* changed: it restarts at once */
 	if (mode == ACCOUNTS_CHECK)
 		account_report_check(a, r);
 	else
@@ -444,7 +459,7 @@ account_done_cb(struct session_result *r, void *arg)
 			a->next_ac = NULL;
 		}
 		if (!stopping && (mode == ACCOUNTS_DAEMON || next == 0))
-			account_schedule(a, next);
+			account_schedule_ms(a, next);
 	}
 
 	/* Hand the slot to the next account in line. */
@@ -465,15 +480,17 @@ account_done_cb(struct session_result *r, void *arg)
  * than the server's LOGIN-DELAY allows.
  */
 static long
-account_next_delay(struct account *a, const struct session_result *r)
+account_next_delay_ms(struct account *a, const struct session_result *r)
 {
-	long		base = a->ac->poll_interval, cap, delay;
+	long		base = a->ac->poll_interval * 1000L, cap, delay;
 	int		k;
 	uint32_t	rnd;
 
 	if (r->login_delay > 0)
 		a->login_delay = r->login_delay;
-	if (r->exitcode == 0 || r->stopped) {
+	if (r->stopped)
+		delay = base;
+	else if (r->exitcode == 0) {
 		a->failures = 0;
 		delay = base;
 	} else {
@@ -482,7 +499,8 @@ account_next_delay(struct account *a, const struct session_result *r)
 		if (r->exitcode == EXIT_NOPERM ||
 		    (r->resp_codes & (RESP_AUTH | RESP_SYS_PERM)))
 			k += 2;
-		cap = base * 16 > BACKOFF_CAP ? base * 16 : BACKOFF_CAP;
+		cap = base * 16 > BACKOFF_CAP * 1000L ? base * 16 :
+		    BACKOFF_CAP * 1000L;
 		delay = base;
 		while (--k > 0 && delay < cap)
 			delay *= 2;
@@ -492,9 +510,9 @@ account_next_delay(struct account *a, const struct session_result *r)
 		random_bytes(&rnd, sizeof rnd);
 		delay += delay * ((long)(rnd % 2001) - 1000) / 10000;
 	}
-	if (delay < a->login_delay)
-		delay = a->login_delay;
-	return (delay < 1 ? 1 : delay);
+	if (delay < a->login_delay * 1000L)
+		delay = a->login_delay * 1000L;
+	return (delay < 1000 ? 1000 : delay);
 }
 
 /* In --once/--check mode, or when stopping, leave the loop when done. */
@@ -559,9 +577,33 @@ status_time(time_t t, char *buf, size_t size)
 	return (buf);
 }
 
+/* Is the status file at path the one of a daemon that still runs? */
+static int
+status_of_running_daemon(const char *path)
+{
+	FILE	*f;
+	char	 line[256];
+	long	 pid;
+	int	 r = 0;
+
+	if ((f = fopen(path, "re")) == NULL)
+		return (0);
+	while (fgets(line, sizeof line, f) != NULL) {
+		if (strncmp(line, "pid=", 4) != 0)
+			continue;
+		pid = strtol(line + 4, NULL, 10);
+		r = strstr(line, " mode=daemon ") != NULL && pid > 0 &&
+		    pid != (long)getpid() && kill((pid_t)pid, 0) == 0;
+		break;
+	}
+	fclose(f);
+	return (r);
+}
+
 /*
  * Rewrite <state-dir>/maild.status (atomically) and tell systemd a
- * one-line summary: what "maild --status" shows.
+ * one-line summary: what "maild --status" shows.  A --once run leaves
+ * alone the file of a daemon that is running.
  */
 static void
 accounts_write_status(void)
@@ -589,6 +631,8 @@ accounts_write_status(void)
 	    current->state_dir) >= sizeof path - 8)
 		return;
 	snprintf(tmp, sizeof tmp, "%.*s.XXXXXX", (int)(sizeof tmp - 8), path);
+	if (mode == ACCOUNTS_ONCE && status_of_running_daemon(path))
+		return;
 	if (mkdir_p(current->state_dir, 0700) == -1 ||
 	    (fd = mkstemp(tmp)) == -1)
 		return;

@@ -75,6 +75,8 @@ static int	conf_validate_opt(cfg_t *, cfg_opt_t *);
 static int	conf_section_line(cfg_t *);
 static int	conf_line(cfg_t *, const char *);
 static int	conf_account(cfg_t *, struct config *, struct account_conf *);
+static struct config *conf_load(const char *, int, char **);
+static char	*conf_read(const char *, int, char **);
 static int	conf_keyword(cfg_t *, const char *, const char *const *);
 static int	conf_account_secret(cfg_t *, struct account_conf *);
 static int	conf_account_tls(cfg_t *, struct account_conf *);
@@ -95,6 +97,7 @@ static cfg_opt_t account_opts[] = {
 	CFG_BOOL("keep", cfg_false, CFGF_NONE),
 	CFG_INT_CB("delete-after", 0, CFGF_NODEFAULT, conf_long_duration_cb),
 	CFG_INT_CB("max-size", 0, CFGF_NODEFAULT, conf_size_cb),
+	CFG_BOOL("exact-sizes", cfg_true, CFGF_NONE),
 	CFG_STR_LIST("add-headers", (char *)"{\"received\"}", CFGF_NONE),
 	CFG_STR("ca-file", NULL, CFGF_NODEFAULT),
 	CFG_STR("tls", "implicit", CFGF_NONE),
@@ -729,6 +732,7 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 	}
 	if (cfg_size(sec, "max-size") > 0)
 		a->max_size = (uint64_t)cfg_getint(sec, "max-size");
+	a->exact_sizes = cfg_getbool(sec, "exact-sizes");
 
 	for (i = 0; i < cfg_size(sec, "add-headers"); i++) {
 		const char	*h = cfg_getnstr(sec, "add-headers", i);
@@ -826,7 +830,7 @@ badname:
 
 /* The state directory when the config does not name one. */
 static char *
-conf_default_state_dir(void)
+conf_default_state_dir(const char *conf_path)
 {
 	const char	*home, *xdg, *sd;
 	char		*path;
@@ -834,7 +838,9 @@ conf_default_state_dir(void)
 	/* systemd's StateDirectory= says where (first of a ':' list). */
 	if ((sd = getenv("STATE_DIRECTORY")) != NULL && sd[0] == '/')
 		return (xstrndup(sd, strcspn(sd, ":")));
-	if (getuid() == 0)
+	/* The system configuration goes with the system's state directory,
+	   whoever reads it (the service's user, or root for --status). */
+	if (getuid() == 0 || strcmp(conf_path, SYSCONFDIR "/maild.conf") == 0)
 		return (xstrdup(LOCALSTATEDIR "/lib/maild"));
 	if ((xdg = getenv("XDG_STATE_HOME")) != NULL && xdg[0] == '/')
 		xasprintf(&path, "%s/maild", xdg);
@@ -932,11 +938,11 @@ config_strip_comments(char *buf)
 
 /*
  * Read the configuration file.  It must be a regular file of sensible
- * size, owned by root or by us and writable by nobody else: whoever can
- * write it can make maild run a password-command.
+ * size, owned by root or by us (unless any_owner) and writable by nobody
+ * else: whoever can write it can make maild run a password-command.
  */
 static char *
-conf_read(const char *path, char **cause)
+conf_read(const char *path, int any_owner, char **cause)
 {
 	struct stat	 sb;
 	char		*buf;
@@ -955,7 +961,7 @@ conf_read(const char *path, char **cause)
 		close(fd);
 		return (NULL);
 	}
-	if (sb.st_uid != 0 && sb.st_uid != getuid()) {
+	if (!any_owner && sb.st_uid != 0 && sb.st_uid != getuid()) {
 		xasprintf(cause, "%s: owned by uid %ld, neither root nor you "
 		    "(uid %ld): refusing it", path, (long)sb.st_uid,
 		    (long)getuid());
@@ -1024,6 +1030,23 @@ conf_check_secrecy(const char *path, const struct config *conf)
 struct config *
 config_load(const char *path, char **cause)
 {
+	return (conf_load(path, 0, cause));
+}
+
+/*
+ * The same, for what only reads the configuration and never runs a
+ * password-command from it (-n, --status): the file may belong to
+ * another user, such as the one the system service runs as.
+ */
+struct config *
+config_load_readonly(const char *path, char **cause)
+{
+	return (conf_load(path, 1, cause));
+}
+
+static struct config *
+conf_load(const char *path, int any_owner, char **cause)
+{
 	struct conf_parse	 parse;
 	struct config		*conf;
 	cfg_t			*cfg;
@@ -1052,7 +1075,7 @@ config_load(const char *path, char **cause)
 		cfg_set_validate_func(cfg, name, conf_validate_opt);
 	}
 
-	if ((parse.buf = conf_read(path, &parse.error)) == NULL)
+	if ((parse.buf = conf_read(path, any_owner, &parse.error)) == NULL)
 		goto fail;
 	r = cfg_parse_buf(cfg, parse.buf);
 	if (r != CFG_SUCCESS) {
@@ -1089,7 +1112,7 @@ config_load(const char *path, char **cause)
 	if (cfg_size(cfg, "state-dir") > 0) {
 		if (conf_path(cfg, "state-dir", &conf->state_dir) == -1)
 			goto fail;
-	} else if ((conf->state_dir = conf_default_state_dir()) == NULL) {
+	} else if ((conf->state_dir = conf_default_state_dir(path)) == NULL) {
 		xasprintf(&parse.error, "%s: no state-dir given and $HOME is "
 		    "not set", path);
 		goto fail;
@@ -1229,6 +1252,7 @@ config_account_equal(const struct config *ca, const struct account_conf *a,
 	    str_equal(a->secret, b->secret) &&
 	    str_equal(a->maildir, b->maildir) && a->keep == b->keep &&
 	    a->delete_after == b->delete_after && a->max_size == b->max_size &&
+	    a->exact_sizes == b->exact_sizes &&
 	    a->add_headers == b->add_headers && a->tls == b->tls &&
 	    a->allow_plaintext == b->allow_plaintext &&
 	    str_equal(a->ca_file, b->ca_file) &&
@@ -1282,7 +1306,7 @@ int
 config_check_paths(const struct config *conf)
 {
 	struct stat	 sb;
-	char		 sub[PATH_MAX];
+	char		 sub[PATH_MAX], *cause = NULL;
 	size_t		 i;
 	int		 bad = 0;
 	const char	*dirs[] = { "cur", "new", "tmp" };
@@ -1306,21 +1330,20 @@ config_check_paths(const struct config *conf)
 			    "%s\n", a->name, a->ca_file, strerror(errno));
 			bad = 1;
 		}
-		if (a->secret_source == SECRET_FILE) {
-			if (stat(a->secret, &sb) == -1 ||
-			    access(a->secret, R_OK) == -1) {
-				fprintf(stderr, "maild: account \"%s\": "
-				    "password-file %s: %s\n", a->name,
-				    a->secret, strerror(errno));
-				bad = 1;
-			} else if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-				fprintf(stderr, "maild: account \"%s\": "
-				    "password-file %s is readable by others "
-				    "(mode %04o); run 'chmod 600 %s'\n",
-				    a->name, a->secret,
-				    (unsigned)(sb.st_mode & 07777), a->secret);
-				bad = 1;
-			}
+		if (a->secret_source == SECRET_FILE &&
+		    private_path("password-file", a->secret, &cause) == -1) {
+			fprintf(stderr, "maild: account \"%s\": %s\n", a->name,
+			    cause);
+			free(cause);
+			bad = 1;
+		}
+		if (a->tls_key_file != NULL &&
+		    private_path("tls-key-file", a->tls_key_file,
+		    &cause) == -1) {
+			fprintf(stderr, "maild: account \"%s\": %s\n", a->name,
+			    cause);
+			free(cause);
+			bad = 1;
 		}
 	}
 	return (bad ? -1 : 0);

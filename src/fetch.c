@@ -65,6 +65,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -89,17 +90,16 @@
 /* The UIDL arena never grows beyond this. */
 #define ARENA_MAX		(64U << 20)
 
-/* How often a content digest was seen in this session (no UIDL). */
-struct digest_count {
-	char		 key[72];
-	uint32_t	 n;
-};
-
 static void	fetch_plan(struct session *);
+static int	fetch_octets_disagree(struct session *, size_t, const char *,
+		    size_t);
+static int	fetch_size_disagrees(struct session *, size_t);
 static void	fetch_message_done(struct session *);
 static int	fetch_commit(struct session *, char **);
 static void	fetch_quit_sent_cb(struct bufferevent *, void *);
 static void	fetch_quit_event_cb(struct bufferevent *, short, void *);
+static void	fetch_quit_wire_cb(struct evbuffer *,
+		    const struct evbuffer_cb_info *, void *);
 
 static const char *
 fetch_uidl(struct session *s, size_t i, char *buf, size_t size)
@@ -133,8 +133,11 @@ fetch_status(struct session *s, enum pop3_cmd cmd, enum pop3_status st,
 		return;
 	}
 	if (cmd == CMD_RETR && st == POP3_OK) {
+		if (fetch_octets_disagree(s, p.msg, text, len))
+			return;
 		s->cur = p.msg;
 		s->cur_raw = 0;
+		s->cur_decoded = 0;
 		body_decoder_init(&s->dec);
 		if (maildir_create(&s->md, &s->file, &cause) == -1) {
 			pop3_fail(s, EXIT_IOERR, "%s", cause);
@@ -165,6 +168,12 @@ fetch_status(struct session *s, enum pop3_cmd cmd, enum pop3_status st,
 		pop3_send(s, CMD_QUIT, 0, "QUIT");
 		break;
 	case CMD_UIDL:
+		/* A response code means a condition, not "no UIDL here". */
+		if (parse_resp_code(text, len) != 0) {
+			pop3_server_error(s, "UIDL failed", text, len,
+			    EXIT_TEMPFAIL);
+			return;
+		}
 		if (s->ac->keep) {
 			pop3_fail(s, EXIT_PROTOCOL, "the server does not "
 			    "support UIDL, so maild cannot tell old messages "
@@ -172,7 +181,23 @@ fetch_status(struct session *s, enum pop3_cmd cmd, enum pop3_status st,
 			    "every message again at every poll: set keep = no");
 			return;
 		}
+		/*
+		 * Messages recorded by UIDL cannot be recognised without
+		 * one: they might be delivered again.  A server that had
+		 * UIDL and now refuses it is having trouble; wait.
+		 */
+		if (s->st->nentries > 0 && !s->st->digests) {
+			pop3_server_error(s, "the server refused UIDL, which "
+			    "it supported before; not fetching, so as not to "
+			    "deliver anything twice", text, len,
+			    EXIT_TEMPFAIL);
+			return;
+		}
 		s->flags |= S_NO_UIDL;
+		if (!s->st->digests) {
+			s->st->digests = 1;
+			s->st->dirty = 1;
+		}
 		log_info("account=%s the server has no UIDL: every message is "
 		    "fetched and deleted", s->ac->name);
 		if (!(s->flags & S_PIPELINING))
@@ -436,11 +461,27 @@ fetch_plan(struct session *s)
 		/* Every message is new; the digests catch repeats. */
 		if ((s->digest = EVP_MD_CTX_new()) == NULL)
 			fatalx("EVP_MD_CTX_new");
-		for (i = 0; i < s->nmsgs; i++)
+		for (i = 0; i < s->nmsgs; i++) {
+			/* Without UIDL, a skip cannot be remembered. */
+			if (fetch_too_big(s, &s->msgs[i])) {
+				skipped++;
+				log_warnx("account=%s message %u has %llu bytes, "
+				    "over max-size (%llu): it stays on the "
+				    "server", s->ac->name, s->msgs[i].num,
+				    (unsigned long long)s->msgs[i].size,
+				    (unsigned long long)s->ac->max_size);
+				continue;
+			}
 			s->want[s->nwant++] = i;
+		}
 		goto done;
 	}
 
+	if (s->st->digests) {
+		/* The server has UIDL again: digests mean nothing now. */
+		s->st->digests = 0;
+		s->st->dirty = 1;
+	}
 	fetch_number_duplicates(s);
 	for (i = 0; i < s->nmsgs; i++) {
 		struct pop3_msg	*m = &s->msgs[i];
@@ -539,11 +580,40 @@ fetch_pump(struct session *s)
 		fetch_quit_sent_cb(s->bev, s);
 }
 
+/*
+ * QUIT has left our buffer; under TLS that only means it is encrypted
+ * into the socket's buffer: hang up once that one is empty too.
+ */
 static void
 fetch_quit_sent_cb(struct bufferevent *bev, void *arg)
 {
+	struct session		*s = arg;
+	struct bufferevent	*sock = bufferevent_get_underlying(s->bev);
+	struct evbuffer		*wire;
+
+	if (sock != NULL) {
+		wire = bufferevent_get_output(sock);
+		if (evbuffer_get_length(wire) > 0) {
+			if (s->quit_cb == NULL)
+				s->quit_cb = evbuffer_add_cb(wire,
+				    fetch_quit_wire_cb, s);
+			return;
+		}
+	}
+	pop3_set_state(s, POP3_DONE);
+	pop3_finish(s);
+}
+
+static void
+fetch_quit_wire_cb(struct evbuffer *wire, const struct evbuffer_cb_info *info,
+    void *arg)
+{
 	struct session	*s = arg;
 
+	if (evbuffer_get_length(wire) > 0 || (s->flags & S_DEAD))
+		return;
+	evbuffer_remove_cb_entry(wire, s->quit_cb);
+	s->quit_cb = NULL;
 	pop3_set_state(s, POP3_DONE);
 	pop3_finish(s);
 }
@@ -552,7 +622,15 @@ fetch_quit_sent_cb(struct bufferevent *bev, void *arg)
 static void
 fetch_quit_event_cb(struct bufferevent *bev, short what, void *arg)
 {
-	fetch_quit_sent_cb(bev, arg);
+	struct session	*s = arg;
+
+	if (s->quit_cb != NULL) {
+		evbuffer_remove_cb_entry(bufferevent_get_output(
+		    bufferevent_get_underlying(s->bev)), s->quit_cb);
+		s->quit_cb = NULL;
+	}
+	pop3_set_state(s, POP3_DONE);
+	pop3_finish(s);
 }
 
 /* "Received:" and friends, as add-headers asks; returns their length. */
@@ -650,6 +728,7 @@ fetch_body(struct session *s, struct evbuffer *in)
 				EVP_DigestUpdate(s->digest, s->outbuf +
 				    s->outlen, out);
 			s->outlen += out;
+			s->cur_decoded += out;
 			p += used;
 			left -= used;
 			consumed += used;
@@ -673,6 +752,78 @@ fetch_body(struct session *s, struct evbuffer *in)
 }
 
 /*
+ * Replies are matched to commands by their order only.  A server that
+ * sends one reply too many or too few, forgets to dot-stuff a line or
+ * answers RETR with another message would have maild record a body under
+ * the wrong UIDL, and later delete the message that UIDL really names.
+ * RFC 1939 says LIST gives each message's exact size; a message that
+ * arrives with another size is not recorded, and the session ends: the
+ * rest of the conversation cannot be trusted.  (exact-sizes = no, for
+ * servers whose sizes are estimates, keeps only a coarse bound.)
+ */
+static int
+fetch_out_of_step(struct session *s, size_t i, uint64_t got)
+{
+	pop3_fail(s, EXIT_PROTOCOL, "message %u arrived with %llu bytes, but "
+	    "the server listed it with %llu: its replies are out of step, "
+	    "or its sizes are wrong; the message was not kept, nothing was "
+	    "deleted (if this server's sizes are estimates, set exact-sizes "
+	    "= no)", s->msgs[i].num, (unsigned long long)got,
+	    (unsigned long long)s->msgs[i].size);
+	return (1);
+}
+
+/* Does a "+OK <n> octets" reply to RETR contradict LIST? */
+static int
+fetch_octets_disagree(struct session *s, size_t i, const char *text,
+    size_t len)
+{
+	uint64_t	n = 0;
+	size_t		d;
+
+	if (!s->ac->exact_sizes || !s->msgs[i].listed)
+		return (0);
+	for (d = 0; d < len && d < 19 && text[d] >= '0' && text[d] <= '9';
+	    d++)
+		n = n * 10 + (uint64_t)(text[d] - '0');
+	if (d == 0 || len - d < 7 || strncasecmp(text + d, " octets", 7) != 0)
+		return (0);
+	if (n == s->msgs[i].size)
+		return (0);
+	return (fetch_out_of_step(s, i, n));
+}
+
+/* Is got the listed size, or that plus a CRLF the server added? */
+static int
+fetch_size_is(uint64_t got, uint64_t listed)
+{
+	return (got == listed || got == listed + 2);
+}
+
+/*
+ * Does the message just received have the size LIST gave?  As RFC 1939
+ * counts it, that is its size on the wire: what was written, less the
+ * trace headers, plus the CRs of the CRLFs.  Some servers send bare LFs
+ * but count CRLFs, or count LFs (the size on their disk): those are the
+ * same message too.  A server may add a final CRLF to a message that
+ * lacked one.
+ */
+static int
+fetch_size_disagrees(struct session *s, size_t i)
+{
+	uint64_t	out = s->cur_decoded, size = s->msgs[i].size;
+	uint64_t	wire = out + s->dec.crs;
+
+	if (!s->ac->exact_sizes || !s->msgs[i].listed ||
+	    fetch_size_is(wire, size) ||
+	    fetch_size_is(out + s->dec.lines, size) || fetch_size_is(out, size))
+		return (0);
+	maildir_unlink(&s->md, s->file.final);
+	s->file.name[0] = '\0';
+	return (fetch_out_of_step(s, i, wire));
+}
+
+/*
  * Without UIDLs, a message's key is its content digest, numbered like
  * duplicate UIDLs when the same content appears twice.
  */
@@ -682,25 +833,20 @@ fetch_digest_key(struct session *s, char *key, size_t size)
 	unsigned char	md[EVP_MAX_MD_SIZE];
 	unsigned int	mdlen, i;
 	size_t		o;
+	uint32_t	n = 1;
 
 	if (EVP_DigestFinal_ex(s->digest, md, &mdlen) != 1)
 		fatalx("SHA-256 failed");
 	o = snprintf(key, size, "sha256:");
 	for (i = 0; i < mdlen && o + 3 <= size; i++)
 		o += snprintf(key + o, size - o, "%02x", md[i]);
-	for (i = 0; i < s->ndigests; i++) {
-		if (strcmp(s->digests[i].key, key) == 0)
-			return (++s->digests[i].n);
-	}
-	if (s->ndigests == s->capdigests) {
-		s->capdigests = s->capdigests ? s->capdigests * 2 : 64;
-		s->digests = xreallocarray(s->digests, s->capdigests,
-		    sizeof *s->digests);
-	}
-	snprintf(s->digests[s->ndigests].key, sizeof s->digests[0].key, "%s",
-	    key);
-	s->digests[s->ndigests++].n = 1;
-	return (1);
+	/* The digests seen in this session: a set, with the state's index. */
+	if (s->digests == NULL)
+		s->digests = state_new();
+	while (state_find(s->digests, key, o, n) != NULL)
+		n++;
+	state_add(s->digests, key, o, n, 0, NULL);
+	return (n);
 }
 
 /* The final "." of a message arrived. */
@@ -720,6 +866,8 @@ fetch_message_done(struct session *s)
 		free(cause);
 		return;
 	}
+	if (fetch_size_disagrees(s, p.msg))
+		return;
 	if (s->flags & S_NO_UIDL) {
 		ordinal = fetch_digest_key(s, key, sizeof key);
 		if (state_find(s->st, key, strlen(key), ordinal) != NULL) {
@@ -887,6 +1035,6 @@ fetch_free(struct session *s)
 	free(s->dele);
 	free(s->outbuf);
 	free(s->batch);
-	free(s->digests);
+	state_close(s->digests);
 	EVP_MD_CTX_free(s->digest);
 }

@@ -35,8 +35,11 @@
 #include "maild.h"
 #include "session.h"
 
-/* RFC 5034: an AUTH command with its initial response fits 255 octets. */
+/* RFC 5034: an AUTH command with its initial response and CRLF fits 255
+   octets. */
 #define AUTH_LINE_MAX	255
+/* Real servers list a dozen capabilities; an endless list is an attack. */
+#define CAPA_LINES_MAX	10000
 /* A server that keeps challenging is not going to let us in. */
 #define SASL_MAX_STEPS	4
 
@@ -52,6 +55,7 @@ login_connected(struct session *s)
 	if (s->state == POP3_TLS && s->ac->tls == TLS_STARTTLS) {
 		/* RFC 2595: forget what was learnt before TLS. */
 		memset(&s->capa, 0, sizeof s->capa);
+		s->capa_lines = 0;
 		s->result.capa[0] = '\0';
 		s->flags &= ~S_HAVE_CAPA;
 		pop3_set_state(s, POP3_CAPA);
@@ -131,6 +135,11 @@ login_capa_line(struct session *s, const char *line, size_t len)
 
 	size_t	o = strlen(s->result.capa);
 
+	if (++s->capa_lines > CAPA_LINES_MAX) {
+		pop3_fail(s, EXIT_PROTOCOL, "the server's CAPA list goes on "
+		    "and on (more than %d lines)", CAPA_LINES_MAX);
+		return;
+	}
 	log_trace("account=%s <<< %s", s->ac->name,
 	    log_escape(esc, sizeof esc, line, len));
 	parse_capa_line(&s->capa, line, len);
@@ -150,7 +159,7 @@ login_capa_done(struct session *s)
 		s->result.login_delay = s->capa.login_delay;
 	if (s->flags & S_CAPA_AGAIN) {
 		if ((s->capa.flags & CAPA_PIPELINING) &&
-		    !s->result.nopipelining)
+		    !(s->flags & S_NO_PIPE))
 			s->flags |= S_PIPELINING;
 		fetch_start(s);
 		return;
@@ -186,7 +195,7 @@ login_begin(struct session *s)
 		return;
 	}
 	s->method = (enum auth_method)m;
-	if ((s->capa.flags & CAPA_PIPELINING) && !s->result.nopipelining)
+	if ((s->capa.flags & CAPA_PIPELINING) && !(s->flags & S_NO_PIPE))
 		s->flags |= S_PIPELINING;
 	pop3_set_state(s, POP3_AUTH);
 	log_debug("account=%s login=%s", s->ac->name,
@@ -240,7 +249,7 @@ login_sasl_start(struct session *s)
 	s->flags &= ~S_SASL_IR;
 	ir = login_sasl_response(s);
 	snprintf(prefix, sizeof prefix, "AUTH %s ", mech);
-	if (ir != NULL && strlen(prefix) + strlen(ir) <= AUTH_LINE_MAX) {
+	if (ir != NULL && strlen(prefix) + strlen(ir) + 2 <= AUTH_LINE_MAX) {
 		snprintf(trace, sizeof trace, "AUTH %s ********", mech);
 		s->flags |= S_SASL_IR;
 		pop3_send_secret(s, CMD_AUTH, prefix, ir, strlen(ir), trace);
@@ -326,7 +335,17 @@ login_failed(struct session *s, const char *text, size_t len)
 {
 	char	what[512];
 
-	if (s->sasl_error != NULL)
+	int	resp = parse_resp_code(text, len);
+
+	if (resp & RESP_SYS_PERM)
+		snprintf(what, sizeof what, "login (%s) refused for a reason on "
+		    "the server's side, not the password (RFC 3206 SYS/PERM): "
+		    "see what it says, or ask the provider",
+		    auth_method_name(s->method));
+	else if (resp & (RESP_SYS_TEMP | RESP_IN_USE | RESP_LOGIN_DELAY))
+		snprintf(what, sizeof what, "login (%s) refused for now",
+		    auth_method_name(s->method));
+	else if (s->sasl_error != NULL)
 		snprintf(what, sizeof what, "login (%s) refused, the token was "
 		    "not accepted (%s); check password-command",
 		    auth_method_name(s->method), s->sasl_error);
@@ -351,9 +370,10 @@ login_done(struct session *s)
 	}
 	/* Some servers announce more after login (mpop learnt this from
 	   Gmail); ask again if pipelining was not offered before. */
-	if (!(s->capa.flags & CAPA_PIPELINING) && !s->result.nopipelining) {
+	if (!(s->capa.flags & CAPA_PIPELINING) && !(s->flags & S_NO_PIPE)) {
 		s->flags |= S_CAPA_AGAIN;
 		memset(&s->capa, 0, sizeof s->capa);
+		s->capa_lines = 0;
 		pop3_set_state(s, POP3_CAPA);
 		pop3_send(s, CMD_CAPA, 0, "CAPA");
 		return;

@@ -204,7 +204,11 @@ main(int argc, char **argv)
 	if (conf_path == NULL)
 		conf_path = config_default_path();
 
-	if ((conf = config_load(conf_path, &cause)) == NULL) {
+	if (check || status)
+		conf = config_load_readonly(conf_path, &cause);
+	else
+		conf = config_load(conf_path, &cause);
+	if (conf == NULL) {
 		fprintf(stderr, "maild: %s\n", cause);
 		exit(EXIT_CONFIG);
 	}

@@ -97,6 +97,7 @@ struct account_conf {
 	int		 keep;		/* leave messages on the server */
 	long		 delete_after;	/* keep mode: delete after (seconds) */
 	uint64_t	 max_size;	/* larger messages stay; 0: no limit */
+	int		 exact_sizes;	/* LIST sizes must match what comes */
 	int		 add_headers;
 #define HDR_RECEIVED		0x1
 #define HDR_DELIVERED_TO	0x2
@@ -129,6 +130,7 @@ struct config {
 };
 
 struct config	*config_load(const char *, char **);
+struct config	*config_load_readonly(const char *, char **);
 struct config	*config_ref(struct config *);
 int		 config_keep_account(struct config *, const char *);
 void		 config_free(struct config *);
@@ -172,6 +174,8 @@ double		 now_mono(void);
 int		 mkdir_p(const char *, mode_t);
 int		 fsync_dir(const char *);
 int		 write_full(int, const void *, size_t);
+int		 private_file(int, const char *, const char *, char **);
+int		 private_path(const char *, const char *, char **);
 uint64_t	 siphash24(const uint8_t[16], const void *, size_t);
 void		 random_bytes(void *, size_t);
 void		 wipe(void *, size_t);
@@ -219,6 +223,9 @@ void		 parse_capa_line(struct pop3_capa *, const char *, size_t);
 struct body_decoder {
 	int		 state;
 	int		 done;
+	uint64_t	 crs;	/* CRs of CRLFs dropped: output + crs is the
+				   size the message had on the wire */
+	uint64_t	 lines;	/* LFs written */
 };
 void		 body_decoder_init(struct body_decoder *);
 size_t		 body_decode(struct body_decoder *, const char *, size_t, char *,
@@ -263,6 +270,9 @@ struct state {
 	int		 lock_fd;
 	char		*mailbox;	/* "user@host" the UIDLs belong to */
 	char		*maildir;	/* Maildir pending entries refer to */
+	int		 digests;	/* records are content digests */
+	unsigned	 finished;	/* deliveries state_open() finished */
+	char		*old_mailbox;	/* the records were for this one */
 	struct state_entry **entries;
 	size_t		 nentries;
 	size_t		 capentries;
@@ -291,6 +301,7 @@ int		 state_unescape(const char *, size_t, char **, size_t *);
 /* maildir.c */
 struct maildir {
 	char		*path;
+	const char	*account;	/* for log lines */
 	int		 tmpfd;		/* directory fds, for fsync */
 	int		 newfd;
 	uint32_t	 tag;		/* marks this account's tmp/ files */
@@ -313,7 +324,7 @@ void		 maildir_abort(struct maildir *, struct maildir_file *);
 int		 maildir_sync_tmp(struct maildir *, char **);
 int		 maildir_move(struct maildir *, const char *, char **);
 int		 maildir_sync_new(struct maildir *, char **);
-int		 maildir_cleanup_tmp(struct maildir *, struct state *);
+int		 maildir_cleanup_tmp(struct maildir *);
 int		 maildir_make_name(char *, size_t, uint32_t);
 int		 maildir_name_tag(const char *, uint32_t *);
 
@@ -324,13 +335,15 @@ struct ssl_ctx_st *tls_ctx_new(const struct account_conf *, char **);
 void		 tls_shutdown(void);
 struct ssl_st	*tls_ssl_new(struct ssl_ctx_st *, const struct account_conf *);
 int		 tls_check_pin(struct ssl_st *, const struct account_conf *);
+int		 tls_cert_requested(struct ssl_st *);
 char		*tls_explain_failure(struct ssl_st *, const char *,
 		     unsigned long, int *);
 void		 tls_describe(struct ssl_st *, char *, size_t);
 void		 tls_clean_end(struct ssl_st *);
 
 /* secret.c */
-typedef void (*secret_cb)(char *, size_t, const char *, void *);
+/* The secret (allocated; the callee wipes it) or an error and its code. */
+typedef void (*secret_cb)(char *, size_t, const char *, int, void *);
 struct secret_job;
 struct secret_job *secret_get(struct event_base *, const struct account_conf *,
 		     int, secret_cb, void *);

@@ -197,6 +197,7 @@ maildir_create(struct maildir *md, struct maildir_file *f, char **cause)
 	xasprintf(cause, "cannot create %s/tmp/%s: %s", md->path, f->name,
 	    strerror(errno));
 	f->fd = -1;
+	f->name[0] = '\0';	/* nothing to clean up */
 	return (-1);
 }
 
@@ -271,7 +272,8 @@ maildir_unlink(struct maildir *md, const char *final)
 
 	maildir_tmp_name(final, name, sizeof name);
 	if (unlinkat(md->tmpfd, name, 0) == -1 && errno != ENOENT)
-		log_warn("maildir %s: cannot remove tmp/%s", md->path, name);
+		log_warn("account=%s maildir %s: cannot remove tmp/%s",
+		    md->account != NULL ? md->account : "-", md->path, name);
 }
 
 /*
@@ -298,7 +300,8 @@ maildir_abort(struct maildir *md, struct maildir_file *f)
 	f->fd = -1;
 	if (f->name[0] != '\0' && unlinkat(md->tmpfd, f->name, 0) == -1 &&
 	    errno != ENOENT)
-		log_warn("maildir %s: cannot remove tmp/%s", md->path, f->name);
+		log_warn("account=%s maildir %s: cannot remove tmp/%s",
+		    md->account != NULL ? md->account : "-", md->path, f->name);
 	f->name[0] = '\0';
 }
 
@@ -346,16 +349,16 @@ maildir_sync_new(struct maildir *md, char **cause)
  * Remove this account's leftovers from tmp/: partial messages of a maild
  * that was killed.  Only called with the account's lock held and after
  * state_open() finished any pending deliveries, so none of them is in use.
+ * Returns how many were removed.
  */
 int
-maildir_cleanup_tmp(struct maildir *md, struct state *st)
+maildir_cleanup_tmp(struct maildir *md)
 {
 	DIR		*dir;
 	struct dirent	*de;
 	uint32_t	 tag;
 	int		 fd, n = 0;
 
-	(void)st;
 	if ((fd = openat(md->tmpfd, ".", O_RDONLY | O_DIRECTORY |
 	    O_CLOEXEC)) == -1)
 		return (-1);
@@ -372,8 +375,5 @@ maildir_cleanup_tmp(struct maildir *md, struct state *st)
 			n++;
 	}
 	closedir(dir);
-	if (n > 0)
-		log_info("maildir %s: removed %d partial file%s left in tmp/ "
-		    "by an interrupted fetch", md->path, n, n == 1 ? "" : "s");
 	return (n);
 }

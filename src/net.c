@@ -51,6 +51,7 @@ struct net_connect {
 	int				 timeout;
 	int				 resolving;
 	char				*host;
+	char				*label;		/* for logs */
 	int				 port;
 	char				 errors[512];
 	char				 addr[64];
@@ -92,8 +93,8 @@ net_addr_string(const struct sockaddr *sa, char *buf, size_t size)
  * non-blocking socket or -1 and an error.
  */
 struct net_connect *
-net_connect(struct event_base *base, struct evdns_base *dns, const char *host,
-    int port, int timeout, net_connect_cb cb, void *arg)
+net_connect(struct event_base *base, struct evdns_base *dns, const char *label,
+    const char *host, int port, int timeout, net_connect_cb cb, void *arg)
 {
 	struct net_connect		*nc;
 	struct evutil_addrinfo		 hints;
@@ -105,6 +106,7 @@ net_connect(struct event_base *base, struct evdns_base *dns, const char *host,
 	nc->fd = -1;
 	nc->timeout = timeout;
 	nc->host = xstrdup(host);
+	nc->label = xstrdup(label);
 	nc->port = port;
 	nc->cb = cb;
 	nc->arg = arg;
@@ -140,6 +142,7 @@ net_connect_cancel(struct net_connect *nc)
 	if (nc->ai != NULL)
 		evutil_freeaddrinfo(nc->ai);
 	free(nc->host);
+	free(nc->label);
 	free(nc);
 }
 
@@ -155,6 +158,7 @@ net_resolved_cb(int result, struct evutil_addrinfo *ai, void *arg)
 		if (ai != NULL)
 			evutil_freeaddrinfo(ai);
 		free(nc->host);
+		free(nc->label);
 		free(nc);
 		return;
 	}
@@ -207,8 +211,8 @@ net_try_next(struct net_connect *nc)
 				nc->ev = event_new(nc->base, fd, EV_WRITE,
 				    net_connect_ev_cb, nc);
 				event_add(nc->ev, &tv);
-				log_debug("connecting to %s (%s)", nc->host,
-				    nc->addr);
+				log_debug("%s connecting to %s (%s)",
+				    nc->label, nc->host, nc->addr);
 				return;
 			}
 			close(fd);
@@ -244,7 +248,8 @@ net_connect_ev_cb(evutil_socket_t fd, short what, void *arg)
 		/* Commands are small and sent in bursts; do not delay them. */
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 		nc->fd = -1;
-		log_debug("connected to %s (%s)", nc->host, nc->addr);
+		log_debug("%s connected to %s (%s)", nc->label, nc->host,
+		    nc->addr);
 		net_done(nc, fd, nc->addr);
 		return;
 	}

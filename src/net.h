@@ -26,7 +26,7 @@ struct net_connect;
 typedef void (*net_connect_cb)(int fd, const char *msg, void *arg);
 
 struct net_connect *net_connect(struct event_base *, struct evdns_base *,
-		    const char *, int, int, net_connect_cb, void *);
+		    const char *, const char *, int, int, net_connect_cb, void *);
 void		 net_connect_cancel(struct net_connect *);
 void		 net_addr_string(const struct sockaddr *, char *, size_t);
 

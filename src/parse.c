@@ -269,6 +269,8 @@ body_decoder_init(struct body_decoder *d)
 {
 	d->state = BD_BOL;
 	d->done = 0;
+	d->crs = 0;
+	d->lines = 0;
 }
 
 /*
@@ -320,6 +322,8 @@ body_decode(struct body_decoder *d, const char *in, size_t len, char *out,
 			if (*p == '\n') {
 				p++;
 				*o++ = '\n';
+				d->crs++;
+				d->lines++;
 				d->state = BD_BOL;
 			} else {
 				*o++ = '\r';
@@ -340,11 +344,14 @@ body_decode(struct body_decoder *d, const char *in, size_t len, char *out,
 				break;
 			}
 			n = nl - p;
-			if (n > 0 && nl[-1] == '\r')
+			if (n > 0 && nl[-1] == '\r') {
 				n--;
+				d->crs++;
+			}
 			memcpy(o, p, n);
 			o += n;
 			*o++ = '\n';
+			d->lines++;
 			p = nl + 1;
 			d->state = BD_BOL;
 			break;

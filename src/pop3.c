@@ -56,7 +56,7 @@ static const char *pop3_statenames[] = {
 };
 
 static void	pop3_free_cb(evutil_socket_t, short, void *);
-static void	pop3_secret_cb(char *, size_t, const char *, void *);
+static void	pop3_secret_cb(char *, size_t, const char *, int, void *);
 static void	pop3_connected_cb(int, const char *, void *);
 static void	pop3_read_cb(struct bufferevent *, void *);
 static void	pop3_event_cb(struct bufferevent *, short, void *);
@@ -104,7 +104,7 @@ session_start(const struct session_env *env, struct config *conf,
 	struct timeval	 tv;
 	char		*cause = NULL, path[4096], lock[4096], mailbox[512];
 	uint32_t	 tag;
-	int		 code;
+	int		 code, n;
 
 	s = xcalloc(1, sizeof *s);
 	s->ac = ac;
@@ -118,7 +118,7 @@ session_start(const struct session_env *env, struct config *conf,
 	s->done_arg = arg;
 	s->state = POP3_INIT;
 	if (nopipelining || !ac->pipelining)
-		s->result.nopipelining = 1;
+		s->flags |= S_NO_PIPE;
 	s->qcap = 64;
 	s->q = xcalloc(s->qcap, sizeof *s->q);
 	s->file.fd = -1;
@@ -156,7 +156,19 @@ session_start(const struct session_env *env, struct config *conf,
 		return (s);
 	}
 	s->md_open = 1;
-	maildir_cleanup_tmp(&s->md, s->st);
+	s->md.account = ac->name;
+	if (s->st->finished > 0)
+		log_info("account=%s finished %u deliver%s a crash had "
+		    "interrupted", ac->name, s->st->finished,
+		    s->st->finished == 1 ? "y" : "ies");
+	if (s->st->old_mailbox != NULL)
+		log_warnx("account=%s the state file was kept for mailbox %s, "
+		    "but the account is now %s: starting afresh", ac->name,
+		    s->st->old_mailbox, mailbox);
+	if ((n = maildir_cleanup_tmp(&s->md)) > 0)
+		log_info("account=%s removed %d partial file%s an interrupted "
+		    "fetch left in %s/tmp", ac->name, n, n == 1 ? "" : "s",
+		    ac->maildir);
 	if (s->st->dirty && state_save(s->st, &cause) == -1) {
 		pop3_fail(s, EXIT_IOERR, "%s", cause);
 		free(cause);
@@ -206,19 +218,22 @@ session_abort(struct session *s)
 }
 
 static void
-pop3_secret_cb(char *secret, size_t len, const char *error, void *arg)
+pop3_secret_cb(char *secret, size_t len, const char *error, int code,
+    void *arg)
 {
 	struct session	*s = arg;
+	char		 label[128];
 
 	s->secret_job = NULL;
 	if (secret == NULL) {
-		pop3_fail(s, EXIT_CONFIG, "cannot get the password: %s", error);
+		pop3_fail(s, code, "cannot get the password: %s", error);
 		return;
 	}
 	s->secret = secret;
 	s->secretlen = len;
 	pop3_set_state(s, POP3_CONNECT);
-	s->nc = net_connect(s->base, s->dns, s->ac->host, s->ac->port,
+	snprintf(label, sizeof label, "account=%s", s->ac->name);
+	s->nc = net_connect(s->base, s->dns, label, s->ac->host, s->ac->port,
 	    s->conf->timeout, pop3_connected_cb, s);
 }
 
@@ -528,7 +543,13 @@ pop3_event_cb(struct bufferevent *bev, short what, void *arg)
 		pop3_fail(s, EXIT_TEMPFAIL, "connection lost while receiving "
 		    "message %u; it will be fetched again",
 		    s->msgs[s->cur].num);
-	else if (what & BEV_EVENT_EOF)
+	else if (s->state <= POP3_GREETING && (s->flags & S_TLS_UP) &&
+	    tls_cert_requested(bufferevent_openssl_get_ssl(bev)))
+		/* TLS 1.3 refuses a missing certificate after the handshake. */
+		pop3_fail(s, EXIT_NOPERM, "the server asked for a client "
+		    "certificate and then hung up: give one with "
+		    "tls-cert-file and tls-key-file");
+	else if ((what & BEV_EVENT_EOF) || EVUTIL_SOCKET_ERROR() == 0)
 		pop3_fail(s, EXIT_TEMPFAIL, "server closed the connection "
 		    "(state %s)", pop3_statenames[s->state]);
 	else
@@ -552,11 +573,17 @@ pop3_tls_failed(struct session *s, short what)
 		pop3_fail(s, EXIT_NOPERM, "%s", msg);
 	else if (err != 0)
 		pop3_fail(s, EXIT_PROTOCOL, "%s", msg);
-	else
+	else if (EVUTIL_SOCKET_ERROR() != 0 && !(what & BEV_EVENT_EOF))
 		pop3_fail(s, EXIT_UNAVAIL, "%s: %s", msg,
-		    (what & BEV_EVENT_EOF) ? "the server closed the "
-		    "connection" : evutil_socket_error_to_string(
-		    EVUTIL_SOCKET_ERROR()));
+		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+	else
+		/* No alert, no error: the server just hung up. */
+		pop3_fail(s, EXIT_PROTOCOL, "%s: the server hung up without "
+		    "saying why%s%s", msg, s->ac->tls_min_version == 13 ?
+		    "; it may not speak TLS 1.3 (tls-min-version = 1.3)" : "",
+		    tls_cert_requested(bufferevent_openssl_get_ssl(s->bev)) ?
+		    "; it asked for a client certificate (tls-cert-file)" :
+		    "");
 	free(msg);
 }
 
@@ -681,6 +708,11 @@ pop3_finish(struct session *s)
 	}
 	pop3_wipe_secret(s);
 	if (s->bev != NULL) {
+		if (s->quit_cb != NULL) {
+			evbuffer_remove_cb_entry(bufferevent_get_output(
+			    bufferevent_get_underlying(s->bev)), s->quit_cb);
+			s->quit_cb = NULL;
+		}
 		bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
 		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 	}

@@ -59,7 +59,7 @@ struct secret_job {
 static void	secret_start_cb(evutil_socket_t, short, void *);
 static void	secret_read_cb(evutil_socket_t, short, void *);
 static void	secret_wait_cb(evutil_socket_t, short, void *);
-static void	secret_finish(struct secret_job *, const char *);
+static void	secret_finish(struct secret_job *, const char *, int);
 static int	secret_run(struct secret_job *, char **);
 static int	secret_read_file(struct secret_job *, const char *, int,
 		    char **);
@@ -100,7 +100,9 @@ secret_cancel(struct secret_job *job)
 	if (job->fd != -1)
 		close(job->fd);
 	if (job->pid != -1) {
-		kill(job->pid, SIGKILL);
+		/* The command and whatever it started: its process group. */
+		if (kill(-job->pid, SIGKILL) == -1)
+			kill(job->pid, SIGKILL);
 		waitpid(job->pid, NULL, 0);
 	}
 	wipe(job->buf, sizeof job->buf);
@@ -122,15 +124,15 @@ secret_start_cb(evutil_socket_t fd, short what, void *arg)
 		if (job->len > SECRET_MAX)
 			job->len = SECRET_MAX;
 		memcpy(job->buf, job->ac->secret, job->len);
-		secret_finish(job, NULL);
+		secret_finish(job, NULL, 0);
 		return;
 	case SECRET_FILE:
 		if (secret_read_file(job, job->ac->secret, 1, &cause) == -1) {
-			secret_finish(job, cause);
+			secret_finish(job, cause, EXIT_CONFIG);
 			free(cause);
 			return;
 		}
-		secret_finish(job, NULL);
+		secret_finish(job, NULL, 0);
 		return;
 	case SECRET_CREDENTIAL:
 		/* systemd guards its credentials directory itself. */
@@ -138,27 +140,27 @@ secret_start_cb(evutil_socket_t fd, short what, void *arg)
 		    dir[0] != '/') {
 			secret_finish(job, "password-credential: "
 			    "$CREDENTIALS_DIRECTORY is not set (is maild run "
-			    "by systemd with LoadCredential=?)");
+			    "by systemd with LoadCredential=?)", EXIT_CONFIG);
 			return;
 		}
 		xasprintf(&path, "%s/%s", dir, job->ac->secret);
 		if (secret_read_file(job, path, 0, &cause) == -1) {
 			free(path);
-			secret_finish(job, cause);
+			secret_finish(job, cause, EXIT_CONFIG);
 			free(cause);
 			return;
 		}
 		free(path);
-		secret_finish(job, NULL);
+		secret_finish(job, NULL, 0);
 		return;
 	case SECRET_COMMAND:
 		if (secret_run(job, &cause) == -1) {
-			secret_finish(job, cause);
+			secret_finish(job, cause, EXIT_OSERR);
 			free(cause);
 		}
 		return;
 	default:
-		secret_finish(job, "no password configured");
+		secret_finish(job, "no password configured", EXIT_CONFIG);
 		return;
 	}
 }
@@ -199,15 +201,13 @@ secret_read_file(struct secret_job *job, const char *path, int check_mode,
 		xasprintf(cause, "password-file %s: %s", path, strerror(errno));
 		return (-1);
 	}
-	if (fstat(fd, &sb) == -1 || !S_ISREG(sb.st_mode)) {
-		xasprintf(cause, "password-file %s: not a regular file", path);
-		close(fd);
-		return (-1);
-	}
-	if (check_mode && (sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-		xasprintf(cause, "password-file %s is readable by others "
-		    "(mode %04o); run 'chmod 600 %s'", path,
-		    (unsigned)(sb.st_mode & 07777), path);
+	if (check_mode) {
+		if (private_file(fd, "password-file", path, cause) == -1) {
+			close(fd);
+			return (-1);
+		}
+	} else if (fstat(fd, &sb) == -1 || !S_ISREG(sb.st_mode)) {
+		xasprintf(cause, "%s: not a regular file", path);
 		close(fd);
 		return (-1);
 	}
@@ -256,6 +256,7 @@ secret_run(struct secret_job *job, char **cause)
 	if (pid == 0) {
 		sigset_t	set;
 
+		setpgid(0, 0);
 		signal(SIGPIPE, SIG_DFL);
 		signal(SIGHUP, SIG_DFL);
 		signal(SIGTERM, SIG_DFL);
@@ -270,6 +271,7 @@ secret_run(struct secret_job *job, char **cause)
 		_exit(127);
 	}
 	close(p[1]);
+	setpgid(pid, pid);	/* as the child does: whoever runs first */
 	job->pid = pid;
 	job->fd = p[0];
 	evutil_make_socket_nonblocking(job->fd);
@@ -285,28 +287,27 @@ secret_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct secret_job	*job = arg;
 	ssize_t			 n;
-	char			 drain[512];
 
-	if (what & EV_TIMEOUT) {
-		secret_finish(job, "password-command timed out");
+	/* EV_PERSIST restarts the timeout at every read: check the clock. */
+	if ((what & EV_TIMEOUT) || now_mono() > job->deadline) {
+		secret_finish(job, "password-command timed out",
+		    EXIT_TEMPFAIL);
 		return;
 	}
 	for (;;) {
-		if (job->len < SECRET_MAX + 1)
-			n = read(fd, job->buf + job->len,
-			    SECRET_MAX + 1 - job->len);
-		else
-			n = read(fd, drain, sizeof drain);	/* discard */
+		n = read(fd, job->buf + job->len, SECRET_MAX + 1 - job->len);
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1 && errno == EAGAIN)
 			return;
 		if (n <= 0)
 			break;
-		if (job->len < SECRET_MAX + 1)
-			job->len += n;
-		else
-			wipe(drain, sizeof drain);
+		job->len += n;
+		if (job->len > SECRET_MAX) {
+			secret_finish(job, "password-command printed more than "
+			    "16 KiB", EXIT_CONFIG);
+			return;
+		}
 	}
 	/* End of output: collect the exit status. */
 	event_free(job->ev);
@@ -330,7 +331,8 @@ secret_wait_cb(evutil_socket_t fd, short what, void *arg)
 	r = waitpid(job->pid, &status, WNOHANG);
 	if (r == 0) {
 		if (now_mono() > job->deadline) {
-			secret_finish(job, "password-command timed out");
+			secret_finish(job, "password-command timed out",
+			    EXIT_TEMPFAIL);
 			return;
 		}
 		if (job->timer == NULL)
@@ -340,36 +342,39 @@ secret_wait_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	job->pid = -1;
 	if (r == -1) {
-		secret_finish(job, "password-command: waitpid failed");
+		secret_finish(job, "password-command: waitpid failed",
+		    EXIT_OSERR);
 		return;
 	}
+	/*
+	 * 126 and 127: the shell could not run it, a configuration problem.
+	 * Other failures may pass (a token helper without network).
+	 */
 	if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
 		snprintf(msg, sizeof msg, "password-command exited with status "
-		    "%d", WEXITSTATUS(status));
-		secret_finish(job, msg);
+		    "%d%s", WEXITSTATUS(status), WEXITSTATUS(status) == 127 ?
+		    " (command not found)" : "");
+		secret_finish(job, msg, WEXITSTATUS(status) >= 126 ?
+		    EXIT_CONFIG : EXIT_TEMPFAIL);
 		return;
 	}
 	if (WIFSIGNALED(status)) {
 		snprintf(msg, sizeof msg, "password-command was killed by "
 		    "signal %d", WTERMSIG(status));
-		secret_finish(job, msg);
-		return;
-	}
-	if (job->len > SECRET_MAX) {
-		secret_finish(job, "password-command printed too much");
+		secret_finish(job, msg, EXIT_TEMPFAIL);
 		return;
 	}
 	if ((bad = secret_first_line(job)) != NULL) {
 		snprintf(msg, sizeof msg, "password-command: %s", bad);
-		secret_finish(job, msg);
+		secret_finish(job, msg, EXIT_CONFIG);
 		return;
 	}
-	secret_finish(job, NULL);
+	secret_finish(job, NULL, 0);
 }
 
 /* Hand the result over and free the job, wiping the buffer. */
 static void
-secret_finish(struct secret_job *job, const char *error)
+secret_finish(struct secret_job *job, const char *error, int code)
 {
 	secret_cb	 cb = job->cb;
 	void		*arg = job->arg;
@@ -383,5 +388,5 @@ secret_finish(struct secret_job *job, const char *error)
 		len = job->len;
 	}
 	secret_cancel(job);
-	cb(copy, len, error, arg);
+	cb(copy, len, error, code, arg);
 }

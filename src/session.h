@@ -104,6 +104,7 @@ struct session {
 #define S_HAVE_CAPA	0x080	/* the server answered CAPA */
 #define S_SASL_IR	0x100	/* the AUTH command carried its response */
 #define S_CHECK		0x200	/* --check: log in, STAT, QUIT */
+#define S_NO_PIPE	0x400	/* never pipeline (config, or it failed) */
 	const struct account_conf *ac;
 	struct config		*conf;		/* a reference */
 	struct event_base	*base;
@@ -122,6 +123,7 @@ struct session {
 	struct event		*deadline_ev;
 	struct event		*free_ev;
 	size_t			 progress_bytes;
+	struct evbuffer_cb_entry *quit_cb;	/* waiting for QUIT to leave */
 
 	struct state		*st;
 	struct maildir		 md;
@@ -134,6 +136,7 @@ struct session {
 
 	/* Login. */
 	struct pop3_capa	 capa;
+	unsigned		 capa_lines;
 	char			 apop_ts[256];	/* empty: no APOP */
 	enum auth_method	 method;
 	int			 sasl_step;
@@ -159,12 +162,12 @@ struct session {
 	struct maildir_file	 file;
 	struct body_decoder	 dec;
 	size_t			 cur;
-	uint64_t		 cur_raw;
+	uint64_t		 cur_raw;	/* bytes read, stuffed */
+	uint64_t		 cur_decoded;	/* bytes written, less headers */
 	char			*outbuf;
 	size_t			 outlen;
 	EVP_MD_CTX		*digest;	/* no UIDL: content digests */
-	struct digest_count	*digests;
-	size_t			 ndigests, capdigests;
+	struct state		*digests;	/* seen in this session */
 
 	/* Received and durable in tmp/, not yet committed. */
 	struct batch_item	*batch;

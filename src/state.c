@@ -23,12 +23,14 @@
  *	maild-state 1
  *	mailbox <user@host>
  *	maildir <path>
+ *	records digests			(only for a server without UIDL)
  *	D <first> <n> <uidl>		delivered
  *	P <first> <n> <uidl> <file>	delivered, move to new/ unconfirmed
  *	S <first> <n> <uidl>		not fetched: larger than max-size
  *
  * <first> is when maild first delivered (or skipped) the message, as unix
- * time, <n> tells
+ * time; <uidl> is the server's UIDL, or with "records digests" the
+ * SHA-256 of the message (see fetch.c); <n> tells
  * apart messages a broken server lists with the same UIDL (1 for the
  * first, 2 for the second...).  UIDLs, paths and the mailbox are escaped:
  * bytes outside 0x21-0x7e and '%' become %XX.  The file is replaced
@@ -400,6 +402,15 @@ state_load_file(struct state *st, const char *path, char **cause)
 			version = (int)v;
 			continue;
 		}
+		if (n == 2 && strcmp(fld[0], "records") == 0) {
+			if (strcmp(fld[1], "digests") == 0)
+				st->digests = 1;
+			else if (strcmp(fld[1], "uidls") == 0)
+				st->digests = 0;
+			else
+				goto bad;
+			continue;
+		}
 		if (n == 2 && (strcmp(fld[0], "mailbox") == 0 ||
 		    strcmp(fld[0], "maildir") == 0)) {
 			if (state_unescape(fld[1], strlen(fld[1]), &s,
@@ -474,7 +485,8 @@ fail:
 
 /*
  * Take the account's lock: an fcntl lock on <state>.lock, held for as long
- * as the fd stays open.  If another process has it, say which.
+ * as the fd stays open.  Returns 0, or -1 if another process has it (and
+ * says which), or -2 if the lock file cannot be made.
  */
 int
 state_lock(const char *path, int *fdp, char **cause)
@@ -483,8 +495,9 @@ state_lock(const char *path, int *fdp, char **cause)
 	int		fd;
 
 	if ((fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1) {
-		xasprintf(cause, "%s: %s", path, strerror(errno));
-		return (-1);
+		xasprintf(cause, "cannot create the lock file %s: %s", path,
+		    strerror(errno));
+		return (-2);
 	}
 	memset(&fl, 0, sizeof fl);
 	fl.l_type = F_WRLCK;
@@ -534,11 +547,9 @@ state_reconcile(struct state *st, char **cause)
 			    maildir_tmp_name(e->file, tmpname, sizeof tmpname));
 			snprintf(to, sizeof to, "%s/new/%s", st->maildir,
 			    e->file);
-			if (rename(from, to) == 0) {
-				log_info("state: finished the interrupted "
-				    "delivery of %s/new/%s", st->maildir,
-				    e->file);
-			} else if (errno != ENOENT) {
+			if (rename(from, to) == 0)
+				st->finished++;
+			else if (errno != ENOENT) {
 				xasprintf(cause, "cannot finish the delivery of "
 				    "%s: rename to %s: %s", from, to,
 				    strerror(errno));
@@ -592,9 +603,14 @@ state_open(const char *path, const char *lock_path, const char *mailbox,
 	st = state_new();
 	st->path = xstrdup(path);
 	st->lock_path = xstrdup(lock_path);
-	*code = EXIT_TEMPFAIL;
-	if (state_lock(lock_path, &st->lock_fd, cause) == -1)
+	switch (state_lock(lock_path, &st->lock_fd, cause)) {
+	case -1:
+		*code = EXIT_TEMPFAIL;		/* another maild has it */
 		goto fail;
+	case -2:
+		*code = EXIT_IOERR;
+		goto fail;
+	}
 	*code = EXIT_DATAERR;
 	if (state_load_file(st, path, cause) == -1)
 		goto fail;
@@ -604,8 +620,7 @@ state_open(const char *path, const char *lock_path, const char *mailbox,
 	if (st->mailbox != NULL && strcmp(st->mailbox, mailbox) != 0) {
 		size_t	i;
 
-		log_warnx("state: %s was kept for mailbox %s, but the account "
-		    "is now %s: starting afresh", path, st->mailbox, mailbox);
+		st->old_mailbox = xstrdup(st->mailbox);
 		for (i = 0; i < st->nentries; i++)
 			state_entry_free(st->entries[i]);
 		st->nentries = 0;
@@ -643,6 +658,7 @@ state_close(struct state *st)
 	if (st->lock_fd != -1)
 		close(st->lock_fd);
 	free(st->mailbox);
+	free(st->old_mailbox);
 	free(st->maildir);
 	free(st->path);
 	free(st->lock_path);
@@ -676,7 +692,8 @@ state_save(struct state *st, char **cause)
 	e2 = state_escape(st->maildir, strlen(st->maildir));
 	fprintf(f, "# maild state: the messages this account has delivered.\n"
 	    "# Written by maild; do not edit while it runs.  See maild(8).\n"
-	    "maild-state %d\nmailbox %s\nmaildir %s\n", STATE_VERSION, e1, e2);
+	    "maild-state %d\nmailbox %s\nmaildir %s\n%s", STATE_VERSION, e1, e2,
+	    st->digests ? "records digests\n" : "");
 	free(e1);
 	free(e2);
 	for (i = 0; i < st->nentries; i++) {

@@ -42,8 +42,9 @@ struct tls_seen {
 	int	depth;
 	int	pin_checked;
 	int	pin_ok;
+	int	cert_requested;	/* the server asked for a client certificate */
 	char	names[256];	/* subject CN and DNS names of the leaf */
-	char	fingerprint[100];
+	char	fingerprint[128];
 	char	expiry[64];
 };
 
@@ -52,6 +53,7 @@ static int	tls_ctx_index = -1;	/* the last session, for resumption */
 static X509_STORE *tls_system_store;
 
 static int	tls_verify_cb(int, X509_STORE_CTX *);
+static int	tls_client_cert_cb(SSL *, X509 **, EVP_PKEY **);
 static void	tls_cert_info(X509 *, struct tls_seen *);
 static void	tls_seen_free(void *, void *, CRYPTO_EX_DATA *, int, long,
 		    void *);
@@ -164,7 +166,13 @@ tls_ctx_new(const struct account_conf *a, char **cause)
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT |
 	    SSL_SESS_CACHE_NO_INTERNAL_STORE);
 	SSL_CTX_sess_set_new_cb(ctx, tls_new_session_cb);
-	if (a->tls_cert_file != NULL) {
+	if (a->tls_cert_file == NULL)
+		SSL_CTX_set_client_cert_cb(ctx, tls_client_cert_cb);
+	else {
+		if (private_path("tls-key-file", a->tls_key_file, cause) == -1) {
+			SSL_CTX_free(ctx);
+			return (NULL);
+		}
 		if (SSL_CTX_use_certificate_chain_file(ctx,
 		    a->tls_cert_file) != 1 ||
 		    SSL_CTX_use_PrivateKey_file(ctx, a->tls_key_file,
@@ -250,6 +258,31 @@ tls_ssl_new(SSL_CTX *ctx, const struct account_conf *ac)
 fail:
 	SSL_free(ssl);
 	return (NULL);
+}
+
+/*
+ * The server asks for a client certificate and none is configured: note
+ * it, to explain the refusal that follows, and go on without one.
+ */
+static int
+tls_client_cert_cb(SSL *ssl, X509 **cert, EVP_PKEY **key)
+{
+	struct tls_seen	*seen = SSL_get_ex_data(ssl, tls_ex_index);
+
+	if (seen != NULL)
+		seen->cert_requested = 1;
+	return (0);
+}
+
+/* Did the server ask for a client certificate we did not have? */
+int
+tls_cert_requested(SSL *ssl)
+{
+	struct tls_seen	*seen;
+
+	if (ssl == NULL || (seen = SSL_get_ex_data(ssl, tls_ex_index)) == NULL)
+		return (0);
+	return (seen->cert_requested);
 }
 
 /* Is cert one of the account's pinned certificates?  Constant time. */

@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -92,6 +93,48 @@ fsync_dir(const char *path)
 	r = fsync(fd);
 	if (r == -1 && (errno == EINVAL || errno == EROFS))
 		r = 0;
+	close(fd);
+	return (r);
+}
+
+/*
+ * Is fd (opened from path) a regular file that only its owner can read?
+ * Files holding secrets (passwords, private keys) must be.  what names
+ * the file in the message, "password-file" say.
+ */
+int
+private_file(int fd, const char *what, const char *path, char **cause)
+{
+	struct stat	sb;
+
+	if (fstat(fd, &sb) == -1) {
+		xasprintf(cause, "%s %s: %s", what, path, strerror(errno));
+		return (-1);
+	}
+	if (!S_ISREG(sb.st_mode)) {
+		xasprintf(cause, "%s %s: not a regular file", what, path);
+		return (-1);
+	}
+	if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+		xasprintf(cause, "%s %s is readable by others (mode %04o); run "
+		    "'chmod 600 %s'", what, path, (unsigned)(sb.st_mode & 07777),
+		    path);
+		return (-1);
+	}
+	return (0);
+}
+
+/* private_file(), by path. */
+int
+private_path(const char *what, const char *path, char **cause)
+{
+	int	fd, r;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) == -1) {
+		xasprintf(cause, "%s %s: %s", what, path, strerror(errno));
+		return (-1);
+	}
+	r = private_file(fd, what, path, cause);
 	close(fd);
 	return (r);
 }

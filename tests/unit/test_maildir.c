@@ -534,7 +534,7 @@ test_cleanup(void)
 	maildir_make_name(own_new, sizeof own_new, 0x11111111);
 	write_file(pathf("%s/new/%s,S=1", path, own_new), "n", 1);
 
-	n = maildir_cleanup_tmp(&md, NULL);
+	n = maildir_cleanup_tmp(&md);
 	is_int(n, 2, "maildir_cleanup_tmp: removed our two files");
 	ok(!exists(pathf("%s/tmp/%s", path, a.name)) &&
 	    !exists(pathf("%s/tmp/%s", path, b.name)),
@@ -550,7 +550,7 @@ test_cleanup(void)
 	    "maildir_cleanup_tmp: 5 entries left in tmp/");
 	ok(exists(pathf("%s/new/%s,S=1", path, own_new)),
 	    "maildir_cleanup_tmp: new/ untouched");
-	is_int(maildir_cleanup_tmp(&md, NULL), 0,
+	is_int(maildir_cleanup_tmp(&md), 0,
 	    "maildir_cleanup_tmp: nothing left to remove");
 	close(b.fd);
 	maildir_close(&md);

@@ -748,9 +748,10 @@ test_lock(void)
 
 		free(cause);
 		cause = NULL;
-		ok(state_lock(nolock, &fd, &cause) == -1 && cause != NULL &&
+		ok(state_lock(nolock, &fd, &cause) == -2 && cause != NULL &&
 		    strstr(cause, nolock) != NULL,
-		    "state_lock: missing directory fails with the path");
+		    "state_lock: missing directory fails (-2, not locked by "
+		    "another) with the path");
 		free(nolock);
 	}
 out:
