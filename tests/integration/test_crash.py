@@ -10,6 +10,11 @@ untouched (keep mode) or empty (delete mode).  This repeats in rounds until
 enough kills were made.  Between kills: every file in new/ must be a
 complete message and no message may be there twice.
 
+After every kill the state files are checked too: a message recorded as
+delivered (D) must be complete in new/, and a pending one (P) must have
+its file in tmp/ or new/, so nothing recorded can be lost.  The
+calibration run (-vv) must show RETRs pipelined for every account.
+
 Kill delays are drawn so that kills land in every phase: connect, TLS,
 login, listing, transfer, and the commit window: new/ is polled and maild
 killed the moment files appear there (or a few more), or the state file is
@@ -59,6 +64,8 @@ class Fixture:
                                            huge_bytes=HUGE if i == 0 else 0)
         self.by_id = {m.id: m.data for ms in self.msgs.values() for m in ms}
         self.full_run = None     # seconds for an uninterrupted run
+        self.names = {}          # user -> {server file name: data}
+        self.records_checked = 0  # state records verified after kills
 
 
 def fixture():
@@ -93,6 +100,63 @@ def maildirs(d):
 
 def count_new(d):
     return sum(mt.count_new(md) for md in maildirs(d).values())
+
+
+def server_names(fx):
+    """user -> {name: message data} for the files of the server's Maildir
+    (before maild touches it): keys are the file name, the name without
+    the ":2," flags and without ",S=...", so that a UIDL (Dovecot's %g)
+    finds its message."""
+    out = {}
+    for u in USERS:
+        names = {}
+        root = fx.srv.maildir(u)
+        for sub in ("cur", "new"):
+            for n in os.listdir(root / sub):
+                if n.startswith("."):
+                    continue
+                data = (root / sub / n).read_bytes()
+                for key in (n, n.split(":")[0], n.split(",")[0]):
+                    names[key] = data
+        out[u] = names
+    return out
+
+
+def check_records(fx, d, names):
+    """Between kills: every D record's message is complete in new/; every
+    P record's file is in tmp/ or in new/."""
+    problems = []
+    resolved = 0
+    for u, md in maildirs(d).items():
+        have = {mt.strip_trace(p.read_bytes()) for _, _, p in
+                mt.maildir_files(md, ("new", "cur"))}
+        state = mt.state_path(d / "state", u)
+        if not state.exists():
+            continue
+        for line in state.read_text(errors="replace").splitlines():
+            f = line.split(" ")
+            if not f or f[0] not in ("D", "P") or len(f) < 4:
+                continue
+            uidl = mt.unescape_state(f[3]).decode("utf-8", "replace")
+            data = names.get(u, {}).get(uidl)
+            if data is None:
+                problems.append(f"{u}: record for unknown UIDL {uidl!r}")
+                continue
+            resolved += 1
+            if f[0] == "D" and data not in have:
+                problems.append(f"{u}: UIDL {uidl} ({corpus.test_id(data)})"
+                                " is recorded as delivered but not in new/")
+            if f[0] == "P":
+                if len(f) < 5:
+                    problems.append(f"{u}: P record without a file: {line}")
+                    continue
+                final = mt.unescape_state(f[4]).decode("utf-8", "replace")
+                base = final.split(",")[0]
+                if not ((md / "tmp" / base).exists() or
+                        (md / "new" / final).exists()):
+                    problems.append(f"{u}: pending {uidl} ({final}): file "
+                                    "neither in tmp/ nor in new/")
+    return problems, resolved
 
 
 def check_new_consistent(fx, d):
@@ -212,6 +276,9 @@ def run_to_completion(t, fx, d, cfg, rng, kills_left, hist, mode):
                    f"{'' if delay is None else f'{delay * 1000:.1f} ms '}"
                    f"states={states} new/={count_new(d)}")
             problems = check_new_consistent(fx, d)
+            rec_problems, resolved = check_records(fx, d, fx.names)
+            fx.records_checked += resolved
+            problems += rec_problems
             assert not problems, (f"after kill {kills} ({strategy}):\n  "
                                   + "\n  ".join(problems[:10]))
             continue
@@ -247,9 +314,18 @@ def calibrate(t, fx):
     d.mkdir()
     reset_server(fx)
     cfg = make_config(t, fx, d, keep=True)
-    r = mt.run_maild(["--once", "-f", cfg], timeout=RUN_TIMEOUT,
+    r = mt.run_maild(["--once", "-vv", "-f", cfg], timeout=RUN_TIMEOUT,
                      label="calibration run")
     assert r.rc == 0, f"calibration run: exit {r.rc}"
+    # pipelined fetching: a RETR sent before the answer to the previous
+    # one, for every account
+    for u in USERS:
+        trace = [ln.split(f"account={u} ", 1)[1] for ln in
+                 r.stderr.splitlines() if f"account={u} >>> " in ln or
+                 f"account={u} <<< " in ln]
+        piped = any(a.startswith(">>> RETR") and b.startswith(">>> RETR")
+                    for a, b in zip(trace, trace[1:]))
+        assert piped, f"{u}: no pipelined RETR in the -vv trace"
     fx.full_run = max(r.seconds, 0.05)
     tap.diag(f"an uninterrupted run takes {r.seconds:.2f} s "
              f"({sum(len(m) for m in fx.msgs.values())} messages, "
@@ -271,6 +347,7 @@ def crash_mode(t, keep):
         d = t.tmp / f"{mode}-round{rounds}"
         d.mkdir()
         reset_server(fx)
+        fx.names = server_names(fx)
         cfg = make_config(t, fx, d, keep)
         k, _ = run_to_completion(t, fx, d, cfg, rng, KILLS - kills, hist,
                                  mode)
@@ -285,6 +362,9 @@ def crash_mode(t, keep):
                                     sorted(hist.items())))
     assert kills >= KILLS
     assert hist["commit-window"] > 0, "no kill landed in the commit window"
+    tap.diag(f"{mode}: {fx.records_checked} state records checked after "
+             "kills so far")
+    assert fx.records_checked > 0, "no state record was ever checked"
     assert len(hist) >= 3, f"kills landed in too few phases: {dict(hist)}"
 
 

@@ -116,7 +116,15 @@ def chown_tree(path, uid, gid):
 
 class Dovecot:
     def __init__(self, certs, directory=None, plaintext_auth=False,
-                 password=DEFAULT_PASSWORD, extra_conf=""):
+                 password=DEFAULT_PASSWORD, extra_conf="",
+                 auth_mechanisms="plain login", client_ca=None):
+        """auth_mechanisms: Dovecot's auth_mechanisms (e.g. "plain login
+        cram-md5 apop xoauth2 oauthbearer"; the passwd-file holds {PLAIN}
+        passwords, so all of them work; with xoauth2/oauthbearer the
+        token is checked as the password).  client_ca: a CA certificate
+        file; if given, Dovecot asks for a client certificate signed by
+        it and refuses to log in without one (ssl_verify_client_cert,
+        auth_ssl_require_client_cert)."""
         self.exe = find_dovecot()
         if self.exe is None:
             raise tap.Skip("dovecot is not installed (dovecot-pop3d)")
@@ -124,6 +132,8 @@ class Dovecot:
         self.password = password
         self.plaintext_auth = plaintext_auth
         self.extra_conf = extra_conf
+        self.auth_mechanisms = auth_mechanisms
+        self.client_ca = client_ca
         self.host = LOOPBACK
         self.ca = str(certs.ca)
         self.as_root = os.geteuid() == 0
@@ -163,6 +173,8 @@ class Dovecot:
         shutil.copyfile(cert, self.dir / "ssl" / "server.crt")
         shutil.copyfile(key, self.dir / "ssl" / "server.key")
         os.chmod(self.dir / "ssl" / "server.key", 0o600)
+        if client_ca is not None:
+            shutil.copyfile(client_ca, self.dir / "ssl" / "client-ca.pem")
         self.log = self.dir / "log" / "dovecot.log"
         self.conf = self.dir / "dovecot.conf"
         self.passwd = self.dir / "users"
@@ -190,10 +202,17 @@ class Dovecot:
             "ssl_min_protocol = TLSv1.2",
             "disable_plaintext_auth = "
             + ("no" if self.plaintext_auth else "yes"),
-            "auth_mechanisms = plain login",
+            f"auth_mechanisms = {self.auth_mechanisms}",
             f"default_internal_user = {self.internal_user}",
             f"default_login_user = {self.login_user}",
         ]
+        if self.client_ca is not None:
+            lines += [
+                f"ssl_ca = <{d / 'ssl' / 'client-ca.pem'}",
+                "ssl_verify_client_cert = yes",
+                "ssl_require_crl = no",
+                "auth_ssl_require_client_cert = yes",
+            ]
         if not self.as_root:
             lines.append("default_internal_group = "
                          + grp.getgrgid(os.getegid()).gr_name)
@@ -411,6 +430,9 @@ class Dovecot:
         return self.dir / "mail" / user / "Maildir"
 
     def add_user(self, user, password=None):
+        """Add a user.  Dovecot rereads the passwd-file at most once a
+        second: a user added while it runs may not exist for a moment;
+        add users before start() where possible."""
         self.users[user] = password or self.password
         self._write_passwd()
         home = self.dir / "mail" / user

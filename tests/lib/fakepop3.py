@@ -25,8 +25,19 @@ Everything can be overridden per test:
   handlers={"RETR": fn}      fn(conn, cmd) -> None (default behaviour) or
                              what to send; "*" catches every command
   drip=0.01                  send every response one byte at a time
-  login_requires_tls=True    refuse USER/PASS before TLS
+  login_requires_tls=True    refuse USER/PASS (and APOP, AUTH) before TLS
   lock_mailbox=True          a second simultaneous login gets -ERR [IN-USE]
+  apop=True                  put an APOP timestamp in the (default)
+                             greeting and accept APOP (RFC 1939); a
+                             timestamp in a custom greeting works too
+  sasl=["PLAIN", ...]        advertise "SASL ..." in CAPA and accept AUTH
+                             (RFC 5034) with PLAIN, LOGIN, CRAM-MD5,
+                             XOAUTH2, OAUTHBEARER: initial response or
+                             "+ " continuations, "*" cancels; a refused
+                             OAuth token gets "+ base64(JSON error)"
+                             first, as Gmail does, then -ERR
+  tokens=[...]               the OAuth2 access tokens accepted (default:
+                             the password)
 
 What a handler (or greeting) returns: bytes (sent as is), None (default
 response), or a list / generator of actions, which may be infinite:
@@ -41,11 +52,25 @@ Every connection is recorded in srv.connections (a Conn): the command lines
 received (cmd.line raw bytes, cmd.tls, cmd.t arrival time), whether TLS
 came up (conn.tls_error otherwise), conn.pipelined() (a command arrived
 before the answer to the previous one was written: only a pipelining
-client does that).
+client does that).  Lines answering a SASL challenge are recorded too,
+with cmd.verb "SASL-RESPONSE"; conn.auths lists each AUTH/APOP/PASS
+attempt (an Auth: mechanism, whether an initial response came with the
+AUTH line, the decoded responses, the token, the result);
+conn.client_cert is the client certificate (getpeercert() form, {} if
+none was verified).
+
+server_context() makes TLS contexts with version limits or client
+certificate requests, for tls=.
 """
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import itertools
+import json
+import os
+import re
 import ssl
 import threading
 import time
@@ -96,6 +121,8 @@ def wire_body(data):
     """A message (bytes, LF or CRLF line ends) as sent after +OK of RETR:
     CRLF line ends, dot-stuffed, terminated by ".\\r\\n"."""
     data = data.replace(b"\r\n", b"\n")
+    if not data:
+        return b".\r\n"           # a zero-byte message: just the end
     lines = data.split(b"\n")
     if data.endswith(b"\n"):
         lines.pop()
@@ -166,9 +193,29 @@ class Cmd:
         self.conn_nth = 0           # in this connection
         self.reply_start = None     # monotonic times of the answer
         self.reply_end = None
+        self.sasl = False           # a reply to a SASL challenge
 
     def __repr__(self):
         return f"<Cmd {self.line!r}>"
+
+
+class Auth:
+    """One login attempt as the server saw it."""
+
+    def __init__(self, mech, ir=False, tls=False):
+        self.mech = mech            # "USER", "APOP", "PLAIN", "XOAUTH2"...
+        self.ir = ir                # the AUTH line carried a response
+        self.tls = tls              # TLS was up when it started
+        self.responses = []         # decoded client responses (bytes)
+        self.user = None
+        self.token = None           # XOAUTH2 / OAUTHBEARER bearer token
+        self.ok = None              # True / False once decided
+        self.cancelled = False
+        self.error_sent = False     # an OAuth JSON error challenge
+
+    def __repr__(self):
+        return (f"<Auth {self.mech} ir={self.ir} ok={self.ok} "
+                f"user={self.user!r}>")
 
 
 class _TimedReader(asyncio.StreamReader):
@@ -207,6 +254,10 @@ class Conn:
         self.bytes_out = 0
         self.writer = None
         self.reader = None
+        self.apop_ts = None         # the greeting's APOP timestamp (bytes)
+        self.sasl = None            # the SASL exchange in progress
+        self.auths = []             # [Auth]
+        self.client_cert = None     # getpeercert() after TLS
 
     # -- introspection for the tests ----------------------------------
     def verbs(self):
@@ -294,6 +345,53 @@ def endless_listing(first=b"+OK here it comes\r\n", line=b"1 1\r\n",
 
 
 # ---------------------------------------------------------------------------
+# TLS contexts
+
+_TLS_VERSIONS = {"1.0": ssl.TLSVersion.TLSv1, "1.1": ssl.TLSVersion.TLSv1_1,
+                 "1.2": ssl.TLSVersion.TLSv1_2,
+                 "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def server_context(cert, min_version=None, max_version=None, client_ca=None,
+                   require_client_cert=True):
+    """A server SSLContext for tls=: cert is (certfile, keyfile);
+    min_version / max_version "1.2" or "1.3"; client_ca: ask for a client
+    certificate signed by this CA (required unless require_client_cert
+    is False)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    if min_version is not None:
+        ctx.minimum_version = _TLS_VERSIONS[min_version]
+    if max_version is not None:
+        ctx.maximum_version = _TLS_VERSIONS[max_version]
+    if client_ca is not None:
+        ctx.load_verify_locations(cafile=str(client_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert \
+            else ssl.CERT_OPTIONAL
+    return ctx
+
+
+_TS_RE = re.compile(rb"<[^<>\s]*@[^<>\s]*>")
+SASL_MECHS = ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER")
+
+
+def b64(data):
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text):
+    """Strict base64 decoding; None if text is not base64."""
+    if isinstance(text, str):
+        text = text.encode("latin-1")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        return None
+
+
+# ---------------------------------------------------------------------------
 # the server
 
 class FakePOP3:
@@ -302,7 +400,8 @@ class FakePOP3:
                  greeting=b"+OK fakepop3 ready\r\n", capa=None,
                  capa_err=False, pipelining=True, handlers=None, drip=None,
                  login_requires_tls=False, lock_mailbox=False,
-                 resp_codes=True, extra_capa=()):
+                 resp_codes=True, extra_capa=(), apop=False, sasl=None,
+                 tokens=None):
         """tls: (certfile, keyfile) or an ssl.SSLContext.  implicit_tls
         defaults to True when tls is given; stls (offer STLS on a plain
         connection) defaults to not implicit_tls."""
@@ -331,6 +430,10 @@ class FakePOP3:
         self.drip = drip
         self.login_requires_tls = login_requires_tls
         self.lock_mailbox = lock_mailbox
+        self.apop = apop
+        self.sasl = [m.upper() for m in sasl] if sasl else []
+        self.tokens = list(tokens) if tokens is not None else None
+        self._ts_seq = itertools.count(1)
         self.lock = threading.RLock()
         self.mailbox = []
         for m in messages:
@@ -489,8 +592,16 @@ class FakePOP3:
             if not await self._start_tls(conn, writer):
                 return
         conn.state = "auth"
-        if self.greeting is not None:
-            if not await self._emit(conn, writer, self.greeting):
+        greeting = self.greeting
+        if self.apop and greeting == b"+OK fakepop3 ready\r\n":
+            greeting = (f"+OK fakepop3 ready <{os.getpid()}."
+                        f"{next(self._ts_seq)}.{time.time_ns()}"
+                        f"@fakepop3.test>\r\n").encode()
+        if isinstance(greeting, (bytes, bytearray)):
+            m = _TS_RE.search(greeting)
+            conn.apop_ts = m.group(0) if m else None
+        if greeting is not None:
+            if not await self._emit(conn, writer, greeting):
                 return
         conn.greeting_end = time.monotonic()
         while not conn.closing:
@@ -519,15 +630,23 @@ class FakePOP3:
             t = reader.arrivals.pop(0) if reader.arrivals else \
                 time.monotonic()
             cmd = Cmd(line.rstrip(b"\r\n"), t, conn.tls, len(conn.commands))
+            if conn.sasl is not None:
+                cmd.sasl = True
+                cmd.verb, cmd.arg = "SASL-RESPONSE", ""
             conn.commands.append(cmd)
             self.counts[cmd.verb] = self.counts.get(cmd.verb, 0) + 1
             conn.counts[cmd.verb] = conn.counts.get(cmd.verb, 0) + 1
             cmd.nth = self.counts[cmd.verb]
             cmd.conn_nth = conn.counts[cmd.verb]
-            handler = self.handlers.get(cmd.verb) or self.handlers.get("*")
+            if cmd.sasl:
+                handler = self.handlers.get(cmd.verb)
+            else:
+                handler = self.handlers.get(cmd.verb) or \
+                    self.handlers.get("*")
             resp = handler(conn, cmd) if handler else None
             if resp is None:
-                resp = self._default(conn, cmd)
+                resp = self._sasl_step(conn, cmd) if cmd.sasl else \
+                    self._default(conn, cmd)
             cmd.reply_start = time.monotonic()
             ok = await self._emit(conn, writer, resp, cmd)
             if not ok:
@@ -553,6 +672,10 @@ class FakePOP3:
             conn.closed_by = "error"
             return False
         conn.tls = True
+        try:
+            conn.client_cert = writer.get_extra_info("peercert") or {}
+        except Exception:
+            conn.client_cert = {}
         return True
 
     async def _write(self, conn, writer, data, cmd):
@@ -623,6 +746,8 @@ class FakePOP3:
             lines.append("PIPELINING")
         if self.stls and self.ssl_context is not None and not conn.tls:
             lines.append("STLS")
+        if self.sasl:
+            lines.append("SASL " + " ".join(self.sasl))
         lines += self.extra_capa
         lines.append("IMPLEMENTATION fakepop3")
         return lines
@@ -673,18 +798,178 @@ class FakePOP3:
             return b"-ERR [AUTH] Plaintext login not allowed\r\n"
         if conn.user is None:
             return b"-ERR USER first\r\n"
+        a = Auth("USER", tls=conn.tls)
+        a.user = conn.user
+        a.responses.append(arg.encode("latin-1"))
+        conn.auths.append(a)
         if conn.user != self.user or arg != self.password:
             conn.user = None
+            a.ok = False
             return b"-ERR [AUTH] Authentication failed\r\n"
+        return self._login(conn, a)
+
+    def _login(self, conn, a):
+        """The credentials are right: enter the TRANSACTION state."""
         with self.lock:
             if self.lock_mailbox:
                 if self._locked_by is not None and \
                         self._locked_by.state != "closed":
+                    a.ok = False
                     return b"-ERR [IN-USE] Mailbox is locked\r\n"
                 self._locked_by = conn
             conn.session = list(self.mailbox)
+        a.ok = True
+        conn.user = a.user
         conn.state = "transaction"
         return b"+OK Logged in\r\n"
+
+    def _token_ok(self, token):
+        tokens = self.tokens if self.tokens is not None else [self.password]
+        return token in tokens
+
+    def _cmd_apop(self, conn, arg):
+        if conn.state != "auth":
+            return b"-ERR already logged in\r\n"
+        if self.login_requires_tls and not conn.tls:
+            return b"-ERR [AUTH] Plaintext login not allowed\r\n"
+        a = Auth("APOP", tls=conn.tls)
+        conn.auths.append(a)
+        parts = arg.split(" ")
+        if len(parts) != 2:
+            a.ok = False
+            return b"-ERR usage: APOP name digest\r\n"
+        a.user = parts[0]
+        a.responses.append(parts[1].encode("latin-1"))
+        if not self.apop or conn.apop_ts is None:
+            a.ok = False
+            return b"-ERR APOP not available\r\n"
+        want = hashlib.md5(conn.apop_ts + self.password.encode()).hexdigest()
+        if a.user != self.user or parts[1].lower() != want:
+            a.ok = False
+            return b"-ERR [AUTH] Authentication failed\r\n"
+        return self._login(conn, a)
+
+    # -- SASL (RFC 5034) ---------------------------------------------------
+    def _cmd_auth(self, conn, arg):
+        if conn.state != "auth":
+            return b"-ERR already logged in\r\n"
+        if not arg:
+            return self._multi("+OK", self.sasl) if self.sasl else \
+                b"-ERR no SASL mechanisms\r\n"
+        parts = arg.split(" ")
+        mech = parts[0].upper()
+        if mech not in self.sasl or mech not in SASL_MECHS:
+            return b"-ERR [AUTH] unsupported SASL mechanism\r\n"
+        if self.login_requires_tls and not conn.tls:
+            return b"-ERR [AUTH] Plaintext login not allowed\r\n"
+        ir = parts[1] if len(parts) > 1 else None
+        a = Auth(mech, ir=ir is not None, tls=conn.tls)
+        conn.auths.append(a)
+        conn.sasl = {"auth": a, "step": 0}
+        if mech == "CRAM-MD5":
+            conn.sasl["challenge"] = (f"<{next(self._ts_seq)}."
+                                      f"{time.time_ns()}@fakepop3.test>"
+                                      ).encode()
+            if ir is not None:
+                return self._sasl_end(conn, False, b"-ERR no initial "
+                                      b"response with CRAM-MD5\r\n")
+            return b"+ " + b64(conn.sasl["challenge"]).encode() + b"\r\n"
+        if mech == "LOGIN":
+            if ir is not None:      # some clients send the user name
+                return self._sasl_feed(conn, ir)
+            return b"+ " + b64("Username:").encode() + b"\r\n"
+        if ir is None:
+            return b"+ \r\n"
+        return self._sasl_feed(conn, ir)
+
+    def _sasl_step(self, conn, cmd):
+        return self._sasl_feed(conn, cmd.line.decode("latin-1"))
+
+    def _sasl_end(self, conn, ok, resp=None):
+        a = conn.sasl["auth"]
+        conn.sasl = None
+        if ok:
+            return self._login(conn, a)
+        a.ok = False
+        return resp or b"-ERR [AUTH] Authentication failed\r\n"
+
+    def _sasl_feed(self, conn, text):
+        """One client response (base64 text) in the exchange."""
+        sasl = conn.sasl
+        a = sasl["auth"]
+        if text == "*":
+            a.cancelled = True
+            return self._sasl_end(conn, False, b"-ERR authentication "
+                                  b"cancelled\r\n")
+        if sasl.get("oauth_error"):
+            # the client acknowledged the JSON error: now refuse
+            a.responses.append(unb64(text) if text else b"")
+            return self._sasl_end(conn, False)
+        data = unb64(text)
+        if data is None:
+            return self._sasl_end(conn, False, b"-ERR invalid base64\r\n")
+        a.responses.append(data)
+        sasl["step"] += 1
+        mech = a.mech
+        if mech == "PLAIN":
+            f = data.split(b"\0")
+            if len(f) != 3:
+                return self._sasl_end(conn, False)
+            a.user = f[1].decode("utf-8", "replace")
+            return self._sasl_end(conn, a.user == self.user and
+                                  f[2].decode("utf-8", "replace") ==
+                                  self.password)
+        if mech == "LOGIN":
+            if sasl["step"] == 1:
+                a.user = data.decode("utf-8", "replace")
+                return b"+ " + b64("Password:").encode() + b"\r\n"
+            return self._sasl_end(conn, a.user == self.user and
+                                  data.decode("utf-8", "replace") ==
+                                  self.password)
+        if mech == "CRAM-MD5":
+            user, _, digest = data.rpartition(b" ")
+            a.user = user.decode("utf-8", "replace")
+            want = hmac.new(self.password.encode(), sasl["challenge"],
+                            hashlib.md5).hexdigest().encode()
+            return self._sasl_end(conn, a.user == self.user and
+                                  digest.lower() == want)
+        if mech == "XOAUTH2":
+            m = re.fullmatch(rb"user=([^\x01]*)\x01auth=Bearer "
+                             rb"([^\x01]*)\x01\x01", data)
+            if m:
+                a.user = m.group(1).decode("utf-8", "replace")
+                a.token = m.group(2).decode("utf-8", "replace")
+            if m and a.user == self.user and self._token_ok(a.token):
+                return self._sasl_end(conn, True)
+            sasl["oauth_error"] = True
+            a.error_sent = True
+            err = json.dumps({"status": "401", "schemes": "Bearer",
+                              "scope": "https://mail.google.com/"})
+            return b"+ " + b64(err).encode() + b"\r\n"
+        if mech == "OAUTHBEARER":
+            m = re.fullmatch(rb"n,(?:a=([^,]*))?,\x01(.*)\x01\x01", data,
+                             re.S)
+            kv = {}
+            if m:
+                a.user = (m.group(1) or b"").replace(b"=2C", b",").replace(
+                    b"=3D", b"=").decode("utf-8", "replace")
+                for item in m.group(2).split(b"\x01"):
+                    k, _, v = item.partition(b"=")
+                    kv[k.decode("latin-1")] = v.decode("utf-8", "replace")
+                auth = kv.get("auth", "")
+                if auth.startswith("Bearer "):
+                    a.token = auth[7:]
+            sasl["kv"] = kv
+            if m and a.user == self.user and a.token is not None and \
+                    self._token_ok(a.token):
+                return self._sasl_end(conn, True)
+            sasl["oauth_error"] = True
+            a.error_sent = True
+            err = json.dumps({"status": "invalid_token", "scope": "mail",
+                              "openid-configuration":
+                              "https://fakepop3.test/.well-known/x"})
+            return b"+ " + b64(err).encode() + b"\r\n"
+        return self._sasl_end(conn, False)
 
     def _need_trans(self, conn):
         return None if conn.state == "transaction" else \
@@ -860,6 +1145,59 @@ def _selftest():
         except socket.timeout:
             pass
         s.close()
+    # APOP and the SASL mechanisms
+    with FakePOP3(msgs, apop=True, sasl=list(SASL_MECHS),
+                  tokens=["tok"]) as srv:
+        p = poplib.POP3(srv.host, srv.port, timeout=5)
+        assert "SASL" in p.capa() and "CRAM-MD5" in p.capa()["SASL"]
+        p.apop(srv.user, srv.password)
+        assert p.stat()[0] == 2
+        p.quit()
+
+        def auth(mech, *responses, ir=None):
+            p = poplib.POP3(srv.host, srv.port, timeout=5)
+            p._putcmd(f"AUTH {mech}" + (f" {b64(ir)}" if ir else ""))
+            out = []
+            line = p._getline()[0]
+            for r in responses:
+                out.append(line)
+                if not line.startswith(b"+ "):
+                    break
+                chal = unb64(line[2:])
+                p._putcmd(b64(r(chal) if callable(r) else r))
+                line = p._getline()[0]
+            p.close()
+            return line
+        u, pw = srv.user, srv.password
+        assert auth("PLAIN", ir=f"\0{u}\0{pw}").startswith(b"+OK")
+        assert auth("PLAIN", f"\0{u}\0{pw}").startswith(b"+OK")
+        assert auth("PLAIN", ir=f"\0{u}\0no").startswith(b"-ERR [AUTH]")
+        assert auth("LOGIN", u, pw).startswith(b"+OK")
+        assert auth("LOGIN", u, "no").startswith(b"-ERR")
+        cram = (lambda c: f"{u} " + hmac.new(pw.encode(), c,
+                                              hashlib.md5).hexdigest())
+        assert auth("CRAM-MD5", cram).startswith(b"+OK")
+        assert auth("CRAM-MD5", lambda c: f"{u} 00").startswith(b"-ERR")
+        xo = f"user={u}\1auth=Bearer tok\1\1"
+        assert auth("XOAUTH2", ir=xo).startswith(b"+OK")
+        assert auth("XOAUTH2", xo).startswith(b"+OK")
+        bad = f"user={u}\1auth=Bearer bad\1\1"
+        assert auth("XOAUTH2", "", ir=bad).startswith(b"-ERR [AUTH]")
+        ob = f"n,a={u},\1host=h\1port=1\1auth=Bearer tok\1\1"
+        assert auth("OAUTHBEARER", ir=ob).startswith(b"+OK")
+        ob = f"n,a={u},\1host=h\1port=1\1auth=Bearer no\1\1"
+        assert auth("OAUTHBEARER", "\1", ir=ob).startswith(b"-ERR")
+        oks = [a.ok for c in srv.connections for a in c.auths]
+        assert oks == [True, True, True, False, True, False, True, False,
+                       True, True, False, True, False], oks
+    # a zero-byte message
+    with FakePOP3([b""]) as srv:
+        p = poplib.POP3(srv.host, srv.port, timeout=5)
+        p.user(srv.user)
+        p.pass_(srv.password)
+        assert p.list()[1] == [b"1 0"], p.list()
+        assert p.retr(1)[1] == [], p.retr(1)
+        p.quit()
     # STLS with a throw-away certificate
     try:
         import certs
