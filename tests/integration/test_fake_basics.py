@@ -68,6 +68,33 @@ def test_bare_greeting_and_capa_err(t):
 
 
 @tap.test
+def test_last_message_64k_over_tls(t):
+    """A few small messages and a last one of about 64 KB, over implicit
+    TLS, pipelined and lock-step: everything delivered promptly.  (A build
+    with OpenSSL read-ahead left the end of the last message unprocessed
+    in a TLS buffer and waited for the timeout.)"""
+    small = [corpus.simple(f"tail64k/{i}", body="small\n") for i in range(4)]
+    big = corpus.simple("tail64k/big",
+                        body="".join(f"line {i:06d} of the big one\n"
+                                     for i in range(2500)))
+    for pipelining in (True, False):
+        with server(small + [big], pipelining=pipelining) as srv:
+            t.tmp.joinpath(str(pipelining)).mkdir()
+            run = Run(t, srv)
+            run.maildir = t.tmp / str(pipelining) / "Maildir"
+            run.cfg = mt.write_config(
+                t.tmp / str(pipelining) / "maild.conf",
+                [mt.account("fake", "127.0.0.1", srv.port, srv.user,
+                            srv.password, run.maildir, keep=True,
+                            ca_file=certs.get().ca)],
+                state_dir=t.tmp / str(pipelining) / "state", timeout=10)
+            r = run.once(timeout=30)
+            assert r.rc == 0, f"exit {r.rc}: {mt.tail(r.stderr)}"
+            assert r.seconds < 8, f"took {r.seconds:.1f} s: a stall?"
+            mt.assert_maildir(run.maildir, small + [big])
+
+
+@tap.test
 def test_capa_err_means_lock_step(t):
     """Without CAPA there is no PIPELINING: one command at a time."""
     m = msgs("capaerr", 30)
