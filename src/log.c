@@ -81,12 +81,6 @@ log_setverbose(int verbose)
 	log_verbose = verbose;
 }
 
-int
-log_getverbose(void)
-{
-	return (log_verbose);
-}
-
 static void
 log_vwrite(int pri, const char *fmt, va_list ap)
 {

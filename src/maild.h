@@ -148,7 +148,6 @@ char		*config_expand_path(const char *, char **);
 /* log.c */
 void		 log_init(int, int);
 void		 log_setverbose(int);
-int		 log_getverbose(void);
 void		 log_warn(const char *, ...) PRINTFLIKE(1, 2);
 void		 log_warnx(const char *, ...) PRINTFLIKE(1, 2);
 void		 log_info(const char *, ...) PRINTFLIKE(1, 2);
