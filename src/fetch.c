@@ -762,14 +762,20 @@ fetch_body(struct session *s, struct evbuffer *in)
  * servers whose sizes are estimates, keeps only a coarse bound.)
  */
 static int
-fetch_out_of_step(struct session *s, size_t i, uint64_t got)
+fetch_out_of_step(struct session *s, size_t i, uint64_t got, int others)
 {
+	/* With other commands in flight, pipelining may have confused it. */
+	int	pipelined = (s->flags & S_PIPELINING) && others;
+
+	if (pipelined)
+		s->result.nopipelining = 1;
 	pop3_fail(s, EXIT_PROTOCOL, "message %u arrived with %llu bytes, but "
 	    "the server listed it with %llu: its replies are out of step, "
 	    "or its sizes are wrong; the message was not kept, nothing was "
 	    "deleted (if this server's sizes are estimates, set exact-sizes "
-	    "= no)", s->msgs[i].num, (unsigned long long)got,
-	    (unsigned long long)s->msgs[i].size);
+	    "= no)%s", s->msgs[i].num, (unsigned long long)got,
+	    (unsigned long long)s->msgs[i].size, pipelined ?
+	    "; pipelining is turned off for this account" : "");
 	return (1);
 }
 
@@ -790,7 +796,8 @@ fetch_octets_disagree(struct session *s, size_t i, const char *text,
 		return (0);
 	if (n == s->msgs[i].size)
 		return (0);
-	return (fetch_out_of_step(s, i, n));
+	/* This RETR is still queued, and counted in flight. */
+	return (fetch_out_of_step(s, i, n, s->qlen > 1));
 }
 
 /* Is got the listed size, or that plus a CRLF the server added? */
@@ -820,7 +827,7 @@ fetch_size_disagrees(struct session *s, size_t i)
 		return (0);
 	maildir_unlink(&s->md, s->file.final);
 	s->file.name[0] = '\0';
-	return (fetch_out_of_step(s, i, wire));
+	return (fetch_out_of_step(s, i, wire, s->qlen > 0));
 }
 
 /*
