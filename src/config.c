@@ -152,20 +152,25 @@ conf_errorx(int line, const char *fmt, ...)
 	xasprintf(&cp->error, "%s:%d: %s", cp->file, line, msg);
 }
 
-static int	parse_duration(const char *, long, long *);
+/* A number's unit suffix and what it multiplies by. */
+struct unit {
+	const char	*suffix;
+	long		 mult;
+};
 
-/*
- * Parse a duration: a number of seconds, or a number with one of the
- * suffixes s, m, h, d.  At most 30 days.
- */
-int
-config_parse_duration(const char *s, long *out)
-{
-	return (parse_duration(s, 30L * 86400, out));
-}
+static const struct unit duration_units[] = {
+	{ "s", 1 }, { "m", 60 }, { "h", 3600 }, { "d", 86400 }, { NULL, 0 }
+};
 
+static const struct unit size_units[] = {
+	{ "k", 1L << 10 }, { "K", 1L << 10 }, { "M", 1L << 20 },
+	{ "G", 1L << 30 }, { "kB", 1L << 10 }, { "KB", 1L << 10 },
+	{ "MB", 1L << 20 }, { "GB", 1L << 30 }, { NULL, 0 }
+};
+
+/* Parse digits with an optional unit suffix; the result is at most max. */
 static int
-parse_duration(const char *s, long max, long *out)
+parse_scaled(const char *s, const struct unit *units, long max, long *out)
 {
 	char	*end;
 	long	 v, mult = 1;
@@ -177,23 +182,12 @@ parse_duration(const char *s, long max, long *out)
 	if (errno != 0)
 		return (-1);
 	if (*end != '\0') {
-		switch (*end) {
-		case 's':
-			break;
-		case 'm':
-			mult = 60;
-			break;
-		case 'h':
-			mult = 3600;
-			break;
-		case 'd':
-			mult = 86400;
-			break;
-		default:
+		for (; units->suffix != NULL; units++)
+			if (strcmp(end, units->suffix) == 0)
+				break;
+		if (units->suffix == NULL)
 			return (-1);
-		}
-		if (end[1] != '\0')
-			return (-1);
+		mult = units->mult;
 	}
 	if (v > max / mult)
 		return (-1);
@@ -202,43 +196,23 @@ parse_duration(const char *s, long max, long *out)
 }
 
 /*
+ * Parse a duration: a number of seconds, or a number with one of the
+ * suffixes s, m, h, d.  At most 30 days.
+ */
+int
+config_parse_duration(const char *s, long *out)
+{
+	return (parse_scaled(s, duration_units, 30L * 86400, out));
+}
+
+/*
  * Parse a size: a number of bytes, or a number with one of the suffixes
- * k, M, G (powers of 1024).
+ * k, M, G (powers of 1024, optionally followed by B).  At most 1 TiB.
  */
 int
 config_parse_size(const char *s, long *out)
 {
-	char	*end;
-	long	 v, mult = 1;
-
-	if (!isdigit((unsigned char)*s))
-		return (-1);
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (errno != 0)
-		return (-1);
-	if (*end != '\0') {
-		switch (*end) {
-		case 'k':
-		case 'K':
-			mult = 1L << 10;
-			break;
-		case 'M':
-			mult = 1L << 20;
-			break;
-		case 'G':
-			mult = 1L << 30;
-			break;
-		default:
-			return (-1);
-		}
-		if (end[1] != '\0' && !(end[1] == 'B' && end[2] == '\0'))
-			return (-1);
-	}
-	if (v > (1L << 40) / mult)
-		return (-1);
-	*out = v * mult;
-	return (0);
+	return (parse_scaled(s, size_units, 1L << 40, out));
 }
 
 /* A libconfuse value callback: parse with fn, or say what was expected. */
@@ -260,7 +234,7 @@ conf_value(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result,
 static int
 conf_long_duration(const char *s, long *v)
 {
-	return (parse_duration(s, 3650L * 86400, v));
+	return (parse_scaled(s, duration_units, 3650L * 86400, v));
 }
 
 static int

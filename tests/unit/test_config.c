@@ -160,15 +160,53 @@ bad(const char *what, const char *text, mode_t mode, int line,
 }
 
 /* ---------------------------------------------------------------------- */
-/* config_parse_duration */
+/* config_parse_duration, config_parse_size */
+
+struct scaled {
+	const char	*s;
+	long		 v;
+};
+
+/* Shows s with control characters escaped, for a TAP line. */
+static const char *
+shown(const char *s)
+{
+	static char	buf[64];
+	size_t		k, o = 0;
+
+	for (k = 0; s[k] != '\0' && o + 5 < sizeof buf; k++) {
+		if (iscntrl((unsigned char)s[k]))
+			o += snprintf(buf + o, sizeof buf - o, "\\x%02x",
+			    (unsigned char)s[k]);
+		else
+			buf[o++] = s[k];
+	}
+	buf[o] = '\0';
+	return (buf);
+}
+
+static void
+check_scaled(const char *what, int (*fn)(const char *, long *),
+    const struct scaled *goods, size_t ngoods, const char *const *bads,
+    size_t nbads)
+{
+	size_t	i;
+	long	v;
+
+	for (i = 0; i < ngoods; i++) {
+		v = -12345;
+		ok(fn(goods[i].s, &v) == 0 && v == goods[i].v,
+		    tap_fmt("%s \"%s\" is %ld", what, goods[i].s, goods[i].v));
+	}
+	for (i = 0; i < nbads; i++)
+		ok(fn(bads[i], &v) == -1, tap_fmt("%s \"%s\" is refused",
+		    what, shown(bads[i])));
+}
 
 static void
 test_duration(void)
 {
-	static const struct {
-		const char	*s;
-		long		 v;
-	} goods[] = {
+	static const struct scaled goods[] = {
 		{ "90", 90 }, { "0", 0 }, { "30s", 30 }, { "5m", 300 },
 		{ "2h", 7200 }, { "1d", 86400 }, { "30d", 2592000 },
 		{ "2592000", 2592000 }, { "2592000s", 2592000 },
@@ -183,31 +221,30 @@ test_duration(void)
 		"9223372036854775807d", "18446744073709551617s", "5\n",
 		"5\tm",
 	};
-	size_t	i;
-	long	v;
 
-	for (i = 0; i < sizeof goods / sizeof goods[0]; i++) {
-		v = -12345;
-		ok(config_parse_duration(goods[i].s, &v) == 0 &&
-		    v == goods[i].v, tap_fmt("duration \"%s\" is %ld",
-		    goods[i].s, goods[i].v));
-	}
-	for (i = 0; i < sizeof bads / sizeof bads[0]; i++) {
-		char	shown[64];
-		size_t	k, o = 0;
+	check_scaled("duration", config_parse_duration, goods,
+	    sizeof goods / sizeof goods[0], bads, sizeof bads / sizeof bads[0]);
+}
 
-		/* No raw control characters in the TAP line. */
-		for (k = 0; bads[i][k] != '\0' && o + 5 < sizeof shown; k++) {
-			if (iscntrl((unsigned char)bads[i][k]))
-				o += snprintf(shown + o, sizeof shown - o,
-				    "\\x%02x", (unsigned char)bads[i][k]);
-			else
-				shown[o++] = bads[i][k];
-		}
-		shown[o] = '\0';
-		ok(config_parse_duration(bads[i], &v) == -1,
-		    tap_fmt("duration \"%s\" is refused", shown));
-	}
+static void
+test_size(void)
+{
+	static const struct scaled goods[] = {
+		{ "0", 0 }, { "512", 512 }, { "1k", 1024 }, { "1K", 1024 },
+		{ "1kB", 1024 }, { "1KB", 1024 }, { "16M", 16L << 20 },
+		{ "16MB", 16L << 20 }, { "2G", 2L << 30 }, { "2GB", 2L << 30 },
+		{ "1024G", 1L << 40 }, { "1099511627776", 1L << 40 },
+		{ "0M", 0 },
+	};
+	static const char *const bads[] = {
+		"1025G", "1099511627777", "1048577M", "", "k", "M", "MB",
+		"-1", "+1", " 1", "1 ", "1 M", "1m", "1g", "1T", "1b", "1B",
+		"1MBB", "1Mb", "1BM", "0x10", "1.5M", "1e3",
+		"99999999999999999999", "9223372036854775807k", "1M\n",
+	};
+
+	check_scaled("size", config_parse_size, goods,
+	    sizeof goods / sizeof goods[0], bads, sizeof bads / sizeof bads[0]);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -758,6 +795,7 @@ main(void)
 
 	topdir = mkscratch();
 	test_duration();
+	test_size();
 	test_expand();
 	test_good();
 	test_bad();
