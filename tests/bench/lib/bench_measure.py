@@ -1,4 +1,4 @@
-"""CPU / memory accounting helpers for bench/run (Linux /proc, stdlib only)."""
+"""CPU / memory accounting helpers for tests/bench/run (Linux /proc, stdlib only)."""
 
 import os
 import time

@@ -1,4 +1,4 @@
-"""Results tables for bench/run: per-cell summary, peer/maild ratios and
+"""Results tables for tests/bench/run: per-cell summary, peer/maild ratios and
 the performance targets from the benchmark issue (PASS/FAIL)."""
 
 import statistics
@@ -12,7 +12,7 @@ SCENARIOS = {
           "fetched (keep mode; priming run untimed), {rtt:g} ms RTT",
 }
 
-# The sizes the targets were written for (the defaults of bench/run).
+# The sizes the targets were written for (the defaults of tests/bench/run).
 REFERENCE_SIZES = {"messages": 1000, "s3_accounts": 20, "s3_messages": 100,
                    "huge_mb": 50, "rtt_ms": 50}
 

@@ -18,7 +18,7 @@ LOOPBACK = "127.0.0.1"
 
 
 def _prog():
-    return "bench/" + Path(sys.argv[0]).name
+    return "tests/bench/" + Path(sys.argv[0]).name
 
 
 def die(msg, code=2):

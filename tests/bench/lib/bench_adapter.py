@@ -16,7 +16,7 @@ Contract (any language may implement it; this module is one way):
            "ok_exit": [0]}        (exit statuses meaning success)
       The command must fetch every account once and exit (0 = success).
       It must not depend on the current directory and must keep all its
-      state under SDIR.  The runner (bench/run) may execute it as another,
+      state under SDIR.  The runner (tests/bench/run) may execute it as another,
       unprivileged user after chown'ing SDIR and DIR; HOME is set to SDIR.
 
   clients/<name> run <same options as prepare>
