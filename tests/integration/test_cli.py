@@ -4,11 +4,14 @@
 -V, usage errors (exit 64), "maild -n" on a valid configuration (exit 0)
 and on broken ones (exit 78 with "file:line: message" on stderr, the line
 being the one the mistake is on: the offending option's line, or the
-"account" line for what is missing from an account), and path expansion
+"account" line for what is missing from an account), the example
+etc/maild.conf (as shipped, and with all its commented-out options
+turned on), and path expansion
 of ~ and $VAR in a real run.
 """
 
 import os
+import re
 import stat
 import sys
 
@@ -142,6 +145,64 @@ def test_check_valid_config(t):
     # -n is offline and must not create anything
     assert not (t.tmp / "state").exists(), "-n created the state dir"
     assert not (t.tmp / "Maildir").exists(), "-n created the Maildir"
+
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                       "..", "etc", "maild.conf")
+
+
+def check_example(t, text):
+    """Run maild -n on text as ~/.config/maild/maild.conf, with the
+    password file the example names."""
+    mt.require_maild()
+    cfgdir = t.tmp / ".config" / "maild"
+    cfgdir.mkdir(parents=True)
+    mt.write_file(cfgdir / "example.pass", "secret\n", 0o600)
+    path = cfgdir / "maild.conf"
+    mt.write_file(path, text, 0o600)
+    t.attach("config", text)
+    r = mt.run_maild(["-n", "-f", path], timeout=20,
+                     env={"HOME": str(t.tmp)})
+    assert r.rc == 0, f"exit {r.rc}: {r.stderr}"
+    assert "configuration OK (1 account)" in r.stdout, r.stdout
+
+
+@tap.test
+def test_example_config_as_shipped(t):
+    """etc/maild.conf, as installed, passes "maild -n" once the password
+    file it names exists."""
+    with open(EXAMPLE, encoding="utf-8") as f:
+        check_example(t, f.read())
+
+
+@tap.test
+def test_example_config_every_option(t):
+    """Every option etc/maild.conf shows commented out is valid as shown,
+    once uncommented: one password source, keep = yes (delete-after needs
+    it) and real files for the TLS paths."""
+    c = certs.get()
+    crt, key = c.self_signed
+    fpr = ":".join(["AB"] * 32)
+    swap = {
+        "keep": "keep = yes",
+        "ca-file": f'ca-file = "{c.ca}"',
+        "tls-fingerprint": f'tls-fingerprint = "sha256:{fpr}"',
+        "tls-cert-file": f'tls-cert-file = "{crt}"',
+        "tls-key-file": f'tls-key-file = "{key}"',
+    }
+    skip = ("password", "password-command", "password-credential")
+    out, shown = [], 0
+    with open(EXAMPLE, encoding="utf-8") as f:
+        for ln in f.read().splitlines():
+            m = re.match(r"^(\s*)#([a-z-]+) = ", ln)
+            if m:
+                shown += 1
+                if m.group(2) in skip:
+                    continue
+                ln = m.group(1) + swap.get(m.group(2), ln[m.end(1) + 1:])
+            out.append(ln)
+    assert shown >= 20, f"only {shown} commented-out options in the example"
+    check_example(t, "\n".join(out) + "\n")
 
 
 @tap.test
