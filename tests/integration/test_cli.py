@@ -6,8 +6,7 @@ and on broken ones (exit 78 with "file:line: message" on stderr, the line
 being the one the mistake is on: the offending option's line, or the
 "account" line for what is missing from an account), the example
 etc/maild.conf (as shipped, and with all its commented-out options
-turned on), and path expansion
-of ~ and $VAR in a real run.
+turned on), and path expansion of ~ and $VAR in a real run.
 """
 
 import os
