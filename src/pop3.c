@@ -58,6 +58,7 @@ static const char *pop3_statenames[] = {
 static void	pop3_free_cb(evutil_socket_t, short, void *);
 static void	pop3_secret_cb(char *, size_t, const char *, int, void *);
 static void	pop3_connected_cb(int, const char *, void *);
+static void	pop3_unasked(struct session *, struct evbuffer *);
 static void	pop3_read_cb(struct bufferevent *, void *);
 static void	pop3_event_cb(struct bufferevent *, short, void *);
 static void	pop3_progress_cb(evutil_socket_t, short, void *);
@@ -454,6 +455,17 @@ pop3_read_line(struct evbuffer *in, char *buf, size_t max, size_t *lenp)
 }
 
 static void
+pop3_unasked(struct session *s, struct evbuffer *in)
+{
+	char	line[64], esc[LOG_ESCAPE_MAX];
+	ssize_t	len;
+
+	len = evbuffer_copyout(in, line, sizeof line);
+	pop3_fail(s, EXIT_PROTOCOL, "server sent data nobody asked for: '%s'",
+	    log_escape(esc, sizeof esc, line, len > 0 ? (size_t)len : 0));
+}
+
+static void
 pop3_read_cb(struct bufferevent *bev, void *arg)
 {
 	struct session	*s = arg;
@@ -462,16 +474,20 @@ pop3_read_cb(struct bufferevent *bev, void *arg)
 	size_t		 len;
 	int		 r;
 
+	/*
+	 * libevent 2.1 hands over what arrived with the server's last
+	 * handshake message (a TLS 1.2 server's greeting, often) before it
+	 * reports the handshake done: keep it for pop3_event_cb().
+	 */
+	if (s->state == POP3_TLS)
+		return;
 	/* Stop when the session ends or STLS replaced the bufferevent. */
 	while (!(s->flags & S_DEAD) && s->bev == bev &&
 	    evbuffer_get_length(in) > 0) {
 		if (s->qlen == 0) {
 			if (s->state == POP3_DONE)
 				return;
-			len = evbuffer_copyout(in, line, 64);
-			pop3_fail(s, EXIT_PROTOCOL, "server sent data nobody "
-			    "asked for: '%s'", log_escape(esc, sizeof esc,
-			    line, len));
+			pop3_unasked(s, in);
 			return;
 		}
 		if (s->rd == RD_BODY) {
@@ -527,7 +543,15 @@ pop3_event_cb(struct bufferevent *bev, short what, void *arg)
 		tls_describe(ssl, s->result.tls, sizeof s->result.tls);
 		log_debug("account=%s tls=\"%s\" peer=%s", s->ac->name,
 		    s->result.tls, s->result.peer);
+		/* After STLS, the server speaks only when spoken to. */
+		if (s->ac->tls == TLS_STARTTLS &&
+		    evbuffer_get_length(bufferevent_get_input(bev)) > 0) {
+			pop3_unasked(s, bufferevent_get_input(bev));
+			return;
+		}
 		login_connected(s);
+		if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+			pop3_read_cb(bev, s);
 		return;
 	}
 	/* libevent 2.1 may report EOF with data still unread. */
@@ -562,28 +586,30 @@ pop3_event_cb(struct bufferevent *bev, short what, void *arg)
 static void
 pop3_tls_failed(struct session *s, short what)
 {
+	SSL		*ssl = bufferevent_openssl_get_ssl(s->bev);
 	unsigned long	 err;
 	char		*msg;
+	const char	*v13, *cert;
 	int		 verify;
 
 	err = bufferevent_get_openssl_error(s->bev);
-	msg = tls_explain_failure(bufferevent_openssl_get_ssl(s->bev),
-	    s->ac->host, err, &verify);
+	msg = tls_explain_failure(ssl, s->ac->host, err, &verify);
+	/* A hang-up or a reset says nothing: guess what the server disliked. */
+	v13 = s->ac->tls_min_version == 13 ? "; it may not speak TLS 1.3 "
+	    "(tls-min-version = 1.3)" : "";
+	cert = tls_cert_requested(ssl) ? "; it asked for a client "
+	    "certificate (tls-cert-file)" : "";
 	if (verify)
 		pop3_fail(s, EXIT_NOPERM, "%s", msg);
 	else if (err != 0)
 		pop3_fail(s, EXIT_PROTOCOL, "%s", msg);
 	else if (EVUTIL_SOCKET_ERROR() != 0 && !(what & BEV_EVENT_EOF))
-		pop3_fail(s, EXIT_UNAVAIL, "%s: %s", msg,
-		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		pop3_fail(s, EXIT_UNAVAIL, "%s: %s%s%s", msg,
+		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()),
+		    v13, cert);
 	else
-		/* No alert, no error: the server just hung up. */
 		pop3_fail(s, EXIT_PROTOCOL, "%s: the server hung up without "
-		    "saying why%s%s", msg, s->ac->tls_min_version == 13 ?
-		    "; it may not speak TLS 1.3 (tls-min-version = 1.3)" : "",
-		    tls_cert_requested(bufferevent_openssl_get_ssl(s->bev)) ?
-		    "; it asked for a client certificate (tls-cert-file)" :
-		    "");
+		    "saying why%s%s", msg, v13, cert);
 	free(msg);
 }
 

@@ -19,12 +19,15 @@ tls-verify = yes also needs a valid chain and name.  Client certificates
 (tls-cert-file / tls-key-file) for Dovecot with ssl_verify_client_cert +
 auth_ssl_require_client_cert and for the fake server with CERT_REQUIRED.
 tls-min-version = 1.3 against a TLS 1.2-only server is refused.
+A TLS 1.2 server's greeting that arrives with its handshake Finished is
+read; after STLS, an unasked line there is refused.
 """
 
 import hashlib
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -695,6 +698,165 @@ def test_min_version_13_ok(t):
         assert r.rc == 0, f"exit {r.rc}: {r.account('tls')['error']}"
         assert 'tls="TLSv1.3 ' in r.stderr
         mt.assert_maildir(t.tmp / "Maildir", m)
+
+
+class CoalescingServer:
+    """One connection of a TLS 1.2 server whose last handshake flight and
+    the POP3 line after it leave in one send(), as they often do over a
+    real network (libevent 2.1 passes such a line on before it reports
+    the handshake done).  starttls: greet in clear, offer STLS, and send
+    an unasked line with the handshake.  Otherwise implicit TLS with the
+    greeting in the handshake's send, then just enough POP3 to fetch
+    one message."""
+
+    def __init__(self, message, starttls=False):
+        self.msg = fakepop3.Msg(message, uidl="coalesced-1")
+        self.starttls = starttls
+        self.ctx = fakepop3.server_context(certs.get().server,
+                                           max_version="1.2")
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(20)
+        self.port = self.sock.getsockname()[1]
+        self.verbs = []
+        self.error = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.thread.join(30)
+        self.sock.close()
+        assert not self.thread.is_alive(), "server thread still running"
+
+    def _run(self):
+        try:
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.settimeout(20)
+                self._serve(conn)
+        except Exception as e:          # reported by close()
+            self.error = repr(e)
+
+    def _serve(self, conn):
+        buf = b""
+        if self.starttls:
+            conn.sendall(b"+OK clear\r\n")
+            for expect, reply in ((b"CAPA", b"+OK\r\nSTLS\r\nUSER\r\n."
+                                   b"\r\n"), (b"STLS", b"+OK go\r\n")):
+                line, buf = self._line_clear(conn, buf)
+                self.verbs.append(line.split(b" ")[0].decode())
+                assert line == expect, line
+                conn.sendall(reply)
+        tls = self._handshake(conn, b"+OK unasked\r\n" if self.starttls
+                              else b"+OK coalesced\r\n")
+        if self.starttls:
+            return self._drain(conn, tls)
+        body = self.msg.wire()
+        replies = {"CAPA": b"-ERR\r\n", "USER": b"+OK\r\n",
+                   "PASS": b"+OK\r\n",
+                   "UIDL": b"+OK\r\n1 coalesced-1\r\n.\r\n",
+                   "LIST": f"+OK\r\n1 {self.msg.size}\r\n.\r\n".encode(),
+                   "RETR": b"+OK\r\n" + body, "QUIT": b"+OK\r\n"}
+        while self.verbs[-1:] != ["QUIT"]:
+            line = self._line_tls(conn, tls)
+            verb = line.split(b" ")[0].decode().upper()
+            self.verbs.append(verb)
+            self._send(conn, tls, replies.get(verb, b"-ERR what?\r\n"))
+
+    def _handshake(self, conn, line):
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = self.ctx.wrap_bio(inc, out, server_side=True)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                conn.sendall(out.read())
+                data = conn.recv(65536)
+                if not data:
+                    raise ConnectionError("client left in the handshake")
+                inc.write(data)
+        tls.write(line)
+        conn.sendall(out.read())        # Finished and the line together
+        tls.inc = inc
+        tls.out = out
+        tls.buf = b""
+        return tls
+
+    @staticmethod
+    def _line_clear(conn, buf):
+        while b"\n" not in buf:
+            data = conn.recv(4096)
+            if not data:
+                raise ConnectionError("client left")
+            buf += data
+        line, buf = buf.split(b"\n", 1)
+        return line.rstrip(b"\r"), buf
+
+    @staticmethod
+    def _line_tls(conn, tls):
+        while b"\n" not in tls.buf:
+            try:
+                tls.buf += tls.read(65536)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            data = conn.recv(65536)
+            if not data:
+                raise ConnectionError("client left")
+            tls.inc.write(data)
+        line, tls.buf = tls.buf.split(b"\n", 1)
+        return line.rstrip(b"\r")
+
+    @staticmethod
+    def _send(conn, tls, data):
+        tls.write(data)
+        conn.sendall(tls.out.read())
+
+    def _drain(self, conn, tls):
+        """After the unasked line: record what the client still says."""
+        try:
+            while True:
+                line = self._line_tls(conn, tls)
+                self.verbs.append(line.split(b" ")[0].decode().upper())
+        except (ConnectionError, OSError, ssl.SSLError):
+            pass
+
+
+@tap.test(name="TLS 1.2 greeting in the same packet as the server's "
+          "handshake Finished: delivered")
+def test_greeting_with_finished(t):
+    m = corpus.simple("coalesced/1")
+    srv = CoalescingServer(m)
+    try:
+        a = mt.account("tls", "127.0.0.1", srv.port, "u", "p",
+                       t.tmp / "Maildir", keep=True, ca_file=certs.get().ca)
+        r = run_once(t, [a], "-v")
+    finally:
+        srv.close()
+    assert r.rc == 0, f"exit {r.rc}: {r.account('tls')['error']}"
+    assert srv.error is None, srv.error
+    assert 'tls="TLSv1.2 ' in r.stderr, "TLS 1.2 not logged"
+    assert "RETR" in srv.verbs and srv.verbs[-1] == "QUIT", srv.verbs
+    mt.assert_maildir(t.tmp / "Maildir", [m])
+
+
+@tap.test(name="starttls: a line nobody asked for in the same packet as "
+          "the handshake Finished is refused, no login sent")
+def test_unasked_line_with_stls_finished(t):
+    srv = CoalescingServer(corpus.simple("coalesced/2"), starttls=True)
+    try:
+        a = mt.account("tls", "127.0.0.1", srv.port, "u", "p",
+                       t.tmp / "Maildir", keep=True, ca_file=certs.get().ca,
+                       tls=mt.Raw("starttls"))
+        r = run_once(t, [a])
+    finally:
+        srv.close()
+    assert r.rc == mt.EX_PROTOCOL, f"exit {r.rc}"
+    err = r.account("tls")["error"] or ""
+    assert "nobody asked for" in err and "+OK unasked" in err, err
+    assert srv.verbs[:2] == ["CAPA", "STLS"], srv.verbs
+    assert not set(srv.verbs) & set(LOGIN_VERBS), srv.verbs
+    assert mt.read_maildir(t.tmp / "Maildir") == []
 
 
 @tap.test(name="tls-min-version = 1.1: config error")
