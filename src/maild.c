@@ -43,6 +43,7 @@
 #define STOP_GRACE	20
 
 static struct event_base	*base;
+static struct event		*grace;
 static char			*conf_path;
 static int			 run_mode;
 static int			 stopping;
@@ -87,7 +88,6 @@ reload(void)
 static void
 signal_cb(evutil_socket_t sig, short what, void *arg)
 {
-	struct event	*grace;
 	struct timeval	 tv = { STOP_GRACE, 0 };
 
 	switch (sig) {
@@ -101,7 +101,8 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 		log_info("stopping: finishing the messages in flight (at most "
 		    "%d seconds)", STOP_GRACE);
 		sdnotify("STOPPING=1");
-		grace = evtimer_new(base, grace_cb, NULL);
+		if ((grace = evtimer_new(base, grace_cb, NULL)) == NULL)
+			fatalx("evtimer_new failed");
 		event_add(grace, &tv);
 		accounts_stop();
 		break;
@@ -123,7 +124,6 @@ grace_cb(evutil_socket_t fd, short what, void *arg)
 	log_warnx("sessions still running after %d seconds: stopping them",
 	    STOP_GRACE);
 	accounts_abort();
-	event_free(event_base_get_running_event(base));
 }
 
 /* evdns reads resolv.conf and /etc/hosts; address literals need neither. */
@@ -265,6 +265,8 @@ main(int argc, char **argv)
 	accounts_free();
 	for (i = 0; i < 4; i++)
 		event_free(sigev[i]);
+	if (grace != NULL)
+		event_free(grace);
 	evdns_base_free(env.dns, 1);
 	event_base_free(base);
 	tls_shutdown();
