@@ -454,6 +454,7 @@ pop3_read_line(struct evbuffer *in, char *buf, size_t max, size_t *lenp)
 	return (1);
 }
 
+/* The server spoke out of turn: fail, showing the start of what it said. */
 static void
 pop3_unasked(struct session *s, struct evbuffer *in)
 {
