@@ -105,34 +105,6 @@ def once(t, cfg, *flags, limit=30):
     return mt.run_maild(["--once", *flags, "-f", cfg], timeout=limit)
 
 
-def run_journal(t, cfg, args, limit=30):
-    """Run maild with stderr in a file that $JOURNAL_STREAM names, so
-    that maild prefixes each line with its syslog priority ("<4>" for a
-    warning, "<6>" for info).  Returns (exit status, [(priority,
-    text)])."""
-    mt.require_maild()
-    path = t.tmp / "journal.stderr"
-    with open(path, "wb") as f:
-        st = os.fstat(f.fileno())
-        env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
-        p = subprocess.Popen([mt.maild_bin()] + [str(a) for a in args],
-                             stdin=subprocess.DEVNULL, stdout=f, stderr=f,
-                             env=mt._env(env), start_new_session=True)
-        try:
-            rc = p.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            mt.kill_tree(p)
-            raise mt.MaildTimeout(f"maild did not finish within {limit} s")
-    text = path.read_text(errors="replace")
-    t.attach("maild stderr (journal mode)", text)
-    lines = []
-    for ln in text.splitlines():
-        m = re.match(r"<(\d)>(.*)$", ln)
-        assert m, f"a line without a priority prefix: {ln!r}"
-        lines.append((int(m.group(1)), m.group(2)))
-    return rc, lines
-
-
 def journal_summary(lines, name):
     """(priority, summary dict) of account name's one summary line."""
     found = [(p, mt.summary_lines("maild: " + s)[0]) for p, s in lines
@@ -186,7 +158,7 @@ def _busy_test(code):
         with fake(msgs("busy"), handlers={"PASS": fakepop3.raw(
                 f"-ERR [{code}] try again later\r\n".encode())}) as srv:
             cfg = write_cfg(t, [fake_account(t, srv)])
-            rc, lines = run_journal(t, cfg, ["--once", "-f", cfg])
+            rc, lines = mt.run_journal(t, ["--once", "-f", cfg])
             assert rc == mt.EX_TEMPFAIL, f"exit {rc}, expected 75"
             pri, rec = journal_summary(lines, "pol")
             assert rec.get("busy"), f"no busy=\"...\": {rec['line']}"
@@ -211,7 +183,7 @@ def _perm_test(code, hint):
         with fake(msgs("perm"), handlers={"PASS": fakepop3.raw(
                 f"-ERR [{code}] go away\r\n".encode())}) as srv:
             cfg = write_cfg(t, [fake_account(t, srv)])
-            rc, lines = run_journal(t, cfg, ["--once", "-f", cfg])
+            rc, lines = mt.run_journal(t, ["--once", "-f", cfg])
             assert rc == mt.EX_NOPERM, f"exit {rc}, expected 77"
             pri, rec = journal_summary(lines, "pol")
             err = rec["error"] or ""
@@ -245,7 +217,7 @@ def test_dovecot_in_use(t):
     a = mt.account("dv", "127.0.0.1", srv.pop3s_port, "busy", "busy-pw",
                    t.tmp / "Maildir", keep=False, ca_file=srv.ca)
     cfg = write_cfg(t, [a])
-    rc, lines = run_journal(t, cfg, ["--once", "-f", cfg])
+    rc, lines = mt.run_journal(t, ["--once", "-f", cfg])
     assert rc == mt.EX_TEMPFAIL, f"exit {rc}, expected 75"
     pri, rec = journal_summary(lines, "dv")
     assert "IN-USE" in (rec.get("busy") or ""), rec["line"]
@@ -715,7 +687,7 @@ def test_dovecot_wrong_password(t):
     a = mt.account("dv", "127.0.0.1", srv.pop3s_port, "wrongpw", "not-it",
                    t.tmp / "Maildir", keep=True, ca_file=srv.ca)
     cfg = write_cfg(t, [a])
-    rc, lines = run_journal(t, cfg, ["--once", "-f", cfg])
+    rc, lines = mt.run_journal(t, ["--once", "-f", cfg])
     assert rc == mt.EX_NOPERM, f"exit {rc}, expected 77"
     pri, rec = journal_summary(lines, "dv")
     err = rec["error"] or ""

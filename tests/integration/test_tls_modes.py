@@ -107,34 +107,6 @@ def run_once(t, accounts, *flags, limit=30, env=None, **globals_):
                         env=env)
 
 
-def run_journal(t, cfg, args, limit=30):
-    """Run maild with stderr in a file that $JOURNAL_STREAM names, so
-    that maild prefixes each line with its syslog priority ("<4>" for a
-    warning, "<6>" for info), as it does for journald.  Returns (exit
-    status, [(priority, text)])."""
-    mt.require_maild()
-    path = t.tmp / "journal.stderr"
-    with open(path, "wb") as f:
-        st = os.fstat(f.fileno())
-        env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
-        p = subprocess.Popen([mt.maild_bin()] + [str(a) for a in args],
-                             stdin=subprocess.DEVNULL, stdout=f, stderr=f,
-                             env=mt._env(env), start_new_session=True)
-        try:
-            rc = p.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            mt.kill_tree(p)
-            raise mt.MaildTimeout(f"maild did not finish within {limit} s")
-    text = path.read_text(errors="replace")
-    t.attach("maild stderr (journal mode)", text)
-    lines = []
-    for ln in text.splitlines():
-        m = re.match(r"<(\d)>(.*)$", ln)
-        assert m, f"a line without a priority prefix: {ln!r}"
-        lines.append((int(m.group(1)), m.group(2)))
-    return rc, lines
-
-
 def fake(cert=None, messages=None, **kw):
     """A fake server with implicit TLS (cert: (certfile, keyfile) or an
     SSLContext; default: the CA-signed server certificate)."""
@@ -385,7 +357,7 @@ def test_none_allowed(t):
                          poll_interval=mt.Raw("1s"))
         cfg = mt.write_config(t.tmp / "maild.conf", [a],
                               state_dir=t.tmp / "state", timeout=10)
-        rc, lines = run_journal(t, cfg, ["--once", "-f", cfg])
+        rc, lines = mt.run_journal(t, ["--once", "-f", cfg])
         assert rc == 0, f"exit {rc}"
         mt.assert_maildir(t.tmp / "Maildir", m)
         warn = [(p, s) for p, s in lines if "not encrypted" in s]

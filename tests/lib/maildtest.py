@@ -219,6 +219,34 @@ def run_maild(args, timeout=60, env=None, check_rc=None, label="maild"):
     return r
 
 
+def run_journal(t, args, limit=30):
+    """Run maild with stderr in a file that $JOURNAL_STREAM names, so
+    that maild prefixes each line with its syslog priority ("<4>" for a
+    warning, "<6>" for info), as it does for journald.  Returns (exit
+    status, [(priority, text)])."""
+    require_maild()
+    path = t.tmp / "journal.stderr"
+    with open(path, "wb") as f:
+        st = os.fstat(f.fileno())
+        env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        p = subprocess.Popen([maild_bin()] + [str(a) for a in args],
+                             stdin=subprocess.DEVNULL, stdout=f, stderr=f,
+                             env=_env(env), start_new_session=True)
+        try:
+            rc = p.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            kill_tree(p)
+            raise MaildTimeout(f"maild did not finish within {limit} s")
+    text = path.read_text(errors="replace")
+    t.attach("maild stderr (journal mode)", text)
+    lines = []
+    for ln in text.splitlines():
+        m = re.match(r"<(\d)>(.*)$", ln)
+        assert m, f"a line without a priority prefix: {ln!r}"
+        lines.append((int(m.group(1)), m.group(2)))
+    return rc, lines
+
+
 def start_maild(args, stderr_path, env=None):
     """Start maild in the background (own process group), stderr to a
     file.  Stop it with kill_tree()."""
