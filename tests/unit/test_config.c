@@ -26,42 +26,13 @@
 
 #include "maild.h"
 #include "tap.h"
+#include "files.h"
 
 static char	*topdir;
 static int	 nconf;
 
 /* ---------------------------------------------------------------------- */
 /* Helpers */
-
-static int
-rm_cb(const char *path, const struct stat *sb, int type, struct FTW *ftw)
-{
-	(void)sb;
-	(void)type;
-	(void)ftw;
-	return (remove(path));
-}
-
-static void
-rm_rf(const char *path)
-{
-	nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static char *
-mkscratch(void)
-{
-	const char	*t = getenv("TMPDIR");
-	char		*dir;
-
-	xasprintf(&dir, "%s/maild-test-config.XXXXXX",
-	    t != NULL && *t == '/' ? t : "/tmp");
-	if (mkdtemp(dir) == NULL) {
-		perror("mkdtemp");
-		exit(99);
-	}
-	return (dir);
-}
 
 /* Write a config file with the given mode; returns its path. */
 static char *
@@ -793,7 +764,7 @@ main(void)
 {
 	int	r;
 
-	topdir = mkscratch();
+	topdir = mkscratch("config");
 	test_duration();
 	test_size();
 	test_expand();

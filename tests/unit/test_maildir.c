@@ -23,41 +23,12 @@
 
 #include "maild.h"
 #include "tap.h"
+#include "files.h"
 
 static char	*topdir;
 
 /* ---------------------------------------------------------------------- */
 /* Helpers */
-
-static int
-rm_cb(const char *path, const struct stat *sb, int type, struct FTW *ftw)
-{
-	(void)sb;
-	(void)type;
-	(void)ftw;
-	return (remove(path));
-}
-
-static void
-rm_rf(const char *path)
-{
-	nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static char *
-mkscratch(void)
-{
-	const char	*t = getenv("TMPDIR");
-	char		*dir;
-
-	xasprintf(&dir, "%s/maild-test-maildir.XXXXXX",
-	    t != NULL && *t == '/' ? t : "/tmp");
-	if (mkdtemp(dir) == NULL) {
-		perror("mkdtemp");
-		exit(99);
-	}
-	return (dir);
-}
 
 static char *
 pathf(const char *fmt, ...) __attribute__((__format__(__printf__, 1, 2)));
@@ -75,49 +46,6 @@ pathf(const char *fmt, ...)
 	return (p);
 }
 
-static void
-write_file(const char *path, const void *data, size_t len)
-{
-	int	fd;
-
-	if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600)) == -1 ||
-	    write_full(fd, data, len) == -1 || close(fd) == -1) {
-		perror(path);
-		exit(99);
-	}
-}
-
-static char *
-read_file(const char *path, size_t *lenp)
-{
-	FILE	*f;
-	char	*buf;
-	size_t	 cap = 1 << 16, len = 0, n;
-
-	if ((f = fopen(path, "r")) == NULL)
-		return (NULL);
-	buf = xmalloc(cap + 1);
-	while ((n = fread(buf + len, 1, cap - len, f)) > 0) {
-		len += n;
-		if (len == cap) {
-			cap *= 2;
-			buf = xreallocarray(buf, cap + 1, 1);
-		}
-	}
-	fclose(f);
-	buf[len] = '\0';
-	*lenp = len;
-	return (buf);
-}
-
-static int
-exists(const char *path)
-{
-	struct stat	sb;
-
-	return (lstat(path, &sb) == 0);
-}
-
 static int
 mode_of(const char *path)
 {
@@ -126,24 +54,6 @@ mode_of(const char *path)
 	if (lstat(path, &sb) == -1)
 		return (-1);
 	return ((int)(sb.st_mode & 07777));
-}
-
-static int
-count_dir(const char *path)
-{
-	DIR		*d;
-	struct dirent	*de;
-	int		 n = 0;
-
-	if ((d = opendir(path)) == NULL)
-		return (-1);
-	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") != 0 &&
-		    strcmp(de->d_name, "..") != 0)
-			n++;
-	}
-	closedir(d);
-	return (n);
 }
 
 static int
@@ -561,7 +471,7 @@ int
 main(void)
 {
 	umask(022);
-	topdir = mkscratch();
+	topdir = mkscratch("maildir");
 	test_open();
 	test_names();
 	test_deliver();

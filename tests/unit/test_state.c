@@ -27,6 +27,7 @@
 
 #include "maild.h"
 #include "tap.h"
+#include "files.h"
 
 #define S(lit)	(lit), (sizeof(lit) - 1)
 
@@ -34,36 +35,6 @@ static char	*topdir;	/* the test's scratch directory */
 
 /* ---------------------------------------------------------------------- */
 /* Helpers */
-
-static int
-rm_cb(const char *path, const struct stat *sb, int type, struct FTW *ftw)
-{
-	(void)sb;
-	(void)type;
-	(void)ftw;
-	return (remove(path));
-}
-
-static void
-rm_rf(const char *path)
-{
-	nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static char *
-mkscratch(void)
-{
-	const char	*t = getenv("TMPDIR");
-	char		*dir;
-
-	xasprintf(&dir, "%s/maild-test-state.XXXXXX",
-	    t != NULL && *t == '/' ? t : "/tmp");
-	if (mkdtemp(dir) == NULL) {
-		perror("mkdtemp");
-		exit(99);
-	}
-	return (dir);
-}
 
 /* A new empty directory under the scratch directory. */
 static char *
@@ -89,75 +60,12 @@ join(const char *dir, const char *name)
 	return (p);
 }
 
-static void
-write_file(const char *path, const void *data, size_t len)
-{
-	int	fd;
-
-	if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600)) == -1 ||
-	    write_full(fd, data, len) == -1 || close(fd) == -1) {
-		perror(path);
-		exit(99);
-	}
-}
-
-static char *
-read_file(const char *path, size_t *lenp)
-{
-	FILE	*f;
-	char	*buf;
-	size_t	 cap = 1 << 16, len = 0, n;
-
-	if ((f = fopen(path, "r")) == NULL)
-		return (NULL);
-	buf = xmalloc(cap + 1);
-	while ((n = fread(buf + len, 1, cap - len, f)) > 0) {
-		len += n;
-		if (len == cap) {
-			cap *= 2;
-			buf = xreallocarray(buf, cap + 1, 1);
-		}
-	}
-	fclose(f);
-	buf[len] = '\0';
-	if (lenp != NULL)
-		*lenp = len;
-	return (buf);
-}
-
-static int
-exists(const char *path)
-{
-	struct stat	sb;
-
-	return (lstat(path, &sb) == 0);
-}
-
 static int
 is_dir(const char *path)
 {
 	struct stat	sb;
 
 	return (lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode));
-}
-
-/* How many entries a directory has, less "." and "..". */
-static int
-count_dir(const char *path)
-{
-	DIR		*d;
-	struct dirent	*de;
-	int		 n = 0;
-
-	if ((d = opendir(path)) == NULL)
-		return (-1);
-	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") != 0 &&
-		    strcmp(de->d_name, "..") != 0)
-			n++;
-	}
-	closedir(d);
-	return (n);
 }
 
 /* Open the state at path with a lock next to it; NULL on failure. */
@@ -1122,7 +1030,7 @@ test_many(void)
 int
 main(void)
 {
-	topdir = mkscratch();
+	topdir = mkscratch("state");
 	test_escape();
 	test_roundtrip();
 	test_corrupt();
