@@ -65,7 +65,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -784,17 +783,10 @@ static int
 fetch_octets_disagree(struct session *s, size_t i, const char *text,
     size_t len)
 {
-	uint64_t	n = 0;
-	size_t		d;
+	uint64_t	n;
 
-	if (!s->ac->exact_sizes || !s->msgs[i].listed)
-		return (0);
-	for (d = 0; d < len && d < 19 && text[d] >= '0' && text[d] <= '9';
-	    d++)
-		n = n * 10 + (uint64_t)(text[d] - '0');
-	if (d == 0 || len - d < 7 || strncasecmp(text + d, " octets", 7) != 0)
-		return (0);
-	if (n == s->msgs[i].size)
+	if (!s->ac->exact_sizes || !s->msgs[i].listed ||
+	    parse_retr_octets(text, len, &n) == -1 || n == s->msgs[i].size)
 		return (0);
 	/* This RETR is still queued, and counted in flight. */
 	return (fetch_out_of_step(s, i, n, s->qlen > 1));

@@ -197,6 +197,7 @@ int		 parse_uidl_line(const char *, size_t, uint32_t *, const char **,
 		     size_t *);
 int		 parse_list_line(const char *, size_t, uint32_t *, uint64_t *);
 int		 parse_stat(const char *, size_t, uint64_t *, uint64_t *);
+int		 parse_retr_octets(const char *, size_t, uint64_t *);
 
 #define CAPA_PIPELINING		0x0001
 #define CAPA_UIDL		0x0002

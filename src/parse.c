@@ -191,6 +191,28 @@ parse_stat(const char *text, size_t len, uint64_t *count, uint64_t *octets)
 	return (0);
 }
 
+/*
+ * Parse the text of a +OK to RETR when it gives the size, as many servers
+ * do: "<n> octets [...]".  Returns -1 for any other text.
+ */
+int
+parse_retr_octets(const char *text, size_t len, uint64_t *octets)
+{
+	const char	*p = text, *end = text + len;
+
+	if (parse_number(&p, end, UINT64_MAX, octets) == -1)
+		return (-1);
+	if (p == end || (*p != ' ' && *p != '\t'))
+		return (-1);
+	p = skip_spaces(p, end);
+	if ((size_t)(end - p) < 6 || strncasecmp(p, "octets", 6) != 0)
+		return (-1);
+	p += 6;
+	if (p != end && *p != ' ' && *p != '\t')
+		return (-1);
+	return (0);
+}
+
 /* Note what one line of a CAPA response announces. */
 void
 parse_capa_line(struct pop3_capa *capa, const char *line, size_t len)

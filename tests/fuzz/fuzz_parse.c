@@ -39,6 +39,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				abort();
 			parse_resp_code(text, textlen);
 			parse_stat(text, textlen, &count, &octets);
+			parse_retr_octets(text, textlen, &octets);
 			auth_apop_timestamp(text, textlen, ts, sizeof ts);
 		}
 		if (parse_uidl_line(buf, len, &num, &uidl, &ulen) == 0 &&

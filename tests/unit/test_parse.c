@@ -310,6 +310,42 @@ test_list(void)
 }
 
 /* ---------------------------------------------------------------------- */
+/* parse_retr_octets */
+
+static void
+octets_is(const char *text, size_t len, int want, uint64_t wantn,
+    const char *what)
+{
+	uint64_t	n = 0;
+
+	if (is_int(parse_retr_octets(text, len, &n), want,
+	    tap_fmt("retr octets %s: %s", what, want == 0 ? "accepted" :
+	    "rejected")) && want == 0)
+		ok(n == wantn, tap_fmt("retr octets %s: value", what));
+}
+
+static void
+test_retr_octets(void)
+{
+	octets_is(S("120 octets"), 0, 120, "Dovecot's form");
+	octets_is(S("0 octets"), 0, 0, "empty message");
+	octets_is(S("120 OCTETS"), 0, 120, "upper case");
+	octets_is(S("120\toctets follow"), 0, 120, "tab, more text after");
+	octets_is(S("18446744073709551615 octets"), 0, UINT64_MAX,
+	    "2^64-1");
+	octets_is(S("18446744073709551616 octets"), -1, 0, "2^64 (wraps)");
+	octets_is(S(""), -1, 0, "empty");
+	octets_is(S("message follows"), -1, 0, "no number");
+	octets_is(S("120"), -1, 0, "number only");
+	octets_is(S("120 bytes"), -1, 0, "another unit");
+	octets_is(S("120 octet"), -1, 0, "unit cut short");
+	octets_is(S("120 octetsx"), -1, 0, "garbage glued to the unit");
+	octets_is(S("120octets"), -1, 0, "no space");
+	octets_is(S("-120 octets"), -1, 0, "negative");
+	octets_is(S(" 120 octets"), -1, 0, "leading space");
+}
+
+/* ---------------------------------------------------------------------- */
 /* parse_capa_line */
 
 static struct pop3_capa *
@@ -942,6 +978,7 @@ main(void)
 	test_resp_code();
 	test_uidl();
 	test_list();
+	test_retr_octets();
 	test_capa();
 	test_reference();
 	test_body();
