@@ -611,10 +611,8 @@ fetch_quit_wire_cb(struct evbuffer *wire, const struct evbuffer_cb_info *info,
 
 	if (evbuffer_get_length(wire) > 0 || (s->flags & S_DEAD))
 		return;
-	evbuffer_remove_cb_entry(wire, s->quit_cb);
-	s->quit_cb = NULL;
 	pop3_set_state(s, POP3_DONE);
-	pop3_finish(s);
+	pop3_finish(s);		/* which removes this callback */
 }
 
 /* The server hung up first: fine, nothing was waiting for QUIT. */
@@ -623,11 +621,6 @@ fetch_quit_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct session	*s = arg;
 
-	if (s->quit_cb != NULL) {
-		evbuffer_remove_cb_entry(bufferevent_get_output(
-		    bufferevent_get_underlying(s->bev)), s->quit_cb);
-		s->quit_cb = NULL;
-	}
 	pop3_set_state(s, POP3_DONE);
 	pop3_finish(s);
 }
