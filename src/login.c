@@ -395,14 +395,11 @@ login_done(struct session *s)
 {
 	pop3_wipe_secret(s);
 	s->result.login = auth_method_name(s->method);
+	log_debug("account=%s logged in (%s)", s->ac->name, s->result.login);
 	if (s->flags & S_LISTING_SENT) {
-		log_debug("account=%s logged in (%s)", s->ac->name,
-		    auth_method_name(s->method));
 		pop3_set_state(s, POP3_LIST);
 		return;		/* UIDL and LIST are answered next */
 	}
-	log_debug("account=%s logged in (%s)", s->ac->name,
-	    auth_method_name(s->method));
 	if (s->flags & S_CHECK) {
 		pop3_set_state(s, POP3_LIST);
 		pop3_send(s, CMD_STAT, 0, "STAT");
