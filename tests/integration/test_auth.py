@@ -19,6 +19,7 @@ without a greeting timestamp, a configured method the server does not
 offer, and a refused login that must not be retried with another method.
 """
 
+import functools
 import os
 import re
 import sys
@@ -60,36 +61,7 @@ def msgs(prefix, n=3):
 
 
 # ---------------------------------------------------------------------------
-# one shared Dovecot, started on first use (the fake-server tests run
-# without it)
-
-class LazyDovecot:
-    def __init__(self):
-        self.srv = None
-
-    def get(self, t):
-        if dovecot.find_dovecot() is None:
-            t.skip("dovecot is not installed (dovecot-pop3d)")
-        if self.srv is None:
-            srv = dovecot.Dovecot(certs.get(), auth_mechanisms=ALL_MECHS)
-            try:
-                for user, password in DOVECOT_USERS.items():
-                    srv.add_user(user, password)
-                srv.start()
-            except BaseException:
-                srv.cleanup()
-                raise
-            self.srv = srv
-        return self.srv
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.srv is not None:
-            self.srv.cleanup()
-        return False
-
+# helpers (one shared Dovecot, dovecot.Lazy, started on first use)
 
 def dovecot_log(srv):
     try:
@@ -537,4 +509,5 @@ for _auth, _mech, _kw in (("auto", "CRAM-MD5", {}), ("plain", "PLAIN", {}),
 
 
 if __name__ == "__main__":
-    tap.main(fixture=LazyDovecot)
+    tap.main(fixture=functools.partial(
+        dovecot.Lazy, DOVECOT_USERS, auth_mechanisms=ALL_MECHS))

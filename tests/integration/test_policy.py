@@ -22,6 +22,7 @@ a zero-byte message, a server that mishandles pipelining (maild falls
 back to one command at a time in the same --once run).  add-headers.
 """
 
+import functools
 import os
 import re
 import signal
@@ -44,40 +45,6 @@ DOVECOT_USERS = {"busy": "busy-pw", "wrongpw": "right-pw"}
 
 def msgs(prefix, n=3):
     return [corpus.simple(f"{prefix}/{i}") for i in range(n)]
-
-
-class LazyDovecot:
-    """One Dovecot for the file (one session per user and address:
-    mail_max_userip_connections = 1), started on first use, its users
-    made before it starts."""
-
-    def __init__(self):
-        self.srv = None
-
-    def get(self, t):
-        if dovecot.find_dovecot() is None:
-            t.skip("dovecot is not installed (dovecot-pop3d)")
-        if self.srv is None:
-            srv = dovecot.Dovecot(certs.get(), extra_conf="\n".join([
-                "mail_max_userip_connections = 1",
-                "auth_failure_delay = 0"]))
-            try:
-                for u, pw in DOVECOT_USERS.items():
-                    srv.add_user(u, pw)
-                srv.start()
-            except BaseException:
-                srv.cleanup()
-                raise
-            self.srv = srv
-        return self.srv
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.srv is not None:
-            self.srv.cleanup()
-        return False
 
 
 # ---------------------------------------------------------------------------
@@ -697,4 +664,7 @@ def test_dovecot_wrong_password(t):
 
 
 if __name__ == "__main__":
-    tap.main(fixture=LazyDovecot)
+    tap.main(fixture=functools.partial(
+        dovecot.Lazy, DOVECOT_USERS, extra_conf="\n".join([
+            "mail_max_userip_connections = 1",
+            "auth_failure_delay = 0"])))

@@ -23,6 +23,7 @@ A TLS 1.2 server's greeting that arrives with its handshake Finished is
 read; after STLS, an unasked line there is refused.
 """
 
+import functools
 import hashlib
 import os
 import re
@@ -168,37 +169,8 @@ def test_default_ports(t):
 # ---------------------------------------------------------------------------
 # STARTTLS
 
-class LazyDovecot:
-    """One Dovecot for the STARTTLS tests, started on first use (its
-    users made before it starts)."""
-
-    USERS = ("stls", "stlspin")
-
-    def __init__(self):
-        self.srv = None
-
-    def get(self, t):
-        if dovecot.find_dovecot() is None:
-            t.skip("dovecot is not installed (dovecot-pop3d)")
-        if self.srv is None:
-            srv = dovecot.Dovecot(certs.get())
-            try:
-                for u in self.USERS:
-                    srv.add_user(u)
-                srv.start()
-            except BaseException:
-                srv.cleanup()
-                raise
-            self.srv = srv
-        return self.srv
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.srv is not None:
-            self.srv.cleanup()
-        return False
+# The users of the file's Dovecot (dovecot.Lazy), started on first use.
+STLS_USERS = ("stls", "stlspin")
 
 
 def _dovecot_starttls_test(pinned):
@@ -842,4 +814,5 @@ def test_min_version_bad(t):
 
 
 if __name__ == "__main__":
-    tap.main(fixture=LazyDovecot)
+    tap.main(fixture=functools.partial(
+        dovecot.Lazy, {u: None for u in STLS_USERS}))

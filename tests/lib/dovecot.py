@@ -501,3 +501,41 @@ class Dovecot:
                 p.quit()
             except Exception:
                 p.close()
+
+
+class Lazy:
+    """One Dovecot for a test file, started by the first test that asks
+    for it (t.fx.get(t)), so that a file's fake-server tests run without
+    it.  users: {name: password, or None for the default}, made before
+    it starts (Dovecot rereads its passwd-file only once a second).  kw
+    go to Dovecot().  Use as tap.main(fixture=functools.partial(Lazy,
+    users, ...))."""
+
+    def __init__(self, users, **kw):
+        self.users = dict(users)
+        self.kw = kw
+        self.srv = None
+
+    def get(self, t):
+        if find_dovecot() is None:
+            t.skip("dovecot is not installed (dovecot-pop3d)")
+        if self.srv is None:
+            import certs
+            srv = Dovecot(certs.get(), **self.kw)
+            try:
+                for user, password in self.users.items():
+                    srv.add_user(user, password)
+                srv.start()
+            except BaseException:
+                srv.cleanup()
+                raise
+            self.srv = srv
+        return self.srv
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.srv is not None:
+            self.srv.cleanup()
+        return False
