@@ -380,15 +380,20 @@ account_run(struct account *a)
 	    a->nopipelining, account_done_cb, a);
 }
 
-/* Log how a poll went, in one key=value line. */
+/* Log how a poll went, in one key=value line (and a word on what stays). */
 static void
 account_log(struct account *a, const struct session_result *r, long next)
 {
 	double	secs = now_mono() - a->started;
-	char	tail[64] = "";
+	char	tail[96] = "", left[32] = "";
 
+	if (r->left > 0)
+		snprintf(left, sizeof left, " left=%u", r->left);
 	if (mode == ACCOUNTS_DAEMON && !stopping && !a->removed)
-		snprintf(tail, sizeof tail, " next=%lds", (next + 500) / 1000);
+		snprintf(tail, sizeof tail, " next=%lds%s", (next + 500) / 1000,
+		    left);
+	else
+		snprintf(tail, sizeof tail, "%s", left);
 	if (r->error == NULL)
 		log_info("account=%s fetched=%u bytes=%llu deleted=%u "
 		    "seconds=%.1f%s", a->ac->name, r->fetched,
@@ -405,6 +410,24 @@ account_log(struct account *a, const struct session_result *r, long next)
 		    "seconds=%.1f error=\"%s\"%s", a->ac->name, r->fetched,
 		    (unsigned long long)r->bytes, r->deleted, secs, r->error,
 		    tail);
+	if (r->left > 0 && (r->stopped || r->error != NULL))
+		log_info("account=%s %u new message%s left on the server for "
+		    "the next poll", a->ac->name, r->left, r->left == 1 ? "" :
+		    "s");
+	/* One line per poll, a warning when there are more than before. */
+	if (r->too_big > 0 && r->too_big > r->too_big_before)
+		log_warnx("account=%s %u message%s over max-size (%llu bytes) "
+		    "stay%s on the server, the largest %llu bytes; raise "
+		    "max-size to fetch %s", a->ac->name, r->too_big,
+		    r->too_big == 1 ? "" : "s",
+		    (unsigned long long)a->ac->max_size,
+		    r->too_big == 1 ? "s" : "",
+		    (unsigned long long)r->too_big_max,
+		    r->too_big == 1 ? "it" : "them");
+	else if (r->too_big > 0)
+		log_info("account=%s %u message%s over max-size stay%s on the "
+		    "server", a->ac->name, r->too_big, r->too_big == 1 ? "" :
+		    "s", r->too_big == 1 ? "s" : "");
 }
 
 static void

@@ -54,9 +54,9 @@ struct session;
  * RFC 1939: a status line is at most 512 octets including CRLF.  Lines of
  * multi-line listings (CAPA, UIDL, LIST) have the same bound.
  */
-#define POP3_STATUS_MAX		512
+#define POP3_LINE_MAX		512
 /* Most messages a listing may announce; more is treated as hostile. */
-#define POP3_MAX_MESSAGES	1000000
+#define LISTING_MAX		1000000
 /* RFC 1939 unique-id: 1 to 70 characters in 0x21..0x7e. */
 #define UIDL_RFC_MAX		70
 
@@ -180,10 +180,10 @@ void		 random_bytes(void *, size_t);
 void		 wipe(void *, size_t);
 
 /* parse.c: pure parsers for what the server sends; fuzzed. */
-enum pop3_status {
-	POP3_OK,
-	POP3_ERR,
-	POP3_BAD		/* neither +OK nor -ERR */
+enum reply_status {
+	REPLY_OK,
+	REPLY_ERR,
+	REPLY_BAD		/* neither +OK nor -ERR */
 };
 /* RFC 2449 / RFC 3206 extended response codes we act upon. */
 #define RESP_LOGIN_DELAY	0x01
@@ -191,13 +191,15 @@ enum pop3_status {
 #define RESP_SYS_TEMP		0x04
 #define RESP_SYS_PERM		0x08
 #define RESP_AUTH		0x10
-enum pop3_status parse_status(const char *, size_t, const char **, size_t *);
+enum reply_status parse_status(const char *, size_t, const char **, size_t *);
 int		 parse_resp_code(const char *, size_t);
 int		 parse_uidl_line(const char *, size_t, uint32_t *, const char **,
 		     size_t *);
 int		 parse_list_line(const char *, size_t, uint32_t *, uint64_t *);
 int		 parse_stat(const char *, size_t, uint64_t *, uint64_t *);
 int		 parse_retr_octets(const char *, size_t, uint64_t *);
+int		 parse_u64(const char *, uint64_t, uint64_t *);
+int		 parse_hexdigit(int);
 
 #define CAPA_PIPELINING		0x0001
 #define CAPA_UIDL		0x0002
@@ -211,7 +213,7 @@ int		 parse_retr_octets(const char *, size_t, uint64_t *);
 struct pop3_capa {
 	unsigned	 flags;
 	long		 login_delay;	/* seconds, if CAPA_LOGIN_DELAY */
-	char		 sasl[POP3_STATUS_MAX];	/* mechanisms, spaces */
+	char		 sasl[POP3_LINE_MAX];	/* mechanisms, spaces */
 };
 void		 parse_capa_line(struct pop3_capa *, const char *, size_t);
 
@@ -247,58 +249,61 @@ const char	*auth_method_name(enum auth_method);
 int		 auth_choose(enum auth_method, const struct pop3_capa *, int, int,
 		     int, const char **);
 
-/* state.c */
-#define STATE_VERSION	1
+/* state.c: records of delivered messages, kept on disk; see state.c. */
+#define STATE_VERSION	2
+#define STATE_NONE	UINT32_MAX
+#define STATE_FIX_HINT	"; restore it from a backup, or move it away: " \
+	"maild then fetches again every message still on the server (with " \
+	"keep = yes, all of them)"
 enum state_kind {
-	STATE_DELIVERED,	/* in the Maildir */
-	STATE_PENDING,		/* file in tmp/, being moved to new/ */
-	STATE_SKIPPED		/* left on the server: over max-size */
+	STATE_DELIVERED = 'D',	/* in the Maildir */
+	STATE_PENDING = 'P'	/* durable in tmp/, being moved to new/ */
 };
-struct state_entry {
-	char		*uidl;		/* raw bytes, NUL-terminated */
-	size_t		 uidl_len;
-	uint32_t	 ordinal;	/* nth message with this UIDL */
-	int64_t		 first;		/* when first delivered (unix time) */
-	enum state_kind	 kind;
-	char		*file;		/* STATE_PENDING: name in new/ */
-	int		 listed;	/* seen in this session's listing */
+struct state_rec {
 	uint64_t	 hash;
+	uint64_t	 size;		/* as the server listed it; 0: unknown */
+	int64_t		 first;		/* when delivered (unix time) */
+	int64_t		 absent;	/* missing from listings since; 0 */
+	uint32_t	 key;		/* offsets in the state's arena */
+	uint32_t	 keylen;
+	uint32_t	 file;		/* PENDING: its name in new/ */
+	uint32_t	 ordinal;	/* nth message with this key */
+	uint8_t		 kind;		/* enum state_kind; 0: forgotten */
+	uint8_t		 missed;	/* listings in a row without it */
+	uint8_t		 flags;		/* the caller's, not on disk */
 };
-struct state {
-	char		*path;
-	char		*lock_path;
-	int		 lock_fd;
-	char		*mailbox;	/* "user@host" the UIDLs belong to */
-	char		*maildir;	/* Maildir pending entries refer to */
-	int		 digests;	/* records are content digests */
-	unsigned	 finished;	/* deliveries state_open() finished */
-	char		*old_mailbox;	/* the records were for this one */
-	struct state_entry **entries;
-	size_t		 nentries;
-	size_t		 capentries;
-	uint32_t	*index;		/* open addressing, 1-based slots */
-	size_t		 indexsize;
-	uint8_t		 key[16];
-	int		 dirty;
-};
-struct state	*state_open(const char *, const char *, const char *,
-		     const char *, int *, char **);
+struct state;
+struct state	*state_open(const char *, const char *, int *, char **);
 struct state	*state_new(void);
+int		 state_load(struct state *, const char *, const char *,
+		     char **);
 int		 state_lock(const char *, int *, char **);
 void		 state_close(struct state *);
-struct state_entry *state_find(struct state *, const char *, size_t, uint32_t);
-struct state_entry *state_add(struct state *, const char *, size_t, uint32_t,
-		     int64_t, const char *);
-struct state_entry *state_add_skipped(struct state *, const char *, size_t,
-		     uint32_t, int64_t);
-void		 state_forget_unlisted(struct state *);
-void		 state_clear(struct state *);
-int		 state_save(struct state *, char **);
-int		 state_load_file(struct state *, const char *, char **);
+uint32_t	 state_find(struct state *, const void *, size_t, uint32_t);
+const struct state_rec *state_rec(const struct state *, uint32_t);
+const struct state_rec *state_next(const struct state *, uint32_t *);
+uint32_t	 state_rec_id(const struct state *, const struct state_rec *);
+const char	*state_rec_key(const struct state *, const struct state_rec *,
+		     size_t *);
+const char	*state_rec_file(const struct state *, const struct state_rec *);
+uint32_t	 state_count(const struct state *);
+uint32_t	 state_put(struct state *, const void *, size_t, uint32_t,
+		     int64_t, uint64_t, const char *);
+void		 state_delivered(struct state *, uint32_t);
+void		 state_set_absence(struct state *, uint32_t, unsigned, int64_t);
+void		 state_set_flags(struct state *, uint32_t, uint8_t, uint8_t);
+void		 state_forget(struct state *, uint32_t);
+void		 state_forget_all(struct state *);
+const char	*state_meta(const struct state *, const char *);
+void		 state_set_meta(struct state *, const char *, const char *);
+int		 state_dirty(const struct state *);
+int		 state_sync(struct state *, char **);
+const char	*state_path(const struct state *);
 char		*state_escape(const char *, size_t);
 int		 state_unescape(const char *, size_t, char **, size_t *);
 
 /* maildir.c */
+#define MAILDIR_NAME_MAX	288
 struct maildir {
 	char		*path;
 	const char	*account;	/* for log lines */
@@ -309,10 +314,14 @@ struct maildir {
 struct maildir_file {
 	int		 fd;
 	char		 name[256];	/* unique part, the name in tmp/ */
-	char		 final[288];	/* the name in new/: name,S=size */
+	char		 final[MAILDIR_NAME_MAX];	/* in new/: name,S=size */
 	uint64_t	 size;
 };
-int		 maildir_open(struct maildir *, const char *, uint32_t, char **);
+#define MAILDIR_MISSING		0
+#define MAILDIR_MOVED		1
+#define MAILDIR_PRESENT		2
+int		 maildir_open(struct maildir *, const char *, uint32_t,
+		     const char *, char **);
 void		 maildir_close(struct maildir *);
 int		 maildir_create(struct maildir *, struct maildir_file *, char **);
 int		 maildir_write(struct maildir_file *, const void *, size_t);
@@ -324,9 +333,49 @@ void		 maildir_abort(struct maildir *, struct maildir_file *);
 int		 maildir_sync_tmp(struct maildir *, char **);
 int		 maildir_move(struct maildir *, const char *, char **);
 int		 maildir_sync_new(struct maildir *, char **);
+int		 maildir_recover(struct maildir *, const char *, char **);
 int		 maildir_cleanup_tmp(struct maildir *);
 int		 maildir_make_name(char *, size_t, uint32_t);
 int		 maildir_name_tag(const char *, uint32_t *);
+
+/* deliver.c: the one delivery core; see deliver.c. */
+#define DELIVER_NEW	0
+#define DELIVER_DONE	1
+struct deliver;
+struct deliver_msg {
+	struct maildir_file	 file;
+	uint64_t		 body;	/* bytes written after the prefix */
+	int			 open;
+};
+typedef void (*deliver_committed_cb)(void *, uint64_t, void *);
+struct deliver	*deliver_open(const struct account_conf *, const char *,
+		     const char *, deliver_committed_cb, void *, int *, char **);
+void		 deliver_close(struct deliver *);
+int		 deliver_sync(struct deliver *, char **);
+int		 deliver_use_digests(struct deliver *);
+void		 deliver_use_keys(struct deliver *);
+void		 deliver_listing_start(struct deliver *);
+int		 deliver_listed(struct deliver *, const char *, size_t, uint32_t,
+		     uint64_t, int64_t *);
+void		 deliver_listing_end(struct deliver *);
+unsigned	 deliver_too_big(struct deliver *, unsigned);
+int		 deliver_begin(struct deliver *, struct deliver_msg *,
+		     const char *, size_t, char **);
+int		 deliver_write(struct deliver *, struct deliver_msg *,
+		     const void *, size_t);
+void		 deliver_discard(struct deliver *, struct deliver_msg *);
+int		 deliver_receiving(const struct deliver_msg *);
+int		 deliver_end(struct deliver *, struct deliver_msg *, const char *,
+		     size_t, uint32_t, uint64_t, void *, char **);
+size_t		 deliver_batched(const struct deliver *);
+int		 deliver_commit(struct deliver *, char **);
+void		 deliver_removal_acked(struct deliver *, const char *, size_t,
+		     uint32_t);
+int		 deliver_removing(struct deliver *, char **);
+void		 deliver_removed(struct deliver *);
+const char	*deliver_maildir(const struct deliver *);
+size_t		 deliver_trace_headers(const struct account_conf *,
+		     const char *, const char *, const char *, char *, size_t);
 
 /* tls.c */
 struct ssl_ctx_st;
@@ -349,7 +398,7 @@ struct secret_job *secret_get(struct event_base *, const struct account_conf *,
 		     int, secret_cb, void *);
 void		 secret_cancel(struct secret_job *);
 
-/* pop3.c */
+/* session.c */
 struct session_result {
 	int		 exitcode;	/* 0 or an EXIT_* code */
 	char		*error;		/* what went wrong, for the log */
@@ -358,6 +407,10 @@ struct session_result {
 	unsigned	 fetched;
 	uint64_t	 bytes;
 	unsigned	 deleted;
+	unsigned	 left;		/* new messages not fetched this time */
+	unsigned	 too_big;	/* left for their size (max-size) */
+	uint64_t	 too_big_max;	/* the largest of them */
+	unsigned	 too_big_before;	/* at the poll before */
 	unsigned	 resp_codes;	/* RESP_* seen on the failure */
 	long		 login_delay;	/* CAPA LOGIN-DELAY, seconds */
 	int		 nopipelining;	/* server choked on pipelining */

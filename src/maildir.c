@@ -18,8 +18,9 @@
  * maildir.c: delivery into a Maildir.  A message is written to tmp/ under a
  * unique name, made durable, and only then renamed into new/, where mail
  * readers see it; a reader never sees a partial message.  The order of the
- * fsyncs across a batch of messages is driven by pop3.c (see the commit
- * protocol there); this file provides the steps.
+ * fsyncs across a batch of messages is driven by deliver.c (see the commit
+ * protocol there); this file provides the steps, and knows nothing of
+ * accounts' states or of any protocol.
  *
  * Names follow the Maildir conventions: "<sec>.M<usec>P<pid>Q<seq>A<tag>.
  * <host>" in tmp/, with ",S=<size>" appended in new/.  <tag> identifies
@@ -105,11 +106,8 @@ maildir_name_tag(const char *name, uint32_t *tag)
 	for (i = 1; i <= 8; i++) {
 		int	c = (unsigned char)a[i], d;
 
-		if (c >= '0' && c <= '9')
-			d = c - '0';
-		else if (c >= 'a' && c <= 'f')
-			d = c - 'a' + 10;
-		else
+		/* maildir_make_name() writes lower case only. */
+		if ((c >= 'A' && c <= 'F') || (d = parse_hexdigit(c)) == -1)
 			return (-1);
 		v = v << 4 | (uint32_t)d;
 	}
@@ -122,23 +120,28 @@ maildir_name_tag(const char *name, uint32_t *tag)
  * they are missing.
  */
 int
-maildir_open(struct maildir *md, const char *path, uint32_t tag, char **cause)
+maildir_open(struct maildir *md, const char *path, uint32_t tag,
+    const char *account, char **cause)
 {
 	char		 sub[PATH_MAX];
 	const char	*dirs[] = { "cur", "new", "tmp" };
 	struct stat	 sb;
 	size_t		 i;
+	int		 made = 0;
 
 	memset(md, 0, sizeof *md);
 	md->tmpfd = md->newfd = -1;
 	md->tag = tag;
+	md->account = account;
 	if (mkdir_p(path, 0700) == -1) {
 		xasprintf(cause, "maildir %s: %s", path, strerror(errno));
 		return (-1);
 	}
 	for (i = 0; i < 3; i++) {
 		snprintf(sub, sizeof sub, "%s/%s", path, dirs[i]);
-		if (mkdir(sub, 0700) == -1 && errno != EEXIST)
+		if (mkdir(sub, 0700) == 0)
+			made = 1;
+		else if (errno != EEXIST)
 			goto fail;
 		if (stat(sub, &sb) == -1)
 			goto fail;
@@ -146,6 +149,11 @@ maildir_open(struct maildir *md, const char *path, uint32_t tag, char **cause)
 			errno = ENOTDIR;
 			goto fail;
 		}
+	}
+	/* The new subdirectories must survive a power cut. */
+	if (made && fsync_dir(path) == -1) {
+		snprintf(sub, sizeof sub, "%s", path);
+		goto fail;
 	}
 	snprintf(sub, sizeof sub, "%s/tmp", path);
 	if ((md->tmpfd = open(sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
@@ -343,6 +351,69 @@ int
 maildir_sync_new(struct maildir *md, char **cause)
 {
 	return (maildir_fsync_fd(md, md->newfd, "new", cause));
+}
+
+/* Is there an entry in dir named base, or base followed by ',' or ':'? */
+static int
+maildir_dir_has(const char *path, const char *base)
+{
+	DIR		*dir;
+	struct dirent	*de;
+	size_t		 len = strlen(base);
+	int		 found = 0;
+
+	if ((dir = opendir(path)) == NULL)
+		return (-1);
+	while ((de = readdir(dir)) != NULL) {
+		if (strncmp(de->d_name, base, len) == 0 &&
+		    (de->d_name[len] == '\0' || de->d_name[len] == ',' ||
+		    de->d_name[len] == ':')) {
+			found = 1;
+			break;
+		}
+	}
+	closedir(dir);
+	return (found);
+}
+
+/*
+ * Finish a delivery that a crash interrupted after the file was made
+ * durable in tmp/ under its final name less ",S=...": move it into new/
+ * (MAILDIR_MOVED), or find that it got there, or on into cur/ where a mail
+ * reader puts what it has seen, with flags after its name
+ * (MAILDIR_PRESENT), or that it is nowhere (MAILDIR_MISSING).  -1 and
+ * *cause on an error.
+ */
+int
+maildir_recover(struct maildir *md, const char *final, char **cause)
+{
+	char		 name[256], sub[PATH_MAX];
+	struct stat	 sb;
+	const char	*dirs[] = { "new", "cur" };
+	size_t		 i;
+	int		 r;
+
+	maildir_tmp_name(final, name, sizeof name);
+	if (renameat(md->tmpfd, name, md->newfd, final) == 0)
+		return (MAILDIR_MOVED);
+	if (errno != ENOENT) {
+		xasprintf(cause, "cannot finish the delivery of %s/tmp/%s: "
+		    "rename to new/: %s", md->path, name, strerror(errno));
+		return (-1);
+	}
+	if (fstatat(md->newfd, final, &sb, AT_SYMLINK_NOFOLLOW) == 0)
+		return (MAILDIR_PRESENT);
+	for (i = 0; i < 2; i++) {
+		snprintf(sub, sizeof sub, "%s/%s", md->path, dirs[i]);
+		if ((r = maildir_dir_has(sub, name)) == 1)
+			return (MAILDIR_PRESENT);
+		if (r == -1) {
+			xasprintf(cause, "cannot read %s: %s", sub,
+			    strerror(errno));
+			return (-1);
+		}
+	}
+	return (MAILDIR_MISSING);
 }
 
 /*

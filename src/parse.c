@@ -60,23 +60,23 @@ skip_spaces(const char *p, const char *end)
  * Classify a status line (CRLF already removed).  On +OK and -ERR, *text
  * points at what follows the status word.
  */
-enum pop3_status
+enum reply_status
 parse_status(const char *line, size_t len, const char **text, size_t *textlen)
 {
-	enum pop3_status	st;
+	enum reply_status	st;
 	size_t			skip;
 
 	if (len >= 3 && strncasecmp(line, "+OK", 3) == 0) {
-		st = POP3_OK;
+		st = REPLY_OK;
 		skip = 3;
 	} else if (len >= 4 && strncasecmp(line, "-ERR", 4) == 0) {
-		st = POP3_ERR;
+		st = REPLY_ERR;
 		skip = 4;
 	} else
-		return (POP3_BAD);
+		return (REPLY_BAD);
 	/* "+OKAY" is not "+OK". */
 	if (skip < len && line[skip] != ' ' && line[skip] != '\t')
-		return (POP3_BAD);
+		return (REPLY_BAD);
 	if (skip < len)
 		skip++;
 	*text = line + skip;
@@ -133,7 +133,7 @@ parse_uidl_line(const char *line, size_t len, uint32_t *num, const char **uidl,
 	const char	*p = line, *end = line + len, *start;
 	uint64_t	 n;
 
-	if (parse_number(&p, end, POP3_MAX_MESSAGES, &n) == -1 || n == 0)
+	if (parse_number(&p, end, LISTING_MAX, &n) == -1 || n == 0)
 		return (-1);
 	if (p == end || (*p != ' ' && *p != '\t'))
 		return (-1);
@@ -159,7 +159,7 @@ parse_list_line(const char *line, size_t len, uint32_t *num, uint64_t *size)
 	const char	*p = line, *end = line + len;
 	uint64_t	 n, sz;
 
-	if (parse_number(&p, end, POP3_MAX_MESSAGES, &n) == -1 || n == 0)
+	if (parse_number(&p, end, LISTING_MAX, &n) == -1 || n == 0)
 		return (-1);
 	if (p == end || (*p != ' ' && *p != '\t'))
 		return (-1);
@@ -179,7 +179,7 @@ parse_stat(const char *text, size_t len, uint64_t *count, uint64_t *octets)
 {
 	const char	*p = text, *end = text + len;
 
-	if (parse_number(&p, end, POP3_MAX_MESSAGES, count) == -1)
+	if (parse_number(&p, end, LISTING_MAX, count) == -1)
 		return (-1);
 	if (p == end || (*p != ' ' && *p != '\t'))
 		return (-1);
@@ -211,6 +211,30 @@ parse_retr_octets(const char *text, size_t len, uint64_t *octets)
 	if (p != end && *p != ' ' && *p != '\t')
 		return (-1);
 	return (0);
+}
+
+/* A whole string of decimal digits, at most max. */
+int
+parse_u64(const char *s, uint64_t max, uint64_t *out)
+{
+	const char	*p = s, *end = s + strlen(s);
+
+	if (parse_number(&p, end, max, out) == -1 || p != end)
+		return (-1);
+	return (0);
+}
+
+/* The value of a hexadecimal digit, or -1. */
+int
+parse_hexdigit(int c)
+{
+	if (c >= '0' && c <= '9')
+		return (c - '0');
+	if (c >= 'A' && c <= 'F')
+		return (c - 'A' + 10);
+	if (c >= 'a' && c <= 'f')
+		return (c - 'a' + 10);
+	return (-1);
 }
 
 /* Note what one line of a CAPA response announces. */

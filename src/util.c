@@ -44,7 +44,28 @@ now_mono(void)
 	return (ts.tv_sec + ts.tv_nsec / 1e9);
 }
 
-/* Create a directory and its missing parents; existing ones are fine. */
+/* fsync() the directory that holds path (path's last component). */
+static int
+fsync_parent(char *path)
+{
+	char	*slash = strrchr(path, '/');
+	int	 r;
+
+	if (slash == NULL)
+		return (fsync_dir("."));
+	if (slash == path)
+		return (fsync_dir("/"));
+	*slash = '\0';
+	r = fsync_dir(path);
+	*slash = '/';
+	return (r);
+}
+
+/*
+ * Create a directory and its missing parents; existing ones are fine.
+ * Each directory made is made durable in its parent: a state or a Maildir
+ * that state records refer to must not vanish with a power cut.
+ */
 int
 mkdir_p(const char *path, mode_t mode)
 {
@@ -62,19 +83,22 @@ mkdir_p(const char *path, mode_t mode)
 		if (*p != '/')
 			continue;
 		*p = '\0';
-		if (mkdir(buf, mode) == -1 && errno != EEXIST)
+		if (mkdir(buf, mode) == 0) {
+			if (fsync_parent(buf) == -1)
+				return (-1);
+		} else if (errno != EEXIST)
 			return (-1);
 		*p = '/';
 	}
-	if (mkdir(buf, mode) == -1) {
-		if (errno != EEXIST)
-			return (-1);
-		if (stat(buf, &sb) == -1)
-			return (-1);
-		if (!S_ISDIR(sb.st_mode)) {
-			errno = ENOTDIR;
-			return (-1);
-		}
+	if (mkdir(buf, mode) == 0)
+		return (fsync_parent(buf));
+	if (errno != EEXIST)
+		return (-1);
+	if (stat(buf, &sb) == -1)
+		return (-1);
+	if (!S_ISDIR(sb.st_mode)) {
+		errno = ENOTDIR;
+		return (-1);
 	}
 	return (0);
 }

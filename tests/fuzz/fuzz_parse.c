@@ -17,7 +17,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	const char		*p = (const char *)data, *end = p + size;
 	const char		*nl, *text, *uidl;
-	char			 buf[POP3_STATUS_MAX + 1], ts[256];
+	char			 buf[POP3_LINE_MAX + 1], ts[256];
 	struct pop3_capa	 capa;
 	size_t			 len, textlen, ulen, n;
 	uint32_t		 num;
@@ -30,11 +30,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	while (p < end) {
 		nl = memchr(p, '\n', end - p);
 		len = (nl != NULL ? nl : end) - p;
-		if (len > POP3_STATUS_MAX)
-			len = POP3_STATUS_MAX;
+		if (len > POP3_LINE_MAX)
+			len = POP3_LINE_MAX;
 		memcpy(buf, p, len);
 		buf[len] = '\0';
-		if (parse_status(buf, len, &text, &textlen) != POP3_BAD) {
+		if (parse_status(buf, len, &text, &textlen) != REPLY_BAD) {
 			if (text < buf || text + textlen > buf + len)
 				abort();
 			parse_resp_code(text, textlen);

@@ -130,27 +130,22 @@ def check_records(fx, d, names):
     for u, md in maildirs(d).items():
         have = {mt.strip_trace(p.read_bytes()) for _, _, p in
                 mt.maildir_files(md, ("new", "cur"))}
-        state = mt.state_path(d / "state", u)
-        if not state.exists():
-            continue
-        for line in state.read_text(errors="replace").splitlines():
-            f = line.split(" ")
-            if not f or f[0] not in ("D", "P") or len(f) < 4:
-                continue
-            uidl = mt.unescape_state(f[3]).decode("utf-8", "replace")
+        for kind, key, _, extra in mt.state_entries(d / "state", u):
+            uidl = key.decode("utf-8", "replace")
             data = names.get(u, {}).get(uidl)
             if data is None:
                 problems.append(f"{u}: record for unknown UIDL {uidl!r}")
                 continue
             resolved += 1
-            if f[0] == "D" and data not in have:
+            if kind == "D" and data not in have:
                 problems.append(f"{u}: UIDL {uidl} ({corpus.test_id(data)})"
                                 " is recorded as delivered but not in new/")
-            if f[0] == "P":
-                if len(f) < 5:
-                    problems.append(f"{u}: P record without a file: {line}")
+            if kind == "P":
+                if not extra["file"]:
+                    problems.append(f"{u}: P record without a file: {uidl}")
                     continue
-                final = mt.unescape_state(f[4]).decode("utf-8", "replace")
+                final = mt.unescape_state(extra["file"]).decode(
+                    "utf-8", "replace")
                 base = final.split(",")[0]
                 if not ((md / "tmp" / base).exists() or
                         (md / "new" / final).exists()):
@@ -181,12 +176,13 @@ def check_new_consistent(fx, d):
 
 
 def state_stamps(d):
-    """Identity of each state file (changes when it is replaced)."""
+    """Identity of each state file and journal (changes when the state is
+    replaced or a block is appended to its journal)."""
     out = {}
     try:
         with os.scandir(d / "state") as it:
             for e in it:
-                if e.name.endswith(".state"):
+                if e.name.endswith((".state", ".journal")):
                     st = e.stat()
                     out[e.name] = (st.st_ino, st.st_mtime_ns, st.st_size)
     except FileNotFoundError:
@@ -224,7 +220,7 @@ def run_to_completion(t, fx, d, cfg, rng, kills_left, hist, mode):
             strategy, delay = "state", None
         # commit: kill once new/ has grown by `grow` files (1: right at the
         # first rename of a batch); state: once a state file was replaced
-        # (records written, files not yet moved)
+        # or its journal grew (records written, files not yet moved)
         grow = rng.choice([1, 1, 1, 2, 3, 10, 50])
         before_new = count_new(d)
         before_state = state_stamps(d)

@@ -368,9 +368,10 @@ def test_state_dir_fills_between_commits(t):
     """Delete mode.  Messages 1-4 are committed (RETR 4's answer waits
     2.2 s, so their batch is committed when 4 is complete) and DELEted;
     when RETR 6 arrives the state file system is filled up, so the commit
-    of 5-8 cannot write the state file.  Nothing of 5-8 may reach new/,
-    and nothing may be deleted (no QUIT)."""
-    m = h.msgs("stlate", 8)
+    of 5-64 cannot write its records (60 of them: more than the journal's
+    last page has room for).  Nothing of 5-64 may reach new/, and nothing
+    may be deleted (no QUIT)."""
+    m = h.msgs("stlate", 64)
     st = tmpfs(t, t.tmp / "statemnt", "1m")
     fillers = []
 
@@ -404,8 +405,8 @@ def test_state_dir_fills_between_commits(t):
         deles = sorted(c.arg for c in srv.commands() if c.verb == "DELE")
         assert deles == ["1", "2", "3", "4"], f"DELEs sent: {deles}"
         assert not have & {x.id for x in m[4:]}, \
-            f"5-8 reached new/ without a state record: {sorted(have)}"
-        assert len(srv.mailbox) == 8, "deleted although the session failed"
+            f"5-64 reached new/ without a state record: {sorted(have)}"
+        assert len(srv.mailbox) == 64, "deleted although the session failed"
         assert fillers, "the state file system was never filled"
         fillers[0].unlink()
         rerun_everything(acct, m)

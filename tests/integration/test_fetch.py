@@ -203,7 +203,7 @@ def test_state_files(t):
         name = name_of(u)
         p = mt.state_path(t.tmp / "state", name)
         assert p.exists(), f"no {p}"
-        assert "maild-state 1" in p.read_text(), "no version line"
+        assert "maild-state 2" in p.read_text(), "no version line"
         recs = mt.state_records(t.tmp / "state", name)
         assert all(k == "D" for k, _, _ in recs), "pending records left"
         uidls = {x.encode() for _, x in fx.srv.uidls(u)}

@@ -218,7 +218,11 @@ def _bad_status(t, verb, lines, keep=True):
             acct.assert_nothing_delivered()
             acct.assert_server_untouched(m)
             assert "bad status line" in acct.error(r) or \
-                "protocol" in acct.error(r), acct.error(r)
+                "protocol" in acct.error(r) or \
+                "an IMAP server, not POP3" in acct.error(r), acct.error(r)
+            if line.startswith(b"* OK"):
+                assert "an IMAP server, not POP3: check host and port" in \
+                    acct.error(r), acct.error(r)
             if verb in ("GREETING", "CAPA"):
                 acct.assert_no_password_sent()
 
@@ -437,11 +441,15 @@ def test_accepts_never_greets_tls(t):
 
 @tap.test
 def test_accepts_never_greets_starttls(t):
+    """A plain port that says nothing: most likely an implicit-TLS port
+    (995) configured with tls = starttls; the message says so."""
     with h.SilentServer() as srv:
         acct = h.Account(t, srv, tls="starttls")
         r = acct.once(expect_rc=mt.EX_TEMPFAIL, within=BOUND)
         assert srv.accepted >= 1, "maild never connected"
-        assert "timed out" in acct.error(r), acct.error(r)
+        assert "no greeting from 127.0.0.1:" in acct.error(r) and \
+            "does this port expect TLS at once? try tls = implicit" in \
+            acct.error(r), acct.error(r)
         assert srv.received == b"", f"maild spoke first: {srv.received!r}"
 
 
@@ -477,7 +485,8 @@ def test_tls_up_never_greets(t):
     with h.server(h.msgs("nogreet", 1), greeting=None) as srv:
         acct = h.Account(t, srv)
         r = acct.once(expect_rc=mt.EX_TEMPFAIL, within=BOUND)
-        assert "timed out" in acct.error(r), acct.error(r)
+        assert "no greeting from 127.0.0.1:" in acct.error(r) or \
+            "timed out" in acct.error(r), acct.error(r)
         acct.assert_no_password_sent()
 
 

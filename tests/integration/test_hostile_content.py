@@ -364,18 +364,22 @@ def test_10000_tiny_messages(t):
 @tap.test
 def test_no_uidl_session_dies_before_quit(t):
     """A server without UIDL (delete mode: messages are recognised by
-    content): the session dies after the DELEs, before QUIT, so nothing
+    content): the session dies at its last DELE, before QUIT, so nothing
     was deleted.  The next session must not deliver them again."""
     m = h.msgs("nouidl", 6)
+
+    def dele(c, cmd):
+        return [fakepop3.DROP] if cmd.nth == 6 else None
     with h.server(m, capa=["USER", "PIPELINING"], handlers={
             "UIDL": fakepop3.raw(b"-ERR no UIDL here\r\n"),
-            "QUIT": lambda c, cmd: [fakepop3.DROP]}) as srv:
+            "DELE": dele}) as srv:
         acct = h.Account(t, srv, keep=False)
         r = acct.once(within=BOUND)
         t.note(f"exit {r.rc}: {acct.error(r)}")
         acct.assert_delivered(m)
         assert len(srv.mailbox) == 6
-        srv.handlers.pop("QUIT")
+        assert "QUIT" not in srv.verbs(), srv.verbs()
+        srv.handlers.pop("DELE")
         r = acct.once(expect_rc=0, within=BOUND)
         acct.assert_delivered(m)
         assert srv.mailbox == [], f"{len(srv.mailbox)} left"

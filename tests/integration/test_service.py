@@ -1496,9 +1496,9 @@ def test_log_lines_key_value(t):
     (md / "tmp" / base).write_bytes(pending.data)
     partial = f"{sec}.M{usec}P{pid}Q{int(seq) + 101}A{tag}.{host}"
     (md / "tmp" / partial).write_bytes(b"Subject: cut\n\nhalf a mess")
-    with open(mt.state_path(state, "good-1"), "a") as f:
-        f.write(f"P {int(time.time())} 1 pending-uidl "
-                f"{base},S={len(pending.data)}\n")
+    mt.append_state_block(state, "good-1", [
+        f"P {int(time.time())} 1 0 0 0 pending-uidl "
+        f"{base},S={len(pending.data)}"])
     dm = Daemon(t, cfg, "-v")
     dm.wait_summaries("good-1", 1, timeout=10)
     dm.wait_summaries("bad.2", 1, timeout=10)

@@ -573,7 +573,7 @@ def listing(lines, status=b"+OK\r\n"):
 
 
 def limit(name, default):
-    """A #define of maild.h (e.g. POP3_MAX_MESSAGES), from the source tree
+    """A #define of maild.h (e.g. LISTING_MAX), from the source tree
     ($MAILD_SRCDIR or this checkout); default if it cannot be read."""
     src = os.environ.get("MAILD_SRCDIR") or str(mt.REPO)
     try:
@@ -584,4 +584,4 @@ def limit(name, default):
     return int(m.group(1)) if m else default
 
 
-MAX_MESSAGES = limit("POP3_MAX_MESSAGES", 1000000)
+MAX_MESSAGES = limit("LISTING_MAX", 1000000)

@@ -472,18 +472,82 @@ def state_path(state_dir, name):
     return Path(state_dir) / f"{name}.state"
 
 
+def remove_state(state_dir, name):
+    """Remove an account's state (snapshot and journal), as a user would
+    to start afresh."""
+    for suffix in (".state", ".journal"):
+        p = Path(state_dir) / f"{name}{suffix}"
+        if p.exists():
+            p.unlink()
+
+
+def append_state_block(state_dir, name, lines):
+    """Append lines (record lines of state format 2, e.g. "P <first> <n>
+    <size> 0 0 <key> <file>") to an account's journal as one block, as
+    maild would: to plant what a crash leaves behind."""
+    snap = state_path(state_dir, name).read_text()
+    gen = int(re.search(r"^generation (\d+)$", snap, re.M).group(1))
+    body = "".join(ln + "\n" for ln in lines).encode()
+    h = 0xcbf29ce484222325
+    for b in body:
+        h = ((h ^ b) * 0x100000001b3) & 0xffffffffffffffff
+    j = Path(state_dir) / f"{name}.journal"
+    head = b"" if j.exists() else f"maild-journal 2 {gen}\n".encode()
+    with open(j, "ab") as f:
+        f.write(head + body + f"C {len(lines)} {h:016x}\n".encode())
+
+
 def state_records(state_dir, name):
-    """The D/P records of an account's state file: list of (kind, uidl
-    bytes, ordinal).  [] if there is no state file."""
+    """The D/P records of an account's state (the snapshot <name>.state
+    with its journal <name>.journal replayed): a list of (kind, key bytes,
+    ordinal), in the order they were first recorded.  [] if there is no
+    state file."""
+    return [(k, key, o) for k, key, o, _ in state_entries(state_dir, name)]
+
+
+def state_entries(state_dir, name):
+    """Like state_records, with a dict of the other fields (first, size,
+    missed, absent, file) as a fourth element."""
     p = state_path(state_dir, name)
     if not p.exists():
         return []
-    out = []
-    for line in p.read_text(encoding="ascii", errors="replace").splitlines():
-        f = line.split(" ")
-        if f and f[0] in ("D", "P") and len(f) >= 4:
-            out.append((f[0], unescape_state(f[3]), int(f[2])))
-    return out
+    recs = {}
+
+    def apply(f):
+        if f[0] in ("D", "P"):
+            if len(f) >= 7:         # version 2
+                key = unescape_state(f[6])
+                extra = {"first": int(f[1]), "size": int(f[3]),
+                         "missed": int(f[4]), "absent": int(f[5]),
+                         "file": f[7] if len(f) > 7 else None}
+            elif len(f) >= 4:       # version 1
+                key = unescape_state(f[3])
+                extra = {"first": int(f[1]), "size": 0, "missed": 0,
+                         "absent": 0, "file": f[4] if len(f) > 4 else None}
+            else:
+                return
+            k = (key, int(f[2]))
+            recs.pop(k, None)
+            recs[k] = (f[0], key, int(f[2]), extra)
+        elif f[0] == "F" and len(f) == 3:
+            recs.pop((unescape_state(f[2]), int(f[1])), None)
+
+    for line in p.read_text(encoding="ascii",
+                            errors="replace").splitlines():
+        apply(line.split(" "))
+    j = p.with_suffix(".journal")
+    if j.exists():
+        block = []
+        for line in j.read_text(encoding="ascii",
+                                errors="replace").splitlines()[1:]:
+            f = line.split(" ")
+            if f[0] == "C":
+                for g in block:
+                    apply(g)
+                block = []
+            else:
+                block.append(f)
+    return list(recs.values())
 
 
 def unescape_state(s):

@@ -73,7 +73,7 @@ test_open(void)
 	int		 r;
 
 	path = xstrdup(pathf("%s/a/b/Maildir", topdir));
-	r = maildir_open(&md, path, 0x1234, &cause);
+	r = maildir_open(&md, path, 0x1234, "test", &cause);
 	if (!is_int(r, 0, "maildir_open: creates a Maildir and its parents")) {
 		diag("%s", cause);
 		free(path);
@@ -96,7 +96,7 @@ test_open(void)
 
 	/* Opening an existing Maildir leaves it alone. */
 	chmod(pathf("%s/new", path), 0750);
-	r = maildir_open(&md, path, 1, &cause);
+	r = maildir_open(&md, path, 1, "test", &cause);
 	ok(r == 0 && mode_of(pathf("%s/new", path)) == 0750,
 	    "maildir_open: existing Maildir opened, modes unchanged");
 	if (r == 0)
@@ -104,7 +104,7 @@ test_open(void)
 
 	/* Existing Maildir with new/ missing: it is created. */
 	rmdir(pathf("%s/new", path));
-	r = maildir_open(&md, path, 1, &cause);
+	r = maildir_open(&md, path, 1, "test", &cause);
 	ok(r == 0 && mode_of(pathf("%s/new", path)) == 0700,
 	    "maildir_open: a missing new/ is created");
 	if (r == 0)
@@ -115,7 +115,7 @@ test_open(void)
 	path = xstrdup(pathf("%s/file", topdir));
 	write_file(path, "x", 1);
 	cause = NULL;
-	r = maildir_open(&md, path, 1, &cause);
+	r = maildir_open(&md, path, 1, "test", &cause);
 	ok(r == -1, "maildir_open: a file where the Maildir should be fails");
 	like(cause, path, "maildir_open: ... and the cause names it");
 	free(cause);
@@ -128,7 +128,7 @@ test_open(void)
 	mkdir(pathf("%s/cur", path), 0700);
 	write_file(pathf("%s/tmp", path), "x", 1);
 	cause = NULL;
-	r = maildir_open(&md, path, 1, &cause);
+	r = maildir_open(&md, path, 1, "test", &cause);
 	ok(r == -1, "maildir_open: tmp/ being a file fails");
 	like(cause, pathf("%s/tmp", path), "maildir_open: ... and the cause "
 	    "names tmp/");
@@ -143,7 +143,7 @@ test_open(void)
 	mkdir(pathf("%s/cur", path), 0700);
 	write_file(pathf("%s/new", path), "x", 1);
 	cause = NULL;
-	r = maildir_open(&md, path, 1, &cause);
+	r = maildir_open(&md, path, 1, "test", &cause);
 	ok(r == -1, "maildir_open: new/ being a file fails");
 	like(cause, pathf("%s/new", path), "maildir_open: ... and the cause "
 	    "names new/");
@@ -315,7 +315,7 @@ test_deliver(void)
 	struct stat		 sb;
 
 	path = xstrdup(pathf("%s/deliver", topdir));
-	if (maildir_open(&md, path, 0xabcdef01, &cause) == -1) {
+	if (maildir_open(&md, path, 0xabcdef01, "test", &cause) == -1) {
 		ok(0, "deliver: maildir_open");
 		diag("%s", cause);
 		return;
@@ -419,7 +419,7 @@ test_cleanup(void)
 	int			 n;
 
 	path = xstrdup(pathf("%s/cleanup", topdir));
-	if (maildir_open(&md, path, 0x11111111, &cause) == -1) {
+	if (maildir_open(&md, path, 0x11111111, "test", &cause) == -1) {
 		ok(0, "cleanup: maildir_open");
 		return;
 	}

@@ -24,17 +24,17 @@
 /* parse_status */
 
 static void
-check_status(const char *line, size_t len, enum pop3_status want,
+check_status(const char *line, size_t len, enum reply_status want,
     const char *wanttext, size_t wantlen, const char *what)
 {
 	const char		*text = NULL;
 	size_t			 textlen = 12345;
-	enum pop3_status	 st;
+	enum reply_status	 st;
 
 	st = parse_status(line, len, &text, &textlen);
 	if (!is_int(st, want, tap_fmt("parse_status %s: status", what)))
 		return;
-	if (want == POP3_BAD)
+	if (want == REPLY_BAD)
 		return;
 	ok(text >= line && text <= line + len,
 	    tap_fmt("parse_status %s: text points into the line", what));
@@ -48,44 +48,44 @@ test_status(void)
 {
 	char	buf[64];
 
-	check_status(S("+OK"), POP3_OK, S(""), "+OK alone");
-	check_status(S("+OK "), POP3_OK, S(""), "+OK and a space");
-	check_status(S("+OK hello world"), POP3_OK, S("hello world"),
+	check_status(S("+OK"), REPLY_OK, S(""), "+OK alone");
+	check_status(S("+OK "), REPLY_OK, S(""), "+OK and a space");
+	check_status(S("+OK hello world"), REPLY_OK, S("hello world"),
 	    "+OK with text");
-	check_status(S("+OK  two spaces"), POP3_OK, S(" two spaces"),
+	check_status(S("+OK  two spaces"), REPLY_OK, S(" two spaces"),
 	    "+OK eats only one space");
-	check_status(S("-ERR"), POP3_ERR, S(""), "-ERR alone");
-	check_status(S("-ERR no such message"), POP3_ERR,
+	check_status(S("-ERR"), REPLY_ERR, S(""), "-ERR alone");
+	check_status(S("-ERR no such message"), REPLY_ERR,
 	    S("no such message"), "-ERR with text");
-	check_status(S("-ERR [IN-USE] locked"), POP3_ERR,
+	check_status(S("-ERR [IN-USE] locked"), REPLY_ERR,
 	    S("[IN-USE] locked"), "-ERR with a response code");
-	check_status(S("+ok fine"), POP3_OK, S("fine"), "lower-case +ok");
-	check_status(S("-Err bad"), POP3_ERR, S("bad"), "mixed-case -Err");
+	check_status(S("+ok fine"), REPLY_OK, S("fine"), "lower-case +ok");
+	check_status(S("-Err bad"), REPLY_ERR, S("bad"), "mixed-case -Err");
 
-	check_status(S(""), POP3_BAD, NULL, 0, "empty line");
-	check_status(S("+"), POP3_BAD, NULL, 0, "lone +");
-	check_status(S("+O"), POP3_BAD, NULL, 0, "+O");
-	check_status(S("-"), POP3_BAD, NULL, 0, "lone -");
-	check_status(S("-ER"), POP3_BAD, NULL, 0, "-ER");
-	check_status(S("OK"), POP3_BAD, NULL, 0, "OK without +");
-	check_status(S("ERR"), POP3_BAD, NULL, 0, "ERR without -");
-	check_status(S(" +OK"), POP3_BAD, NULL, 0, "leading space");
-	check_status(S("*OK"), POP3_BAD, NULL, 0, "*OK");
-	check_status(S("+NO"), POP3_BAD, NULL, 0, "+NO");
-	check_status(S("-OK"), POP3_BAD, NULL, 0, "-OK");
-	check_status(S("+ERR"), POP3_BAD, NULL, 0, "+ERR");
-	check_status(S("220 smtp.example.com ESMTP"), POP3_BAD, NULL, 0,
+	check_status(S(""), REPLY_BAD, NULL, 0, "empty line");
+	check_status(S("+"), REPLY_BAD, NULL, 0, "lone +");
+	check_status(S("+O"), REPLY_BAD, NULL, 0, "+O");
+	check_status(S("-"), REPLY_BAD, NULL, 0, "lone -");
+	check_status(S("-ER"), REPLY_BAD, NULL, 0, "-ER");
+	check_status(S("OK"), REPLY_BAD, NULL, 0, "OK without +");
+	check_status(S("ERR"), REPLY_BAD, NULL, 0, "ERR without -");
+	check_status(S(" +OK"), REPLY_BAD, NULL, 0, "leading space");
+	check_status(S("*OK"), REPLY_BAD, NULL, 0, "*OK");
+	check_status(S("+NO"), REPLY_BAD, NULL, 0, "+NO");
+	check_status(S("-OK"), REPLY_BAD, NULL, 0, "-OK");
+	check_status(S("+ERR"), REPLY_BAD, NULL, 0, "+ERR");
+	check_status(S("220 smtp.example.com ESMTP"), REPLY_BAD, NULL, 0,
 	    "an SMTP greeting");
-	check_status(S("\0OK"), POP3_BAD, NULL, 0, "NUL byte");
+	check_status(S("\0OK"), REPLY_BAD, NULL, 0, "NUL byte");
 
 	/* The length is respected: "+OK" cut to "+O" is not +OK. */
 	memcpy(buf, "+OK", 3);
-	check_status(buf, 2, POP3_BAD, NULL, 0, "+OK cut to 2 bytes");
+	check_status(buf, 2, REPLY_BAD, NULL, 0, "+OK cut to 2 bytes");
 	memcpy(buf, "-ERRx", 5);
-	check_status(buf, 3, POP3_BAD, NULL, 0, "-ERR cut to 3 bytes");
+	check_status(buf, 3, REPLY_BAD, NULL, 0, "-ERR cut to 3 bytes");
 	memcpy(buf, "+OK hello", 9);
-	check_status(buf, 3, POP3_OK, S(""), "+OK hello cut to 3 bytes");
-	check_status(buf, 6, POP3_OK, S("he"), "+OK hello cut to 6 bytes");
+	check_status(buf, 3, REPLY_OK, S(""), "+OK hello cut to 3 bytes");
+	check_status(buf, 6, REPLY_OK, S("he"), "+OK hello cut to 6 bytes");
 }
 
 /* ---------------------------------------------------------------------- */
@@ -190,7 +190,7 @@ test_uidl(void)
 	uidl_ok(S("1 abc"), 1, S("abc"), "simple");
 	uidl_ok(S("42 whqtswO00WBw418f9t5JxYwZ"), 42,
 	    S("whqtswO00WBw418f9t5JxYwZ"), "RFC 1939 example");
-	uidl_ok(S("1000000 x"), 1000000, S("x"), "POP3_MAX_MESSAGES");
+	uidl_ok(S("1000000 x"), 1000000, S("x"), "LISTING_MAX");
 	uidl_ok(S("1\tabc"), 1, S("abc"), "tab separator");
 	uidl_ok(S("1   abc"), 1, S("abc"), "several spaces");
 	uidl_ok(S("1 \t abc"), 1, S("abc"), "mixed white space");
@@ -224,7 +224,7 @@ test_uidl(void)
 	uidl_bad(S("1abc"), "no separator");
 	uidl_bad(S("0 abc"), "message number 0");
 	uidl_bad(S("00 abc"), "message number 00");
-	uidl_bad(S("1000001 abc"), "number above POP3_MAX_MESSAGES");
+	uidl_bad(S("1000001 abc"), "number above LISTING_MAX");
 	uidl_bad(S("+1 abc"), "leading +");
 	uidl_bad(S("-1 abc"), "leading -");
 	uidl_bad(S(" 1 abc"), "leading space");
@@ -271,7 +271,7 @@ test_list(void)
 
 	list_ok(S("1 120"), 1, 120, "simple");
 	list_ok(S("2 0"), 2, 0, "size 0");
-	list_ok(S("1000000 5"), 1000000, 5, "POP3_MAX_MESSAGES");
+	list_ok(S("1000000 5"), 1000000, 5, "LISTING_MAX");
 	list_ok(S("1\t120"), 1, 120, "tab separator");
 	list_ok(S("1   120"), 1, 120, "several spaces");
 	list_ok(S("1 120 "), 1, 120, "trailing space");
@@ -289,7 +289,7 @@ test_list(void)
 	list_bad(S("1 "), "no size");
 	list_bad(S("15"), "no separator");
 	list_bad(S("0 120"), "message number 0");
-	list_bad(S("1000001 120"), "number above POP3_MAX_MESSAGES");
+	list_bad(S("1000001 120"), "number above LISTING_MAX");
 	list_bad(S("+1 120"), "leading + on the number");
 	list_bad(S("-1 120"), "leading - on the number");
 	list_bad(S("1 +120"), "leading + on the size");

@@ -1,8 +1,9 @@
 /*
- * test_state.c: unit tests for src/state.c, the per-account state file:
- * escaping, save/load round trips, rejection of corrupt files with a
- * "path:line:" cause, the account lock, recovery of interrupted
- * deliveries (PENDING records) and the lookup index.
+ * test_state.c: unit tests for src/state.c, the per-account state:
+ * escaping, records and their index, the snapshot and the journal (round
+ * trips, compaction, a torn journal block, truncated or damaged files
+ * refused with a clear cause, version 1 files), named values, and the
+ * account lock.
  *
  * Everything happens in a fresh directory under $TMPDIR (or /tmp), which
  * is removed at the end.
@@ -16,7 +17,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdint.h>
@@ -32,9 +32,6 @@
 #define S(lit)	(lit), (sizeof(lit) - 1)
 
 static char	*topdir;	/* the test's scratch directory */
-
-/* ---------------------------------------------------------------------- */
-/* Helpers */
 
 /* A new empty directory under the scratch directory. */
 static char *
@@ -60,50 +57,47 @@ join(const char *dir, const char *name)
 	return (p);
 }
 
-static int
-is_dir(const char *path)
-{
-	struct stat	sb;
-
-	return (lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode));
-}
-
-/* Open the state at path with a lock next to it; NULL on failure. */
+/* Open <dir>/acct.state; NULL (and a diagnostic) on failure. */
 static struct state *
-open_state(const char *path, const char *mailbox, const char *maildir,
-    int *code, char **cause)
+open_acct(const char *dir, int *code, char **cause)
 {
-	char		*lock;
-	struct state	*st;
-
-	xasprintf(&lock, "%s.lock", path);
 	*cause = NULL;
 	*code = -1;
-	st = state_open(path, lock, mailbox, maildir, code, cause);
-	free(lock);
+	return (state_open(dir, "acct", code, cause));
+}
+
+/* Open, and fail the test run if that fails. */
+static struct state *
+must_open(const char *dir)
+{
+	struct state	*st;
+	char		*cause;
+	int		 code;
+
+	if ((st = open_acct(dir, &code, &cause)) == NULL) {
+		diag("state_open %s: %s", dir, cause);
+		exit(99);
+	}
 	return (st);
 }
 
-/*
- * An empty state (its file does not exist) to load files into with
- * state_load_file(), which does no reconciliation.
- */
-static struct state *
-empty_state(const char *dir)
+static void
+must_sync(struct state *st, const char *what)
 {
-	char		*path, *cause;
-	struct state	*st;
-	int		 code;
+	char	*cause = NULL;
 
-	path = join(dir, "empty.state");
-	unlink(path);
-	st = open_state(path, "nobody@nowhere", "/nonexistent", &code, &cause);
-	if (st == NULL) {
-		diag("empty_state: %s", cause);
-		exit(99);
-	}
-	free(path);
-	return (st);
+	if (!ok(state_sync(st, &cause) == 0, what))
+		diag("%s", cause);
+	free(cause);
+}
+
+/* The live record with this key and ordinal, or NULL. */
+static const struct state_rec *
+rec(struct state *st, const char *key, size_t len, uint32_t ord)
+{
+	uint32_t	id = state_find(st, key, len, ord);
+
+	return (id == STATE_NONE ? NULL : state_rec(st, id));
 }
 
 /* ---------------------------------------------------------------------- */
@@ -252,325 +246,478 @@ test_escape(void)
 	unescape_bad(S("\xff"), "raw 0xff");
 }
 
+
 /* ---------------------------------------------------------------------- */
-/* Save and load */
-
-static void
-check_entry(struct state *st, const char *uidl, size_t len, uint32_t ord,
-    int64_t first, enum state_kind kind, const char *file, const char *what)
-{
-	struct state_entry	*e;
-
-	e = state_find(st, uidl, len, ord);
-	if (!ok(e != NULL, tap_fmt("%s: found", what)))
-		return;
-	ok(e->uidl_len == len && memcmp(e->uidl, uidl, len) == 0 &&
-	    e->uidl[len] == '\0' && e->ordinal == ord && e->first == first &&
-	    e->kind == kind, tap_fmt("%s: fields", what));
-	is_str(e->file, file, tap_fmt("%s: file", what));
-}
+/* Records, the snapshot and the journal */
 
 static void
 test_roundtrip(void)
 {
-	char			*dir, *path, *cause = NULL, *text;
+	char			*dir, *path, *jpath, *cause = NULL;
+	const char		*pf = "1.M1P1Q1A0000abcd.host,S=10";
 	struct state		*st, *st2;
+	const struct state_rec	*r;
+	const char		*k;
+	size_t			 klen;
 	struct stat		 sb;
-	int			 code;
-	const char		*pf = "1700000000.M000001P42Q1A0000abcd.host,S=42";
+	uint32_t		 id, it;
+	int			 n;
 
 	dir = subdir("roundtrip");
 	path = join(dir, "acct.state");
+	jpath = join(dir, "acct.journal");
+	st = must_open(dir);
+	is_int((int)state_count(st), 0, "state_open: no file yet is an empty "
+	    "state");
+	ok(!exists(path), "state_open: does not create the state file");
+	ok(state_find(st, S("x"), 1) == STATE_NONE, "state_find: nothing in "
+	    "an empty state");
 
-	st = open_state(path, "user@pop.example.com", "/home/u/Mail", &code,
-	    &cause);
-	if (!ok(st != NULL, "state_open: no file yet is an empty state")) {
-		diag("%s", cause);
-		return;
-	}
-	is_int(st->nentries, 0, "state_open: empty state has no entries");
-	is_str(st->mailbox, "user@pop.example.com", "state_open: mailbox set");
-	is_str(st->maildir, "/home/u/Mail", "state_open: maildir set");
-	ok(st->dirty, "state_open: a new state is dirty (needs writing)");
-	ok(exists(path) == 0, "state_open: does not create the state file");
-
-	state_add(st, S("uid1"), 1, 1000, NULL);
-	state_add(st, S("uid1"), 2, 1001, NULL);
-	state_add(st, S("uid1"), 3, 1002, NULL);
-	state_add(st, S("weird uid\x01%\xff"), 1, 0, NULL);
-	state_add(st, S("nul\0inside"), 1, 5, NULL);
-	state_add(st, S("pend"), 1, 4102444800LL, pf);
-	state_add(st, S("pend"), 2, 7, pf);
-	is_int(st->nentries, 7, "state_add: 7 entries");
-	check_entry(st, S("pend"), 1, 4102444800LL, STATE_PENDING, pf,
-	    "state_add with a file name is PENDING");
-
-	if (!is_int(state_save(st, &cause), 0, "state_save: succeeds"))
-		diag("%s", cause);
-	ok(!st->dirty, "state_save: clears dirty");
+	state_put(st, S("uid1"), 1, 1000, 11, NULL);
+	state_put(st, S("uid1"), 2, 1001, 12, NULL);
+	state_put(st, S("weird uid\x01%\xff"), 1, 0, 0, NULL);
+	state_put(st, S("nul\0inside"), 1, 5, 99, NULL);
+	id = state_put(st, S("pend"), 1, 4102444800LL, 10, pf);
+	state_set_meta(st, "mailbox", "u@h");
+	state_set_meta(st, "odd", "with space\nand newline");
+	is_int((int)state_count(st), 5, "state_put: 5 records");
+	ok(state_rec(st, id)->kind == STATE_PENDING, "state_put with a file "
+	    "is PENDING");
+	is_str(state_rec_file(st, state_rec(st, id)), pf, "state_rec_file");
+	ok(state_dirty(st), "changes make the state dirty");
+	must_sync(st, "state_sync: the first sync succeeds");
+	ok(!state_dirty(st), "state_sync: nothing left to write");
+	ok(exists(path), "the first sync writes a snapshot");
+	ok(!exists(jpath), "... and no journal");
 	ok(stat(path, &sb) == 0 && (sb.st_mode & 077) == 0,
-	    "state_save: the file is not readable by others");
-	is_int(count_dir(dir), 2, "state_save: leaves only the state file "
-	    "and the lock in the directory");
+	    "the state file is not readable by others");
+	is_int(count_dir(dir), 2, "only the state file and the lock in the "
+	    "directory");
 
-	text = read_file(path, NULL);
-	like(text, "\nmaild-state 1\n", "saved file: version line");
-	like(text, "\nmailbox user@pop.example.com\n", "saved file: mailbox");
-	like(text, "\nmaildir /home/u/Mail\n", "saved file: maildir");
-	like(text, "\nD 1000 1 uid1\nD 1001 2 uid1\nD 1002 3 uid1\n",
-	    "saved file: D records with ordinals");
-	like(text, "\nD 0 1 weird%20uid%01%25%FF\n",
-	    "saved file: UIDL escaped");
-	like(text, "\nD 5 1 nul%00inside\n", "saved file: NUL escaped");
-	like(text, tap_fmt("\nP 4102444800 1 pend %s\n", pf),
-	    "saved file: P record with its file");
-	free(text);
+	/* More changes go to the journal. */
+	state_put(st, S("later"), 1, 2000, 0, NULL);
+	state_forget(st, state_find(st, S("uid1"), 2));
+	state_delivered(st, id);
+	state_set_absence(st, state_find(st, S("uid1"), 1), 2, 1234);
+	state_set_meta(st, "odd", NULL);
+	must_sync(st, "state_sync: a second sync succeeds");
+	ok(exists(jpath), "the second sync appends to the journal");
+	state_close(st);
 
-	/* Load it raw (no reconciliation) into another state. */
-	st2 = empty_state(dir);
-	if (!is_int(state_load_file(st2, path, &cause), 0,
-	    "state_load_file: reads the saved file")) {
-		diag("%s", cause);
+	st2 = must_open(dir);
+	is_int((int)state_count(st2), 5, "reopened: snapshot + journal give 5 "
+	    "records");
+	r = rec(st2, S("uid1"), 1);
+	ok(r != NULL && r->first == 1000 && r->size == 11 && r->missed == 2 &&
+	    r->absent == 1234 && r->kind == STATE_DELIVERED,
+	    "uid1/1: all fields back, the absence from the journal");
+	ok(rec(st2, S("uid1"), 2) == NULL, "uid1/2: forgotten in the journal");
+	r = rec(st2, S("pend"), 1);
+	ok(r != NULL && r->kind == STATE_DELIVERED && r->first == 4102444800LL
+	    && state_rec_file(st2, r) == NULL, "pend: delivered now, no file");
+	r = rec(st2, S("weird uid\x01%\xff"), 1);
+	ok(r != NULL && r->first == 0, "a key with odd bytes is back");
+	r = rec(st2, S("nul\0inside"), 1);
+	if (ok(r != NULL, "a key with a NUL is back")) {
+		k = state_rec_key(st2, r, &klen);
+		is_mem(k, klen, "nul\0inside", 10, "... byte for byte");
+	}
+	ok(rec(st2, S("nul"), 1) == NULL, "the key up to its NUL is not the "
+	    "key");
+	ok(rec(st2, S("uid"), 1) == NULL && rec(st2, S("uid12"), 1) == NULL &&
+	    rec(st2, S("UID1"), 1) == NULL && rec(st2, S("uid1"), 3) == NULL,
+	    "no match for a prefix, a longer key, another case, an absent "
+	    "ordinal");
+	ok(rec(st2, S("later"), 1) != NULL, "later: from the journal");
+	is_str(state_meta(st2, "mailbox"), "u@h", "meta from the snapshot");
+	ok(state_meta(st2, "odd") == NULL, "meta unset in the journal");
+	ok(!state_dirty(st2), "a loaded state is not dirty");
+	it = 0;
+	n = 0;
+	while (state_next(st2, &it) != NULL)
+		n++;
+	is_int(n, 5, "state_next: visits the 5 live records");
+
+	/* state_put over an existing record replaces it. */
+	state_put(st2, S("later"), 1, 3000, 77, NULL);
+	is_int((int)state_count(st2), 5, "state_put on a live key: no new "
+	    "record");
+	ok(rec(st2, S("later"), 1)->first == 3000 &&
+	    rec(st2, S("later"), 1)->size == 77, "... the fields replaced");
+	must_sync(st2, "sync after a replacement");
+	state_close(st2);
+	st2 = must_open(dir);
+	ok(rec(st2, S("later"), 1) != NULL &&
+	    rec(st2, S("later"), 1)->first == 3000, "the replacement survives "
+	    "a reload");
+	state_forget_all(st2);
+	is_int((int)state_count(st2), 0, "state_forget_all");
+	must_sync(st2, "sync after forget_all (a snapshot)");
+	ok(!exists(jpath), "the snapshot replaced the journal");
+	state_close(st2);
+	st2 = must_open(dir);
+	is_int((int)state_count(st2), 0, "... empty after a reload");
+	is_str(state_meta(st2, "mailbox"), "u@h", "... the meta stays");
+	state_close(st2);
+	free(cause);
+	free(path);
+	free(jpath);
+	free(dir);
+}
+
+/* Compaction: the journal never grows much beyond the snapshot. */
+static void
+test_compaction(void)
+{
+	char		*dir, *path, *jpath, key[32];
+	struct state	*st;
+	struct stat	 a, b;
+	int		 i, gen_changes = 0, bad = 0;
+	off_t		 last = 0;
+
+	dir = subdir("compact");
+	path = join(dir, "acct.state");
+	jpath = join(dir, "acct.journal");
+	st = must_open(dir);
+	for (i = 0; i < 20000; i++) {
+		snprintf(key, sizeof key, "message-%06d", i);
+		state_put(st, key, strlen(key), 1, 1000 + i, i, NULL);
+		if (i % 100 == 99) {
+			char	*cause = NULL;
+
+			if (state_sync(st, &cause) == -1) {
+				diag("%s", cause);
+				bad++;
+				free(cause);
+			}
+			if (stat(path, &a) == 0 && a.st_ino != (ino_t)last) {
+				last = (off_t)a.st_ino;
+				gen_changes++;
+			}
+			if (stat(jpath, &b) == 0 && stat(path, &a) == 0 &&
+			    b.st_size > a.st_size + (512 << 10))
+				bad++;
+		}
+	}
+	is_int(bad, 0, "200 syncs of 100 records: all succeed, the journal "
+	    "stays near the snapshot's size");
+	ok(gen_changes >= 2 && gen_changes < 40, "the snapshot was rewritten "
+	    "a few times, not at every sync");
+	/* Forget most: the dead ones leave at the next snapshot. */
+	for (i = 0; i < 20000; i += 2) {
+		snprintf(key, sizeof key, "message-%06d", i);
+		state_forget(st, state_find(st, key, strlen(key), 1));
+	}
+	must_sync(st, "sync after forgetting half");
+	state_close(st);
+	st = must_open(dir);
+	is_int((int)state_count(st), 10000, "10000 records after a reload");
+	snprintf(key, sizeof key, "message-%06d", 19999);
+	ok(rec(st, key, strlen(key), 1) != NULL &&
+	    rec(st, key, strlen(key), 1)->size == 19999, "the last one is "
+	    "there");
+	snprintf(key, sizeof key, "message-%06d", 19998);
+	ok(rec(st, key, strlen(key), 1) == NULL, "a forgotten one is not");
+	state_close(st);
+	free(path);
+	free(jpath);
+	free(dir);
+}
+
+/* Write a state file and a journal, and open them. */
+static struct state *
+open_files(const char *name, const char *state, const char *journal,
+    int *code, char **cause)
+{
+	char	*dir, *p;
+	struct state *st;
+
+	dir = subdir(name);
+	if (state != NULL) {
+		p = join(dir, "acct.state");
+		write_file(p, state, strlen(state));
+		free(p);
+	}
+	if (journal != NULL) {
+		p = join(dir, "acct.journal");
+		write_file(p, journal, strlen(journal));
+		free(p);
+	}
+	st = open_acct(dir, code, cause);
+	free(dir);
+	return (st);
+}
+
+/* A good snapshot of generation 3 with one record, made by state.c. */
+static char *
+good_snapshot(void)
+{
+	char		*dir, *p, *text;
+	struct state	*st;
+	uint32_t	 i;
+
+	dir = subdir("goodsnap");
+	st = must_open(dir);
+	state_put(st, S("one"), 1, 100, 5, NULL);
+	for (i = 0; i < 3; i++) {
+		state_forget_all(st);	/* each sync a new generation */
+		state_put(st, S("one"), 1, 100, 5, NULL);
+		must_sync(st, "good_snapshot: sync");
+	}
+	state_close(st);
+	p = join(dir, "acct.state");
+	text = read_file(p, NULL);
+	free(p);
+	free(dir);
+	return (text);
+}
+
+/* The sum of a journal block of lines, as state.c writes it. */
+static char *
+block(const char *lines)
+{
+	uint64_t	 h = 0xcbf29ce484222325ULL;
+	const char	*p;
+	char		*out;
+	int		 n = 0;
+
+	for (p = lines; *p != '\0'; p++) {
+		h ^= (unsigned char)*p;
+		h *= 0x100000001b3ULL;
+		if (*p == '\n')
+			n++;
+	}
+	xasprintf(&out, "%sC %d %016llx\n", lines, n, (unsigned long long)h);
+	return (out);
+}
+
+static void
+refused(const char *name, const char *state, const char *journal, int want,
+    const char *needle)
+{
+	struct state	*st;
+	char		*cause = NULL;
+	int		 code;
+
+	st = open_files(name, state, journal, &code, &cause);
+	if (!ok(st == NULL, tap_fmt("%s: refused", name))) {
 		state_close(st);
-		state_close(st2);
 		return;
 	}
-	is_int(st2->nentries, 7, "state_load_file: 7 entries");
-	ok(!st2->dirty, "state_load_file: not dirty after loading");
-	is_str(st2->mailbox, "user@pop.example.com", "loaded: mailbox");
-	is_str(st2->maildir, "/home/u/Mail", "loaded: maildir");
-	check_entry(st2, S("uid1"), 1, 1000, STATE_DELIVERED, NULL,
-	    "loaded uid1/1");
-	check_entry(st2, S("uid1"), 2, 1001, STATE_DELIVERED, NULL,
-	    "loaded uid1/2");
-	check_entry(st2, S("uid1"), 3, 1002, STATE_DELIVERED, NULL,
-	    "loaded uid1/3");
-	check_entry(st2, S("weird uid\x01%\xff"), 1, 0, STATE_DELIVERED, NULL,
-	    "loaded escaped UIDL");
-	check_entry(st2, S("nul\0inside"), 1, 5, STATE_DELIVERED, NULL,
-	    "loaded UIDL with a NUL");
-	check_entry(st2, S("pend"), 1, 4102444800LL, STATE_PENDING, pf,
-	    "loaded PENDING 1");
-	check_entry(st2, S("pend"), 2, 7, STATE_PENDING, pf,
-	    "loaded PENDING 2");
-	ok(state_find(st2, S("uid1"), 4) == NULL, "state_find: absent ordinal");
-	ok(state_find(st2, S("uid"), 1) == NULL, "state_find: prefix of a UIDL");
-	ok(state_find(st2, S("uid12"), 1) == NULL, "state_find: longer UIDL");
-	ok(state_find(st2, S("nul"), 1) == NULL,
-	    "state_find: UIDL up to its NUL is not the UIDL");
-	ok(state_find(st2, S("UID1"), 1) == NULL, "state_find: case matters");
-	state_close(st2);
-	state_close(st);
-
-	/* Reopening a clean file changes nothing: no needless rewrite. */
-	unlink(path);
-	st = open_state(path, "u@h", "/m", &code, &cause);
-	state_add(st, S("a"), 1, 1, NULL);
-	state_save(st, &cause);
-	state_close(st);
-	st = open_state(path, "u@h", "/m", &code, &cause);
-	if (ok(st != NULL, "state_open: reopen a saved state")) {
-		ok(!st->dirty, "state_open: same mailbox and maildir, nothing "
-		    "pending: not dirty");
-		ok(state_find(st, S("a"), 1) != NULL, "state_open: entry back");
-		state_close(st);
-	}
-
-	/* Saving where it cannot write. */
-	{
-		char	*bad = join(dir, "no/such/dir/x.state");
-		char	*lock = join(dir, "x.lock");
-
-		st = state_open(bad, lock, "u@h", "/m", &code, &cause);
-		if (ok(st != NULL, "state_open: missing directory of the state "
-		    "file is an empty state")) {
-			ok(state_save(st, &cause) == -1 && cause != NULL &&
-			    strstr(cause, "no/such/dir/x.state") != NULL,
-			    "state_save: fails with the path in the cause");
-			diag("cause: %s", cause ? cause : "(null)");
-			free(cause);
-			state_close(st);
-		}
-		free(bad);
-		free(lock);
-	}
-	free(path);
-	free(dir);
-}
-
-/* ---------------------------------------------------------------------- */
-/* Corrupt files */
-
-static void
-corrupt(const char *name, const char *data, size_t len, int line,
-    const char *phrase)
-{
-	char		*dir, *path, *cause = NULL, *prefix;
-	struct state	*st;
-	int		 code = 0;
-
-	dir = subdir("corrupt");
-	path = join(dir, "acct.state");
-	write_file(path, data, len);
-	st = open_state(path, "u@h", "/m", &code, &cause);
-	if (line > 0)
-		xasprintf(&prefix, "%s:%d: ", path, line);
-	else
-		xasprintf(&prefix, "%s: ", path);
-	if (!ok(st == NULL, tap_fmt("corrupt %s: state_open fails", name))) {
-		state_close(st);
-	} else {
-		is_int(code, EXIT_DATAERR, tap_fmt("corrupt %s: EXIT_DATAERR",
+	is_int(code, want, tap_fmt("%s: exit code", name));
+	like(cause, needle, tap_fmt("%s: the cause says \"%s\"", name,
+	    needle));
+	if (strcmp(needle, "newer") != 0)
+		like(cause, "move it away", tap_fmt("%s: and what to do",
 		    name));
-		has_prefix(cause, prefix, tap_fmt("corrupt %s: cause starts "
-		    "with \"path:%d: \"", name, line));
-		like(cause, phrase, tap_fmt("corrupt %s: cause says \"%s\"",
-		    name, phrase));
-	}
 	free(cause);
-	free(prefix);
-	free(path);
-	rm_rf(dir);
-	free(dir);
 }
 
 static void
-loads(const char *name, const char *data, size_t len, size_t nentries)
+test_integrity(void)
 {
-	char		*dir, *path, *cause = NULL;
+	char		*snap, *cut, *j1, *j2, *jj, *bad, *cause = NULL;
 	struct state	*st;
-	int		 code = 0;
+	size_t		 len;
+	int		 code;
 
-	dir = subdir("corrupt");
-	path = join(dir, "acct.state");
-	write_file(path, data, len);
-	st = open_state(path, "u@h", "/m", &code, &cause);
-	if (ok(st != NULL, tap_fmt("acceptable %s: loads", name))) {
-		is_int(st->nentries, nentries, tap_fmt("acceptable %s: "
-		    "entries", name));
+	snap = good_snapshot();
+	len = strlen(snap);
+	st = open_files("intact", snap, NULL, &code, &cause);
+	if (ok(st != NULL, "a snapshot state.c wrote loads")) {
+		ok(rec(st, S("one"), 1) != NULL, "... with its record");
 		state_close(st);
 	} else
 		diag("%s", cause);
+
+	refused("0-byte state file", "", NULL, EXIT_DATAERR, "empty");
+	/* Cut at every few bytes: always refused, never a shorter state. */
+	cut = xstrdup(snap);
+	{
+		size_t	i, bad_cuts = 0;
+
+		for (i = 1; i < len; i += 7) {
+			char	*c = xstrndup(snap, i);
+
+			free(cause);
+			cause = NULL;
+			st = open_files("cut", c, NULL, &code, &cause);
+			if (st != NULL) {
+				if (bad_cuts++ < 3)
+					diag("cut at %zu accepted", i);
+				state_close(st);
+			}
+			free(c);
+		}
+		is_int((int)bad_cuts, 0, "a snapshot cut anywhere is refused");
+	}
+	free(cut);
+	refused("truncated snapshot", tap_fmt("%.*s", (int)(len - 10), snap),
+	    NULL, EXIT_DATAERR, "truncated");
+	bad = xstrdup(snap);
+	*strstr(bad, "one") = 'x';
+	refused("a changed byte", bad, NULL, EXIT_DATAERR, "checksum");
+	free(bad);
+	xasprintf(&bad, "%sD 1 1 0 0 0 extra\n", snap);
+	refused("a line after end", bad, NULL, EXIT_DATAERR, "truncated");
+	free(bad);
+	refused("not a state file", "hello\n", NULL, EXIT_DATAERR,
+	    "not a maild state file");
+	refused("a newer version", "maild-state 9\n", NULL, EXIT_DATAERR,
+	    "newer");
+
+	/* The journal: good blocks apply, a torn last one is cut off. */
+	j1 = block("D 7 1 3 0 0 two\n");
+	j2 = block("F 1 one\nD 8 1 4 0 0 three\n");
+	xasprintf(&jj, "maild-journal 2 3\n%s%s", j1, j2);
 	free(cause);
-	free(path);
-	rm_rf(dir);
-	free(dir);
+	cause = NULL;
+	st = open_files("journal", snap, jj, &code, &cause);
+	if (ok(st != NULL, "a journal of two blocks replays")) {
+		ok(rec(st, S("one"), 1) == NULL && rec(st, S("two"), 1) != NULL &&
+		    rec(st, S("three"), 1) != NULL, "... both blocks applied");
+		state_close(st);
+	} else
+		diag("%s", cause);
+	free(jj);
+	xasprintf(&jj, "maild-journal 2 3\n%sF 1 one\nD 8 1 4 0 0 thr", j1);
+	free(cause);
+	cause = NULL;
+	st = open_files("torn", snap, jj, &code, &cause);
+	if (ok(st != NULL, "a torn last block is not an error")) {
+		ok(rec(st, S("one"), 1) != NULL && rec(st, S("two"), 1) != NULL &&
+		    rec(st, S("three"), 1) == NULL, "... it is ignored, the "
+		    "block before applies");
+		state_put(st, S("four"), 1, 9, 9, NULL);
+		must_sync(st, "... and a sync after it");
+		state_close(st);
+		st = open_files("torn", NULL, NULL, &code, &cause);
+		st = NULL;
+	} else
+		diag("%s", cause);
+	free(jj);
+	{
+		/* The block with a wrong sum, then a good one: damage. */
+		char	*wrong = xstrdup(j1);
+
+		wrong[strlen(wrong) - 2] ^= 1;
+		xasprintf(&jj, "maild-journal 2 3\n%s%s", wrong, j2);
+		refused("a bad block before a good one", snap, jj,
+		    EXIT_DATAERR, "damaged");
+		free(jj);
+		free(wrong);
+	}
+	xasprintf(&jj, "maild-journal 2 2\n%s", j1);
+	free(cause);
+	cause = NULL;
+	st = open_files("stale journal", snap, jj, &code, &cause);
+	if (ok(st != NULL, "a journal of an older generation is ignored")) {
+		ok(rec(st, S("two"), 1) == NULL, "... nothing of it applied");
+		state_close(st);
+	}
+	free(jj);
+	xasprintf(&jj, "maild-journal 2 4\n%s", j1);
+	refused("a newer journal", snap, jj, EXIT_DATAERR, "newer");
+	free(jj);
+	xasprintf(&jj, "maild-journal 2 0\n%s", j1);
+	refused("a journal without a state file", NULL, jj, EXIT_DATAERR,
+	    "does not");
+	free(jj);
+	free(j1);
+	free(j2);
+
+	/* Corrupt records in an otherwise good file. */
+	{
+		const char *recs[] = {
+			"D 1 1 0 0 0\n", "D x 1 0 0 0 k\n", "D 1 0 0 0 0 k\n",
+			"D 1 1 0 256 0 k\n", "D 1 1 0 0 0 a%zz\n",
+			"D 1 1 0 0 0 k extra\n", "P 1 1 0 0 0 k ../../etc\n",
+			"P 1 1 0 0 0 k notours,S=1\n", "Q 1 1 0 0 0 k\n",
+			"D -1 1 0 0 0 k\n", "D 1 4294967296 0 0 0 k\n",
+		};
+		size_t	i;
+
+		for (i = 0; i < sizeof recs / sizeof recs[0]; i++) {
+			j1 = block(recs[i]);
+			xasprintf(&jj, "maild-journal 2 3\n%s", j1);
+			refused(tap_fmt("corrupt record %zu", i), snap, jj,
+			    EXIT_DATAERR, "corrupt record");
+			free(jj);
+			free(j1);
+		}
+	}
+	free(cause);
+	free(snap);
 }
 
-#define HDR	"maild-state 1\nmailbox u@h\nmaildir /m\n"
-
+/* maild 0.1's files are read, and rewritten as version 2. */
 static void
-test_corrupt(void)
+test_version1(void)
 {
-	char	*big;
-	size_t	 n;
+	const char	*v1 = "# maild state\nmaild-state 1\nmailbox u%40h\n"
+	    "maildir /m\nD 100 1 a\nS 100 1 skipped\nD 101 2 a\n"
+	    "P 102 1 b 1.M1P1Q1A0000abcd.host,S=10\n";
+	char		*cause = NULL, *dir, *p, *text;
+	struct state	*st;
+	int		 code;
 
-	loads("empty file", S(""), 0);
-	loads("header only", S("maild-state 1\n"), 0);
-	loads("comments and blank lines first", S("# x\n\n#\nmaild-state 1\n"
-	    "D 1 1 a\n"), 1);
-	loads("same UIDL, other ordinals", S(HDR "D 1 1 a\nD 1 2 a\n"
-	    "D 1 3 a\n"), 3);
-	loads("largest ordinal", S(HDR "D 1 1000000 a\n"), 1);
-	loads("first 0", S(HDR "D 0 1 a\n"), 1);
+	st = open_files("v1", v1, NULL, &code, &cause);
+	if (!ok(st != NULL, "a version 1 file loads")) {
+		diag("%s", cause);
+		return;
+	}
+	ok(rec(st, S("a"), 1) != NULL && rec(st, S("a"), 2) != NULL &&
+	    rec(st, S("a"), 2)->first == 101, "its D records");
+	ok(rec(st, S("skipped"), 1) == NULL, "its S records are dropped");
+	ok(rec(st, S("b"), 1) != NULL &&
+	    rec(st, S("b"), 1)->kind == STATE_PENDING, "its P record");
+	is_str(state_meta(st, "mailbox"), "u@h", "mailbox as meta");
+	is_str(state_meta(st, "maildir"), "/m", "maildir as meta");
+	ok(state_dirty(st), "it is to be rewritten");
+	must_sync(st, "the rewrite");
+	state_close(st);
+	dir = join(topdir, "v1");
+	p = join(dir, "acct.state");
+	text = read_file(p, NULL);
+	like(text, "maild-state 2", "... as version 2");
+	free(text);
+	free(p);
+	free(dir);
+	refused("v1 truncated mid-line", "maild-state 1\nD 100 1 a", NULL,
+	    EXIT_DATAERR, "truncated");
+}
 
-	corrupt("bad header", S("maild-stat 1\n"), 1, "not a maild state "
-	    "file");
-	corrupt("header after a comment", S("# hi\nmaild-state x\n"), 2,
-	    "not a maild state file");
-	corrupt("no header", S("mailbox u@h\nD 1 1 a\n"), 1,
-	    "not a maild state file");
-	corrupt("record before the header", S("D 1 1 a\nmaild-state 1\n"), 1,
-	    "not a maild state file");
-	corrupt("header with extra field", S("maild-state 1 2\n"), 1,
-	    "not a maild state file");
-	corrupt("version 0", S("maild-state 0\n"), 1, "not a maild state "
-	    "file");
-	corrupt("unknown version", S("maild-state 2\nD 1 1 a\n"), 1,
-	    "version 2 is not supported");
-	corrupt("huge version", S("maild-state 99999999999999999999\n"), 1,
-	    "not a maild state file");
-	corrupt("only comments", S("# nothing\n"), 0, "not a maild state file");
-	corrupt("another program's file", S("\x89PNG\r\n\x1a\n"), 1,
-	    "not a maild state file");
+/* A state in memory only (for sets) writes nothing anywhere. */
+static void
+test_memory(void)
+{
+	struct state	*st = state_new();
+	char		 key[16];
+	int		 i, bad = 0;
 
-	corrupt("bad record kind", S(HDR "X 1 1 a\n"), 4, "corrupt record");
-	corrupt("lower-case kind", S(HDR "d 1 1 a\n"), 4, "corrupt record");
-	corrupt("two-letter kind", S(HDR "DD 1 1 a\n"), 4, "corrupt record");
-	corrupt("D with a file", S(HDR "D 1 1 a f\n"), 4, "corrupt record");
-	corrupt("P without a file", S(HDR "P 1 1 a\n"), 4, "corrupt record");
-	corrupt("too many fields", S(HDR "P 1 1 a f g\n"), 4, "corrupt "
-	    "record");
-	corrupt("too few fields", S(HDR "D 1 1\n"), 4, "corrupt record");
-	corrupt("two spaces", S(HDR "D 1  1 a\n"), 4, "corrupt record");
-	corrupt("first not a number", S(HDR "D x 1 a\n"), 4, "corrupt record");
-	corrupt("negative first", S(HDR "D -1 1 a\n"), 4, "corrupt record");
-	corrupt("first with +", S(HDR "D +1 1 a\n"), 4, "corrupt record");
-	corrupt("first overflows", S(HDR "D 99999999999999999999 1 a\n"), 4,
-	    "corrupt record");
-	corrupt("first with garbage", S(HDR "D 12x 1 a\n"), 4,
-	    "corrupt record");
-	corrupt("ordinal 0", S(HDR "D 1 0 a\n"), 4, "corrupt record");
-	corrupt("negative ordinal", S(HDR "D 1 -1 a\n"), 4, "corrupt record");
-	corrupt("ordinal too big", S(HDR "D 1 1000001 a\n"), 4,
-	    "corrupt record");
-	corrupt("ordinal 2^32+1", S(HDR "D 1 4294967297 a\n"), 4,
-	    "corrupt record");
-	corrupt("bad escape in UIDL", S(HDR "D 1 1 a%zz\n"), 4,
-	    "corrupt record");
-	corrupt("lone % in UIDL", S(HDR "D 1 1 a%\n"), 4, "corrupt record");
-	corrupt("control byte in UIDL", S(HDR "D 1 1 a\x01z\n"), 4,
-	    "corrupt record");
-	corrupt("bad mailbox escape", S("maild-state 1\nmailbox u%@h\n"), 2,
-	    "corrupt record");
-	corrupt("mailbox with NUL", S("maild-state 1\nmailbox u%00h\n"), 2,
-	    "corrupt record");
-	corrupt("empty mailbox", S("maild-state 1\nmailbox \n"), 2,
-	    "corrupt record");
-	corrupt("line numbers count comments", S(HDR "# c\n\nD 1 1 a\n"
-	    "D 1 1 a b c d\n"), 7, "corrupt record");
-
-	corrupt("truncated last line", S(HDR "D 1 1 a\nD 2 1 b"), 5,
-	    "truncated");
-	corrupt("NUL byte in a line", S(HDR "D 1 1 a\0b\n"), 4, "truncated");
-	corrupt("duplicate record", S(HDR "D 1 1 a\nD 2 1 b\nD 3 1 a\n"), 6,
-	    "listed twice");
-	corrupt("duplicate D and P", S(HDR "D 1 1 a\n"
-	    "P 2 1 a 1700000000.M000001P1Q1A0000abcd.host,S=1\n"), 5,
-	    "listed twice");
-	corrupt("duplicate, escaped differently", S(HDR "D 1 1 A\n"
-	    "D 1 1 %41\n"), 5, "listed twice");
-
-	corrupt("P file with /", S(HDR "P 1 1 a new/x,S=1\n"), 4,
-	    "corrupt record");
-	corrupt("P file ../x", S(HDR "P 1 1 a ../x\n"), 4, "corrupt record");
-	corrupt("P file with leading dot", S(HDR "P 1 1 a .x,S=1\n"), 4,
-	    "corrupt record");
-	corrupt("P file ..", S(HDR "P 1 1 a ..\n"), 4, "corrupt record");
-	big = xmalloc(8192);
-	n = snprintf(big, 8192, HDR "P 1 1 a ");
-	memset(big + n, 'f', 256);
-	n += 256;
-	big[n++] = '\n';
-	corrupt("P file of 256 bytes", big, n, 4, "corrupt record");
-
-	/* Line length: 4096 bytes before the LF are fine, 4097 are not. */
-	n = snprintf(big, 8192, HDR "D 1 1 ");
-	memset(big + n, 'u', 4096 - 6);
-	n += 4096 - 6;
-	big[n++] = '\n';
-	loads("line of 4096 bytes", big, n, 1);
-	n = snprintf(big, 8192, HDR "D 1 1 ");
-	memset(big + n, 'u', 4097 - 6);
-	n += 4097 - 6;
-	big[n++] = '\n';
-	corrupt("line of 4097 bytes", big, n, 4, "too long");
-	n = snprintf(big, 8192, HDR "D 1 1 a\n");
-	memset(big + n, 'x', 6000);
-	n += 6000;
-	big[n++] = '\n';
-	corrupt("line of 6000 bytes", big, n, 5, "too long");
-	free(big);
+	for (i = 0; i < 100000; i++) {
+		snprintf(key, sizeof key, "k%d", i);
+		state_put(st, key, strlen(key), 1 + i % 3, i, 0, NULL);
+	}
+	for (i = 0; i < 100000; i++) {
+		snprintf(key, sizeof key, "k%d", i);
+		if (rec(st, key, strlen(key), 1 + i % 3) == NULL ||
+		    rec(st, key, strlen(key), 1 + i % 3)->first != i)
+			bad++;
+	}
+	is_int(bad, 0, "100000 records: each found by key and ordinal");
+	for (i = 0; i < 100000; i += 3) {
+		snprintf(key, sizeof key, "k%d", i);
+		state_forget(st, state_find(st, key, strlen(key), 1));
+	}
+	bad = 0;
+	for (i = 0; i < 100000; i++) {
+		snprintf(key, sizeof key, "k%d", i);
+		if ((rec(st, key, strlen(key), 1 + i % 3) == NULL) != (i % 3 == 0))
+			bad++;
+	}
+	is_int(bad, 0, "forgetting every third: exactly those are gone");
+	state_close(st);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -625,12 +772,13 @@ test_lock(void)
 	ok(state_lock(lock, &fd, &cause) == -1, "state_lock: fails while "
 	    "another process holds the lock");
 	like(cause, tap_fmt("locked by process %ld", (long)pid),
-	    "state_lock: the cause names the holder's pid");
+	    "state_lock: the cause names the holder's pid (written into the "
+	    "lock file)");
 	like(cause, lock, "state_lock: the cause names the lock file");
 	free(cause);
 	cause = NULL;
 
-	st = state_open(path, lock, "u@h", "/m", &code, &cause);
+	st = state_open(dir, "acct", &code, &cause);
 	ok(st == NULL, "state_open: fails while the lock is held");
 	is_int(code, EXIT_TEMPFAIL, "state_open: locked is EXIT_TEMPFAIL");
 	like(cause, tap_fmt("%ld", (long)pid), "state_open: the cause "
@@ -638,6 +786,30 @@ test_lock(void)
 	free(cause);
 	cause = NULL;
 	state_close(st);
+
+	/* An open-file-description lock: a second open in this process
+	   conflicts too, and says it is this maild. */
+	close(tochild[1]);
+	tochild[1] = -1;
+	waitpid(pid, NULL, 0);
+	pid = -1;
+	if (ok(state_lock(lock, &fd, &cause) == 0, "state_lock: free once "
+	    "the holder is gone")) {
+		int	fd2 = -1;
+
+		free(cause);
+		cause = NULL;
+		ok(state_lock(lock, &fd2, &cause) == -1, "state_lock: a second "
+		    "lock in the same process fails");
+		like(cause, "this maild", "state_lock: ... and says it is held "
+		    "by this maild");
+		if (fd2 != -1)
+			close(fd2);
+		close(fd);
+	} else
+		diag("%s", cause);
+	free(cause);
+	cause = NULL;
 
 	/* Let the child go; then the lock is free. */
 	close(tochild[1]);
@@ -676,356 +848,6 @@ out:
 	free(dir);
 }
 
-/* ---------------------------------------------------------------------- */
-/* Reconciliation of PENDING entries in state_open */
-
-static char *
-make_maildir(const char *dir, const char *name, int withnew)
-{
-	char	*md = join(dir, name), *p;
-
-	mkdir(md, 0700);
-	p = join(md, "tmp");
-	mkdir(p, 0700);
-	free(p);
-	p = join(md, "cur");
-	mkdir(p, 0700);
-	free(p);
-	if (withnew) {
-		p = join(md, "new");
-		mkdir(p, 0700);
-		free(p);
-	}
-	return (md);
-}
-
-static void
-test_reconcile(void)
-{
-	char		*dir, *md, *path, *cause = NULL, *text, *p, *q, *data;
-	struct state	*st;
-	struct state_entry *e;
-	size_t		 len;
-	int		 code;
-	const char	*b1 = "1700000000.M1P1Q1A01234567.host";
-	const char	*b2 = "1700000000.M1P1Q2A01234567.host";
-	const char	*b3 = "1700000000.M1P1Q3A01234567.host";
-
-	dir = subdir("reconcile");
-	md = make_maildir(dir, "Maildir", 1);
-	path = join(dir, "acct.state");
-
-	/* b1: still in tmp/.  b2: already in new/.  b3: gone altogether. */
-	p = xmalloc(PATH_MAX);
-	snprintf(p, PATH_MAX, "%s/tmp/%s", md, b1);
-	write_file(p, "hello", 5);
-	snprintf(p, PATH_MAX, "%s/new/%s,S=3", md, b2);
-	write_file(p, "abc", 3);
-	xasprintf(&data, "maild-state 1\nmailbox u@h\nmaildir %s\n"
-	    "D 50 1 old\n"
-	    "P 100 1 one %s,S=5\n"
-	    "P 101 1 two %s,S=3\n"
-	    "P 102 1 three %s,S=9\n", md, b1, b2, b3);
-	write_file(path, data, strlen(data));
-	free(data);
-
-	st = open_state(path, "u@h", md, &code, &cause);
-	if (!ok(st != NULL, "reconcile: state_open succeeds")) {
-		diag("%s", cause);
-		goto out;
-	}
-	snprintf(p, PATH_MAX, "%s/new/%s,S=5", md, b1);
-	text = read_file(p, &len);
-	is_mem(text, text ? len : 0, "hello", 5, "reconcile: the file left in "
-	    "tmp/ is now new/<name>,S=5 with its content");
-	free(text);
-	snprintf(p, PATH_MAX, "%s/tmp/%s", md, b1);
-	ok(!exists(p), "reconcile: ... and is gone from tmp/");
-	snprintf(p, PATH_MAX, "%s/new/%s,S=3", md, b2);
-	ok(exists(p), "reconcile: a file already in new/ stays there");
-	snprintf(p, PATH_MAX, "%s/new", md);
-	is_int(count_dir(p), 2, "reconcile: new/ has exactly the two "
-	    "messages");
-	snprintf(p, PATH_MAX, "%s/tmp", md);
-	is_int(count_dir(p), 0, "reconcile: tmp/ is empty");
-
-	is_int(st->nentries, 4, "reconcile: all entries kept");
-	e = state_find(st, S("one"), 1);
-	ok(e != NULL && e->kind == STATE_DELIVERED && e->file == NULL,
-	    "reconcile: moved entry is DELIVERED, no file");
-	e = state_find(st, S("two"), 1);
-	ok(e != NULL && e->kind == STATE_DELIVERED && e->file == NULL,
-	    "reconcile: entry whose tmp file is gone is DELIVERED");
-	e = state_find(st, S("three"), 1);
-	ok(e != NULL && e->kind == STATE_DELIVERED && e->first == 102,
-	    "reconcile: entry whose file is nowhere is DELIVERED too");
-	ok(st->dirty, "reconcile: state is dirty after reconciling");
-	if (!ok(state_save(st, &cause) == 0, "reconcile: save"))
-		diag("%s", cause);
-	text = read_file(path, NULL);
-	ok(text != NULL && strstr(text, "\nP ") == NULL &&
-	    strstr(text, "\nD 100 1 one\n") != NULL,
-	    "reconcile: saved file has D records only");
-	free(text);
-	state_close(st);
-
-	/*
-	 * A P record whose name has nothing before the comma must not make
-	 * state_open rename "<maildir>/tmp/" itself into new/.
-	 */
-	rm_rf(md);
-	free(md);
-	md = make_maildir(dir, "Maildir", 1);
-	snprintf(p, PATH_MAX, "%s/tmp/partial", md);
-	write_file(p, "x", 1);
-	xasprintf(&data, "maild-state 1\nmailbox u@h\nmaildir %s\n"
-	    "P 100 1 one ,S=5\n", md);
-	write_file(path, data, strlen(data));
-	free(data);
-	st = open_state(path, "u@h", md, &code, &cause);
-	snprintf(p, PATH_MAX, "%s/tmp", md);
-	ok(is_dir(p), "P record named \",S=5\": <maildir>/tmp/ is still "
-	    "there");
-	snprintf(p, PATH_MAX, "%s/new/,S=5", md);
-	ok(!exists(p), "P record named \",S=5\": nothing moved to "
-	    "new/,S=5");
-	if (st != NULL)
-		state_close(st);
-	else
-		diag("state_open refused it: %s", cause);
-	free(cause);
-	cause = NULL;
-
-	/*
-	 * new/ missing: the rename fails with ENOENT although the message
-	 * is still in tmp/.  It must not be taken as delivered (maild would
-	 * then remove it from tmp/ as a leftover, and delete it on the
-	 * server): state_open must fail, or get the file into new/.
-	 */
-	rm_rf(md);
-	free(md);
-	md = make_maildir(dir, "Maildir", 0);
-	snprintf(p, PATH_MAX, "%s/tmp/%s", md, b1);
-	write_file(p, "hello", 5);
-	xasprintf(&data, "maild-state 1\nmailbox u@h\nmaildir %s\n"
-	    "P 100 1 one %s,S=5\n", md, b1);
-	write_file(path, data, strlen(data));
-	free(data);
-	st = open_state(path, "u@h", md, &code, &cause);
-	snprintf(p, PATH_MAX, "%s/new/%s,S=5", md, b1);
-	q = xmalloc(PATH_MAX);
-	snprintf(q, PATH_MAX, "%s/tmp/%s", md, b1);
-	e = st != NULL ? state_find(st, S("one"), 1) : NULL;
-	ok(st == NULL || exists(p) || (e != NULL && e->kind == STATE_PENDING),
-	    "reconcile with new/ missing: the message still in tmp/ is not "
-	    "marked delivered");
-	if (st != NULL)
-		diag("state_open succeeded; entry kind %d, in tmp/: %s, in "
-		    "new/: %s", e ? (int)e->kind : -1, exists(q) ? "yes" : "no",
-		    exists(p) ? "yes" : "no");
-	else
-		diag("state_open failed (code %d): %s", code, cause);
-	free(q);
-	state_close(st);
-	free(cause);
-	cause = NULL;
-
-	/* Mailbox mismatch: start afresh, but finish the delivery first. */
-	rm_rf(md);
-	free(md);
-	md = make_maildir(dir, "Maildir", 1);
-	snprintf(p, PATH_MAX, "%s/tmp/%s", md, b1);
-	write_file(p, "hello", 5);
-	xasprintf(&data, "maild-state 1\nmailbox other@h\nmaildir %s\n"
-	    "D 1 1 x\nD 1 1 y\nP 100 1 one %s,S=5\n", md, b1);
-	write_file(path, data, strlen(data));
-	free(data);
-	st = open_state(path, "u@h", md, &code, &cause);
-	if (ok(st != NULL, "mailbox mismatch: state_open succeeds")) {
-		is_int(st->nentries, 0, "mailbox mismatch: entries dropped");
-		is_str(st->mailbox, "u@h", "mailbox mismatch: new mailbox");
-		ok(st->dirty, "mailbox mismatch: dirty");
-		ok(state_find(st, S("x"), 1) == NULL,
-		    "mailbox mismatch: old UIDL not found");
-		state_add(st, S("x"), 1, 1, NULL);
-		ok(state_find(st, S("x"), 1) != NULL,
-		    "mailbox mismatch: index works afterwards");
-		state_close(st);
-	} else
-		diag("%s", cause);
-	snprintf(p, PATH_MAX, "%s/new/%s,S=5", md, b1);
-	ok(exists(p), "mailbox mismatch: pending delivery still finished");
-
-	/* Maildir changed: entries kept, maildir updated. */
-	xasprintf(&data, "maild-state 1\nmailbox u@h\nmaildir /old/Maildir\n"
-	    "D 1 1 x\n");
-	write_file(path, data, strlen(data));
-	free(data);
-	st = open_state(path, "u@h", md, &code, &cause);
-	if (ok(st != NULL, "maildir changed: state_open succeeds")) {
-		is_int(st->nentries, 1, "maildir changed: entries kept");
-		is_str(st->maildir, md, "maildir changed: new maildir");
-		ok(st->dirty, "maildir changed: dirty");
-		state_close(st);
-	}
-
-	/* No maildir line: pending entries just become delivered. */
-	xasprintf(&data, "maild-state 1\nmailbox u@h\nP 1 1 x %s,S=1\n", b3);
-	write_file(path, data, strlen(data));
-	free(data);
-	st = open_state(path, "u@h", md, &code, &cause);
-	if (ok(st != NULL, "no maildir record: state_open succeeds")) {
-		e = state_find(st, S("x"), 1);
-		ok(e != NULL && e->kind == STATE_DELIVERED,
-		    "no maildir record: PENDING becomes DELIVERED");
-		state_close(st);
-	}
-out:
-	free(p);
-	free(cause);
-	free(path);
-	free(md);
-	free(dir);
-}
-
-/* ---------------------------------------------------------------------- */
-/* state_forget_unlisted */
-
-static void
-test_forget(void)
-{
-	char		*dir, *path, *cause = NULL, *data;
-	struct state	*st;
-	struct state_entry *e;
-	size_t		 i;
-	int		 code;
-
-	dir = subdir("forget");
-	path = join(dir, "acct.state");
-
-	/* Flags set by hand. */
-	st = open_state(path, "u@h", "/m", &code, &cause);
-	state_add(st, S("keep"), 1, 1, NULL);
-	state_add(st, S("drop"), 1, 1, NULL);
-	state_add(st, S("pend"), 1, 1, "f,S=1");
-	state_add(st, S("drop2"), 1, 1, NULL);
-	state_add(st, S("keep"), 2, 1, NULL);
-	for (i = 0; i < st->nentries; i++)
-		st->entries[i]->listed = 0;
-	state_find(st, S("keep"), 1)->listed = 1;
-	state_find(st, S("keep"), 2)->listed = 1;
-	st->dirty = 0;
-	state_forget_unlisted(st);
-	is_int(st->nentries, 3, "forget: 3 entries left");
-	ok(state_find(st, S("keep"), 1) != NULL &&
-	    state_find(st, S("keep"), 2) != NULL, "forget: listed entries "
-	    "kept and still found");
-	e = state_find(st, S("pend"), 1);
-	ok(e != NULL && e->kind == STATE_PENDING && strcmp(e->file, "f,S=1")
-	    == 0, "forget: unlisted PENDING entry kept");
-	ok(state_find(st, S("drop"), 1) == NULL &&
-	    state_find(st, S("drop2"), 1) == NULL,
-	    "forget: unlisted entries gone");
-	ok(st->dirty, "forget: dirty when something was dropped");
-	st->dirty = 0;
-	state_forget_unlisted(st);
-	ok(!st->dirty && st->nentries == 3, "forget: nothing to drop, not "
-	    "dirty");
-	state_close(st);
-
-	/*
-	 * What a session does (pop3_plan): load the state, mark each entry
-	 * the server lists (state_find, listed = 1), then forget the rest.
-	 * Entries loaded from the file must therefore start unlisted, or
-	 * nothing is ever forgotten.
-	 */
-	xasprintf(&data, HDR "D 1 1 on-server\nD 1 1 deleted-on-server\n");
-	write_file(path, data, strlen(data));
-	free(data);
-	st = open_state(path, "u@h", "/m", &code, &cause);
-	if (ok(st != NULL, "forget after load: state_open")) {
-		e = state_find(st, S("on-server"), 1);
-		if (e != NULL)
-			e->listed = 1;
-		state_forget_unlisted(st);
-		ok(state_find(st, S("deleted-on-server"), 1) == NULL,
-		    "forget after load: a loaded entry the listing did not "
-		    "mention is forgotten");
-		ok(state_find(st, S("on-server"), 1) != NULL,
-		    "forget after load: the listed entry is kept");
-		for (i = 0; i < st->nentries; i++)
-			if (st->entries[i] != e && st->entries[i]->listed)
-				diag("entry \"%s\" loaded from the file has "
-				    "listed = 1", st->entries[i]->uidl);
-		state_close(st);
-	} else
-		diag("%s", cause);
-	free(cause);
-	free(path);
-	free(dir);
-}
-
-/* ---------------------------------------------------------------------- */
-/* Many entries */
-
-static void
-test_many(void)
-{
-	char		*dir, *path, *cause = NULL, id[32];
-	struct state	*st;
-	double		 t0, t;
-	size_t		 i, n = 100000, missing = 0;
-	int		 code, len;
-
-	dir = subdir("many");
-	path = join(dir, "acct.state");
-	st = open_state(path, "u@h", "/m", &code, &cause);
-
-	t0 = now_mono();
-	for (i = 0; i < n; i++) {
-		len = snprintf(id, sizeof id, "%zx-uid", i * 2654435761u);
-		state_add(st, id, len, 1, (int64_t)i, NULL);
-	}
-	/* And one UIDL the server repeats 20000 times. */
-	for (i = 1; i <= 20000; i++)
-		state_add(st, S("dup"), (uint32_t)i, 1, NULL);
-	for (i = 0; i < n; i++) {
-		len = snprintf(id, sizeof id, "%zx-uid", i * 2654435761u);
-		if (state_find(st, id, len, 1) == NULL)
-			missing++;
-		len = snprintf(id, sizeof id, "%zx-nope", i);
-		if (state_find(st, id, len, 1) != NULL)
-			missing++;
-	}
-	for (i = 1; i <= 20000; i++)
-		if (state_find(st, S("dup"), (uint32_t)i) == NULL)
-			missing++;
-	t = now_mono() - t0;
-	is_int(missing, 0, "many: 120000 entries all found, absent ones not");
-	ok(t < 5.0, tap_fmt("many: adding and finding 120000 entries took "
-	    "%.2fs (< 5s)", t));
-
-	t0 = now_mono();
-	ok(state_save(st, &cause) == 0, "many: save");
-	state_close(st);
-	st = open_state(path, "u@h", "/m", &code, &cause);
-	t = now_mono() - t0;
-	ok(st != NULL && st->nentries == n + 20000, "many: reloaded");
-	ok(t < 5.0, tap_fmt("many: save and reload took %.2fs (< 5s)", t));
-	if (st != NULL) {
-		t0 = now_mono();
-		for (i = 0; i < st->nentries; i++)
-			st->entries[i]->listed = i % 2;
-		state_forget_unlisted(st);
-		t = now_mono() - t0;
-		is_int(st->nentries, (n + 20000) / 2, "many: forget half");
-		ok(t < 5.0, tap_fmt("many: forgetting took %.2fs (< 5s)", t));
-		state_close(st);
-	}
-	free(cause);
-	free(path);
-	free(dir);
-}
 
 int
 main(void)
@@ -1033,11 +855,11 @@ main(void)
 	topdir = mkscratch("state");
 	test_escape();
 	test_roundtrip();
-	test_corrupt();
+	test_compaction();
+	test_integrity();
+	test_version1();
+	test_memory();
 	test_lock();
-	test_reconcile();
-	test_forget();
-	test_many();
 	rm_rf(topdir);
 	free(topdir);
 	return (done());
