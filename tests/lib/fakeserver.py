@@ -23,6 +23,7 @@ override _closed(conn), called when a connection ends.
 
 import asyncio
 import base64
+import collections
 import itertools
 import json
 import re
@@ -201,16 +202,28 @@ def oauth_error(mech):
 # connections
 
 class TimedReader(asyncio.StreamReader):
-    """Notes when each line's LF arrived."""
+    """Notes when each line's LF arrived (arrivals), and when the byte at
+    each offset of the stream did (time_of)."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.arrivals = []
+        self.fed = 0
+        self.feeds = collections.deque()    # (end offset, time)
 
     def feed_data(self, data):
         now = time.monotonic()
         self.arrivals.extend([now] * data.count(b"\n"))
+        self.fed += len(data)
+        self.feeds.append((self.fed, now))
         super().feed_data(data)
+
+    def time_of(self, offset):
+        """When the byte before offset arrived (offsets asked for must
+        not decrease)."""
+        while len(self.feeds) > 1 and self.feeds[0][0] < offset:
+            self.feeds.popleft()
+        return self.feeds[0][1] if self.feeds else time.monotonic()
 
 
 class BaseConn:
