@@ -1,4 +1,4 @@
-"""dovecot.py: a private, throw-away Dovecot POP3 server for the tests.
+"""dovecot.py: a private, throw-away Dovecot (POP3, IMAP, LMTP) for the tests.
 
     with dovecot.Dovecot(certs.get()) as srv:     # started; stopped at exit
         srv.add_user("user1")                      # password srv.password
@@ -8,11 +8,40 @@
         srv.uidls("user1")                         # via POP3S (poplib)
         srv.host, srv.pop3s_port, srv.pop3_port, srv.ca
 
+IMAP (Debian: dovecot-imapd; served when installed, imap=True insists):
+
+        srv.imaps_port, srv.imap_port              # IMAPS; IMAP + STARTTLS
+        srv.create_folder("user1", "Archive")
+        srv.deliver("user1", msgs, folder="Archive")       # doveadm save
+        srv.deliver("user1", msgs, via="lda")              # dovecot-lda
+        srv.add_messages("user1", msgs, folder="Archive")  # files into new/
+        srv.messages("user1", "Archive")   # [{"uid": 1, "flags": {...}...}]
+        srv.status("user1", "INBOX")       # {"uidvalidity": ..., ...}
+        srv.set_uidvalidity("user1", "INBOX", 1234)   # UIDs kept
+        srv.reset_uids("user1", "INBOX")   # new UIDVALIDITY, UIDs from 1
+        srv.imap("user1")                  # a logged-in imaplib client
+        srv.restart()                      # same ports, same mail
+
+LMTP with Pigeonhole Sieve (Debian: dovecot-lmtpd, dovecot-sieve), with
+lmtp=True:
+
+        srv.lmtp_socket, srv.lmtp_port     # unix socket, 127.0.0.1 port
+        srv.set_sieve("user1", 'require "fileinto"; fileinto "Lists";')
+        srv.lmtp_send(["user1"], data)     # [(250, "2.0.0 <user1> ...")]
+
 Everything lives in one temp directory: dovecot.conf, passwd-file, base_dir,
-state_dir, log (srv.log), and the users' Maildirs.  Listeners: POP3S
-(implicit TLS) and plain POP3 (STLS offered), both on 127.0.0.1 with free
-ports.  UIDLs are the Maildir base names (pop3_uidl_format = %g), stable
-across restarts.
+state_dir, log (srv.log), and the users' homes (Maildir, Sieve scripts).
+Listeners: POP3S and IMAPS (implicit TLS), plain POP3 and IMAP (STLS /
+STARTTLS offered), LMTP on a unix socket and a TCP port, all on 127.0.0.1
+with free ports.  UIDLs are the Maildir base names (pop3_uidl_format =
+%g), stable across restarts.  Folders are Maildir++ directories (".Name")
+of the user's Maildir, "/" the IMAP hierarchy separator; Archive, Sent,
+Drafts, Junk and Trash carry their special-use attributes once created.
+Dovecot tells a client in IDLE of new mail about half a second after it
+arrives (inotify on the Maildir).  A user's Sieve script is
+~/sieve/<name>.sieve, active through the link ~/.dovecot.sieve; the
+"duplicate" and "vnd.dovecot.duplicate" extensions are available (their
+database is ~/.dovecot.lda-dupes).
 
 Note: Dovecot counts a connection whose remote address equals its local
 address (any loopback connection here) as secured, so on the plain port it
@@ -26,12 +55,19 @@ chowned to nobody and the directory is made o+x.  As a normal user:
 everything runs as that user, without chroot.
 
 The server is stopped by its master PID (run/master.pid), never by name.
+
+Later (issue 13): Dovecot's oauth2 passdb pointed at a mock introspection
+endpoint would go in _conf_text() as a second passdb (driver = oauth2,
+args = a file with introspection_url = https://127.0.0.1:PORT/...,
+introspection_mode = post, tls_ca_cert_file = the test CA); not built yet.
 """
 
 import grp
+import imaplib
 import os
 import poplib
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -44,6 +80,11 @@ import tap
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PASSWORD = "t3st-Pa55word"
+SPECIAL_USE = {"Archive": "\\Archive", "Drafts": "\\Drafts",
+               "Junk": "\\Junk", "Sent": "\\Sent", "Trash": "\\Trash"}
+
+
+LIBEXEC = "/usr/lib/dovecot"
 
 
 class DovecotError(Exception):
@@ -55,6 +96,32 @@ def find_dovecot():
         "/usr/sbin/dovecot" if os.access("/usr/sbin/dovecot", os.X_OK)
         else None)
     return exe
+
+
+def find_tool(name):
+    """A Dovecot program (doveadm, sievec, dovecot-lda, or a service
+    binary such as imap or lmtp), or None."""
+    for d in (os.path.dirname(find_dovecot() or "/usr/sbin/dovecot"),
+              "/usr/bin", "/usr/sbin", LIBEXEC):
+        p = os.path.join(d, name)
+        if os.access(p, os.X_OK):
+            return p
+    return shutil.which(name)
+
+
+def have_imap():
+    """Is Dovecot's IMAP server installed (dovecot-imapd)?"""
+    return find_dovecot() is not None and find_tool("imap") is not None \
+        and os.access(os.path.join(LIBEXEC, "imap-login"), os.X_OK)
+
+
+def have_lmtp():
+    """Are Dovecot's LMTP server and Pigeonhole Sieve installed
+    (dovecot-lmtpd, dovecot-sieve)?"""
+    return find_dovecot() is not None and \
+        os.access(os.path.join(LIBEXEC, "lmtp"), os.X_OK) and \
+        os.path.exists(os.path.join(LIBEXEC, "modules",
+                                    "lib90_sieve_plugin.so"))
 
 
 def free_port(host=LOOPBACK):
@@ -117,17 +184,29 @@ def chown_tree(path, uid, gid):
 class Dovecot:
     def __init__(self, certs, directory=None, plaintext_auth=False,
                  password=DEFAULT_PASSWORD, extra_conf="",
-                 auth_mechanisms="plain login", client_ca=None):
+                 auth_mechanisms="plain login", client_ca=None, imap=None,
+                 lmtp=False):
         """auth_mechanisms: Dovecot's auth_mechanisms (e.g. "plain login
         cram-md5 apop xoauth2 oauthbearer"; the passwd-file holds {PLAIN}
         passwords, so all of them work; with xoauth2/oauthbearer the
         token is checked as the password).  client_ca: a CA certificate
         file; if given, Dovecot asks for a client certificate signed by
         it and refuses to log in without one (ssl_verify_client_cert,
-        auth_ssl_require_client_cert)."""
+        auth_ssl_require_client_cert).  imap: serve IMAP (None: if
+        dovecot-imapd is installed; True: skip the test if it is not).
+        lmtp: serve LMTP with Sieve (skips without dovecot-lmtpd and
+        dovecot-sieve)."""
         self.exe = find_dovecot()
         if self.exe is None:
             raise tap.Skip("dovecot is not installed (dovecot-pop3d)")
+        if imap and not have_imap():
+            raise tap.Skip("Dovecot's IMAP server is not installed "
+                           "(dovecot-imapd)")
+        if lmtp and not have_lmtp():
+            raise tap.Skip("Dovecot's LMTP server or Sieve is not "
+                           "installed (dovecot-lmtpd, dovecot-sieve)")
+        self.imap_enabled = have_imap() if imap is None else bool(imap)
+        self.lmtp_enabled = bool(lmtp)
         self.certs = certs
         self.password = password
         self.plaintext_auth = plaintext_auth
@@ -181,6 +260,8 @@ class Dovecot:
         self.passwd.write_text("")
         os.chmod(self.passwd, 0o600)
         self.pop3s_port = self.pop3_port = None
+        self.imaps_port = self.imap_port = self.lmtp_port = None
+        self.lmtp_socket = self.dir / "run" / "lmtp" if lmtp else None
 
     # ------------------------------------------------------------------
     def _conf_text(self):
@@ -192,7 +273,8 @@ class Dovecot:
             f"state_dir = {d / 'state'}",
             f"log_path = {self.log}",
             f"info_log_path = {self.log}",
-            "protocols = pop3",
+            "protocols = pop3" + (" imap" if self.imap_enabled else "")
+            + (" lmtp" if self.lmtp_enabled else ""),
             f"listen = {LOOPBACK}",
             "shutdown_clients = yes",
             "verbose_proctitle = yes",
@@ -224,24 +306,35 @@ class Dovecot:
             "}",
             "userdb {",
             "  driver = passwd-file",
-            f"  args = username_format=%u {self.passwd}",
+            # %n: LMTP's RCPT TO:<user@domain> finds "user"
+            f"  args = username_format=%n {self.passwd}",
             "}",
             "mail_location = maildir:~/Maildir",
             "pop3_uidl_format = %g",
-            "service pop3-login {",
-            "  inet_listener pop3 {",
-            f"    address = {LOOPBACK}",
-            f"    port = {self.pop3_port}",
-            "  }",
-            "  inet_listener pop3s {",
-            f"    address = {LOOPBACK}",
-            f"    port = {self.pop3s_port}",
-            "    ssl = yes",
-            "  }",
+            "namespace inbox {",
+            "  inbox = yes",
+            "  separator = /",
         ]
-        if not self.as_root:
-            lines.append("  chroot =")
+        for box, use in SPECIAL_USE.items():
+            lines += [f"  mailbox {box} {{", f"    special_use = {use}",
+                      "  }"]
         lines.append("}")
+        lines += self._listeners("pop3", self.pop3_port, self.pop3s_port)
+        if self.imap_enabled:
+            lines += self._listeners("imap", self.imap_port,
+                                     self.imaps_port)
+            lines += [
+                # Dovecot's defaults, spelled out: new mail reaches an
+                # IDLE client through inotify (after about 0.5 s); the
+                # interval is only the fallback
+                "mailbox_idle_check_interval = 30 secs",
+                "imap_idle_notify_interval = 2 mins",
+                "protocol imap {",
+                "  mail_max_userip_connections = 100",
+                "}",
+            ]
+        if self.lmtp_enabled:
+            lines += self._lmtp_conf()
         if self.as_root:
             lines += ["service auth {", "  user = root", "}",
                       "service auth-worker {", "  user = root", "}"]
@@ -249,6 +342,49 @@ class Dovecot:
             lines += ["service anvil {", "  chroot =", "}"]
         lines.append(self.extra_conf)
         return "\n".join(lines) + "\n"
+
+    def _listeners(self, proto, plain_port, tls_port):
+        lines = [f"service {proto}-login {{",
+                 f"  inet_listener {proto} {{",
+                 f"    address = {LOOPBACK}",
+                 f"    port = {plain_port}",
+                 "  }",
+                 f"  inet_listener {proto}s {{",
+                 f"    address = {LOOPBACK}",
+                 f"    port = {tls_port}",
+                 "    ssl = yes",
+                 "  }"]
+        if not self.as_root:
+            lines.append("  chroot =")
+        return lines + ["}"]
+
+    def _lmtp_conf(self):
+        return [
+            "service lmtp {",
+            "  unix_listener lmtp {",
+            "    mode = 0666",
+            "  }",
+            "  inet_listener lmtp {",
+            f"    address = {LOOPBACK}",
+            f"    port = {self.lmtp_port}",
+            "  }",
+            "}",
+            "postmaster_address = postmaster@maild-test.example",
+            "lda_mailbox_autocreate = yes",
+            "lda_mailbox_autosubscribe = yes",
+            "protocol lmtp {",
+            "  mail_plugins = $mail_plugins sieve",
+            "}",
+            "protocol lda {",
+            "  mail_plugins = $mail_plugins sieve",
+            "}",
+            "plugin {",
+            "  sieve = file:~/sieve;active=~/.dovecot.sieve",
+            # RFC 7352 duplicate is there by default, the older
+            # vnd.dovecot.duplicate (what older Pigeonholes know) is not
+            "  sieve_extensions = +vnd.dovecot.duplicate",
+            "}",
+        ]
 
     def _write_passwd(self):
         tmp = self.passwd.with_suffix(".tmp")
@@ -259,13 +395,28 @@ class Dovecot:
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.passwd)
 
+    def _ports(self):
+        return [p for p in (self.pop3s_port, self.pop3_port, self.imaps_port,
+                            self.imap_port, self.lmtp_port) if p]
+
+    def _pick_ports(self):
+        names = ["pop3s_port", "pop3_port"]
+        if self.imap_enabled:
+            names += ["imaps_port", "imap_port"]
+        if self.lmtp_enabled:
+            names.append("lmtp_port")
+        taken = set()
+        for n in names:
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            taken.add(port)
+            setattr(self, n, port)
+
     def start(self, timeout=20.0):
         last = None
         for attempt in range(3):
-            self.pop3s_port = free_port()
-            self.pop3_port = free_port()
-            while self.pop3_port == self.pop3s_port:
-                self.pop3_port = free_port()
+            self._pick_ports()
             self.conf.write_text(self._conf_text())
             try:
                 self._start_once(timeout)
@@ -274,6 +425,13 @@ class Dovecot:
                 last = e
                 self.stop()
         raise last
+
+    def restart(self, timeout=20.0):
+        """Stop (by PID: the clients are disconnected) and start again on
+        the same ports with the same mail, as a server restart does."""
+        self.stop()
+        self._start_once(timeout)
+        return self
 
     def _start_once(self, timeout):
         out_path = self.dir / "log" / "dovecot-start.out"
@@ -293,7 +451,7 @@ class Dovecot:
         while self._read_pid() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         self.master_pid = self._read_pid()
-        for port in (self.pop3s_port, self.pop3_port):
+        for port in self._ports():
             left = max(0.5, deadline - time.monotonic())
             if not wait_port(LOOPBACK, port, left):
                 raise DovecotError(f"dovecot does not listen on port {port}"
@@ -310,10 +468,20 @@ class Dovecot:
         pid = self.master_pid or self._read_pid()
         if pid is None or not pid_alive(pid):
             self.master_pid = None
+            self._remove_pid_file()
             return True
         if "dovecot" not in _cmdline(pid):
             raise DovecotError(f"pid {pid} does not look like our dovecot")
         kids = [k for k in self.children() if self._ours(k)]
+        # end the sessions first: a master that has to wait for an IMAP
+        # session in IDLE takes seconds to go
+        for name in ("imap", "pop3", "lmtp"):
+            for k in self.sessions(name):
+                if self._ours(k):
+                    try:
+                        os.kill(k, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and pid_alive(pid):
@@ -333,7 +501,15 @@ class Dovecot:
                     os.kill(k, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        self._remove_pid_file()
         return not pid_alive(pid)
+
+    def _remove_pid_file(self):
+        # a restart must not take the old master's PID for the new one
+        try:
+            (self.dir / "run" / "master.pid").unlink()
+        except FileNotFoundError:
+            pass
 
     def cleanup(self):
         self.stop()
@@ -385,9 +561,10 @@ class Dovecot:
                 out.append(int(entry))
         return out
 
-    def sessions(self):
-        """PIDs of the POP3 session processes still running."""
-        return self.children("pop3")
+    def sessions(self, name="pop3"):
+        """PIDs of the POP3 (or name: "imap", "lmtp") session processes
+        still running."""
+        return self.children(name)
 
     def _ours(self, pid):
         return f"maild-test-{self.pop3s_port}/" in _cmdline(pid)
@@ -426,8 +603,17 @@ class Dovecot:
     # ------------------------------------------------------------------
     # users and mailboxes
 
-    def maildir(self, user):
-        return self.dir / "mail" / user / "Maildir"
+    def home(self, user):
+        return self.dir / "mail" / user
+
+    def maildir(self, user, folder=None):
+        """The Maildir of user's INBOX, or of a folder (Maildir++: ".a.b"
+        for "a/b", non-ASCII names in modified UTF-7)."""
+        md = self.dir / "mail" / user / "Maildir"
+        if folder is None or folder.upper() == "INBOX":
+            return md
+        import fakeimap
+        return md / ("." + fakeimap.mutf7_encode(folder).replace("/", "."))
 
     def add_user(self, user, password=None):
         """Add a user.  Dovecot rereads the passwd-file at most once a
@@ -447,8 +633,12 @@ class Dovecot:
                 f".maildtest,S={len(data)},W={vsize}")
         return base if new else base + ":2,"
 
-    def _write_msgs(self, user, msgs, new):
-        md = self.maildir(user)
+    def _write_msgs(self, user, msgs, new, folder=None):
+        md = self.maildir(user, folder)
+        if not md.exists():
+            make_maildir(md)
+            (md / "maildirfolder").touch()
+            chown_tree(md, self.mail_uid, self.mail_gid)
         sub = md / ("new" if new else "cur")
         for m in msgs:
             data = m if isinstance(m, (bytes, bytearray)) else m.data
@@ -467,14 +657,20 @@ class Dovecot:
         self._write_msgs(user, msgs, new=False)
         chown_tree(home, self.mail_uid, self.mail_gid)
 
-    def add_messages(self, user, msgs, new=True):
-        """Add messages to the user's mailbox (new/ by default)."""
-        self._write_msgs(user, msgs, new=new)
+    def add_messages(self, user, msgs, new=True, folder=None):
+        """Add messages to the user's mailbox or a folder (new/ by
+        default) as files: the quickest way, and Dovecot sees them at
+        once (IDLE clients too).  A folder made this way exists for IMAP
+        but is not subscribed; create_folder() first for that."""
+        self._write_msgs(user, msgs, new=new, folder=folder)
 
-    def mailbox(self, user):
-        """The messages the server still has for user (list of bytes)."""
+    def mailbox(self, user, folder=None):
+        """The messages the server still has for user, in the INBOX or a
+        folder (list of bytes, LF line ends as stored)."""
         self.wait_idle()
-        md = self.maildir(user)
+        md = self.maildir(user, folder)
+        if not md.is_dir():
+            return []
         out = []
         for sub in ("cur", "new"):
             for name in sorted(os.listdir(md / sub)):
@@ -501,6 +697,215 @@ class Dovecot:
                 p.quit()
             except Exception:
                 p.close()
+
+    # ------------------------------------------------------------------
+    # IMAP: folders, messages, UIDs (through doveadm and dovecot-lda,
+    # which read this instance's configuration)
+
+    def _need_imap(self):
+        if not self.imap_enabled:
+            raise tap.Skip("Dovecot's IMAP server is not installed "
+                           "(dovecot-imapd)")
+
+    def run_tool(self, argv, data=None, timeout=30):
+        """Run a Dovecot program with this instance's configuration
+        (argv[0]: "doveadm", "sievec", "dovecot-lda"...); its output
+        (str), or DovecotError with what it said."""
+        exe = find_tool(argv[0])
+        if exe is None:
+            raise tap.Skip(f"{argv[0]} is not installed")
+        cmd = [exe, "-c", str(self.conf)] + [str(a) for a in argv[1:]]
+        try:
+            r = subprocess.run(cmd, input=data, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise DovecotError(f"{' '.join(cmd)} did not finish within "
+                               f"{timeout} s")
+        out = r.stdout.decode("utf-8", "replace")
+        if r.returncode != 0:
+            raise DovecotError(f"{' '.join(cmd)} failed ({r.returncode}):"
+                               f"\n{out}" + self.log_tail(5))
+        return out
+
+    def doveadm(self, *args, data=None, timeout=30):
+        return self.run_tool(["doveadm", *args], data=data, timeout=timeout)
+
+    def create_folder(self, user, folder, subscribe=True):
+        """Create (and subscribe) a folder; "a/b" makes a hierarchy."""
+        self.doveadm("mailbox", "create", "-u", user,
+                     *(["-s"] if subscribe else []), folder)
+
+    def folders(self, user):
+        """The user's folder names (str; INBOX included)."""
+        return self.doveadm("mailbox", "list", "-u", user).splitlines()
+
+    def deliver(self, user, msgs, folder="INBOX", via="save"):
+        """Deliver messages (bytes or corpus.Message) one by one, as new
+        mail: via "save" (doveadm save: straight into the folder) or
+        "lda" (dovecot-lda -d user -m folder: the user's Sieve script,
+        if any, decides)."""
+        for m in msgs:
+            data = m if isinstance(m, (bytes, bytearray)) else m.data
+            if via == "save":
+                self.doveadm("save", "-u", user, "-m", folder, data=data)
+            elif via == "lda":
+                self.run_tool(["dovecot-lda", "-d", user, "-m", folder,
+                               "-f", "sender@maild-test.example"],
+                              data=data)
+            else:
+                raise ValueError(f"via={via!r}")
+
+    def messages(self, user, folder="INBOX"):
+        """The folder's messages as Dovecot sees them, ascending UID:
+        dicts with uid (int), flags (set of str), size (RFC822.SIZE),
+        guid, message_id (None when there is none)."""
+        out = self.doveadm("-f", "pager", "fetch", "-u", user,
+                           "uid flags size.virtual guid hdr.message-id",
+                           "mailbox", folder)
+        recs = []
+        for block in out.split("\f"):
+            kv = {}
+            for line in block.strip("\n").splitlines():
+                k, _, v = line.partition(": ")
+                kv[k.rstrip(":")] = v
+            if "uid" not in kv:
+                continue
+            recs.append({"uid": int(kv["uid"]),
+                         "flags": set(kv.get("flags", "").split()),
+                         "size": int(kv.get("size.virtual") or 0),
+                         "guid": kv.get("guid"),
+                         "message_id": kv.get("hdr.message-id") or None})
+        return sorted(recs, key=lambda r: r["uid"])
+
+    def status(self, user, folder="INBOX"):
+        """messages, uidnext, uidvalidity, unseen of a folder (ints)."""
+        out = self.doveadm("-f", "flow", "mailbox", "status", "-u", user,
+                           "messages uidnext uidvalidity unseen", folder)
+        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", out)}
+
+    def set_uidvalidity(self, user, folder, value=None):
+        """Give a folder another UIDVALIDITY (default: the current one +
+        1000), its messages keeping their UIDs: what a client must treat
+        as "every UID I know is void".  Returns the new value."""
+        if value is None:
+            value = self.status(user, folder)["uidvalidity"] + 1000
+        self.doveadm("mailbox", "update", "-u", user, "--uid-validity",
+                     value, folder)
+        return value
+
+    def reset_uids(self, user, folder="INBOX", uidvalidity=None):
+        """Forget a folder's UIDs, as a rebuilt server does: its index
+        and dovecot-uidlist are removed, Dovecot numbers the messages
+        again from 1 under a new UIDVALIDITY (uidvalidity, or one above
+        the old one).  Sessions that have it open should be gone (IMAP
+        clients stopped) first.  Returns the new UIDVALIDITY."""
+        old = self.status(user, folder)["uidvalidity"]
+        md = self.maildir(user, folder)
+        for p in md.iterdir():
+            if p.name == "dovecot-uidlist" or \
+                    p.name.startswith("dovecot.index"):
+                p.unlink()
+        new = self.status(user, folder)["uidvalidity"]
+        if uidvalidity is not None or new <= old:
+            new = self.set_uidvalidity(user, folder, uidvalidity or old + 1)
+        return new
+
+    def imap(self, user, starttls=False, timeout=20):
+        """A logged-in imaplib client: IMAPS, or plain IMAP upgraded
+        with STARTTLS; the test CA is trusted."""
+        self._need_imap()
+        if starttls:
+            c = imaplib.IMAP4(self.host, self.imap_port, timeout=timeout)
+            c.starttls(self.ssl_context())
+        else:
+            c = imaplib.IMAP4_SSL(self.host, self.imaps_port,
+                                  ssl_context=self.ssl_context(),
+                                  timeout=timeout)
+        c.login(user, self.users[user])
+        return c
+
+    # ------------------------------------------------------------------
+    # LMTP and Sieve
+
+    def set_sieve(self, user, script, name="maildtest"):
+        """Make script (str) the user's active Sieve script, checked with
+        sievec first (DovecotError shows what it did not like)."""
+        if not self.lmtp_enabled:
+            raise DovecotError("set_sieve() needs Dovecot(..., lmtp=True)")
+        home = self.home(user)
+        sdir = home / "sieve"
+        sdir.mkdir(exist_ok=True)
+        path = sdir / f"{name}.sieve"
+        path.write_text(script)
+        check = self.dir / "run" / "sieve-check.svbin"
+        try:
+            self.run_tool(["sievec", path, check])
+        finally:
+            if check.exists():
+                check.unlink()
+        link = home / ".dovecot.sieve"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(f"sieve/{name}.sieve")
+        for stale in (home / ".dovecot.svbin", sdir / f"{name}.svbin"):
+            if stale.exists():
+                stale.unlink()
+        chown_tree(sdir, self.mail_uid, self.mail_gid)
+        os.lchown(link, self.mail_uid, self.mail_gid)
+        return path
+
+    def lmtp_send(self, rcpts, data, sender="sender@maild-test.example",
+                  tcp=False, timeout=20):
+        """Deliver data (bytes) over LMTP (the unix socket, or the TCP
+        port) to rcpts: a tiny LMTP client (RFC 2033).  Returns one
+        (code, text) per recipient: the RCPT reply if refused, else
+        the reply after DATA."""
+        if not self.lmtp_enabled:
+            raise DovecotError("lmtp_send() needs Dovecot(..., lmtp=True)")
+        if tcp:
+            s = socket.create_connection((self.host, self.lmtp_port),
+                                         timeout=timeout)
+        else:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            s.connect(str(self.lmtp_socket))
+        with s, s.makefile("rwb") as f:
+            def reply():
+                lines = []
+                while True:
+                    line = f.readline()
+                    if not line:
+                        raise DovecotError("LMTP connection closed: "
+                                           f"{lines!r}")
+                    lines.append(line.decode("utf-8", "replace").rstrip())
+                    if line[3:4] != b"-":
+                        return int(lines[-1][:3]), "\n".join(
+                            x[4:] for x in lines)
+
+            def cmd(line):
+                f.write(line.encode() + b"\r\n")
+                f.flush()
+                return reply()
+            reply()
+            cmd("LHLO maild-test.example")
+            code, text = cmd(f"MAIL FROM:<{sender}>")
+            if code != 250:
+                raise DovecotError(f"LMTP MAIL FROM: {code} {text}")
+            results = [cmd(f"RCPT TO:<{r}>") for r in rcpts]
+            if any(c == 250 for c, _ in results):
+                code, text = cmd("DATA")
+                if code != 354:
+                    raise DovecotError(f"LMTP DATA: {code} {text}")
+                body = data.replace(b"\r\n", b"\n").split(b"\n")
+                if data.endswith(b"\n"):
+                    body.pop()
+                f.write(b"".join((b"." + ln if ln.startswith(b".") else ln)
+                                 + b"\r\n" for ln in body) + b".\r\n")
+                f.flush()
+                results = [reply() if c == 250 else (c, t)
+                           for c, t in results]
+            cmd("QUIT")
+        return results
 
 
 class Lazy:

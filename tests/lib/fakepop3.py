@@ -64,54 +64,21 @@ certificate requests, for tls=.
 """
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import itertools
-import json
 import os
 import re
-import ssl
-import threading
 import time
 
-try:
-    import tap
-except ImportError:         # used on its own
-    tap = None
+from fakeserver import (ABORT, DROP, HANG, LOOPBACK, Auth, BaseConn, Call,
+                        Drip, Sleep, ThreadedServer, b64, oauth_error,
+                        sasl_credentials, server_context, unb64)
 
-LOOPBACK = "127.0.0.1"
-LINE_LIMIT = 64 * 1024
-
-
-# ---------------------------------------------------------------------------
-# actions a handler can return
-
-class Sleep:
-    def __init__(self, seconds):
-        self.seconds = seconds
-
-
-class Drip:
-    """Send data one byte (or chunk bytes) at a time, interval apart."""
-
-    def __init__(self, data, interval, chunk=1):
-        self.data = data
-        self.interval = interval
-        self.chunk = chunk
-
-
-class _Marker:
-    def __init__(self, name):
-        self.name = name
-
-    def __repr__(self):
-        return self.name
-
-
-DROP = _Marker("DROP")      # close the connection (FIN)
-ABORT = _Marker("ABORT")    # reset the connection (RST)
-HANG = _Marker("HANG")      # stop answering, keep the connection open
+__all__ = ["FakePOP3", "Msg", "Cmd", "Conn", "Auth", "Sleep", "Drip",
+           "Call", "DROP", "ABORT", "HANG", "LOOPBACK", "server_context",
+           "b64", "unb64", "wire_body", "crlf_size", "raw", "drop_after",
+           "hang_after", "drip_response", "endless_listing", "SASL_MECHS"]
 
 
 # ---------------------------------------------------------------------------
@@ -199,87 +166,20 @@ class Cmd:
         return f"<Cmd {self.line!r}>"
 
 
-class Auth:
-    """One login attempt as the server saw it."""
-
-    def __init__(self, mech, ir=False, tls=False):
-        self.mech = mech            # "USER", "APOP", "PLAIN", "XOAUTH2"...
-        self.ir = ir                # the AUTH line carried a response
-        self.tls = tls              # TLS was up when it started
-        self.responses = []         # decoded client responses (bytes)
-        self.user = None
-        self.token = None           # XOAUTH2 / OAUTHBEARER bearer token
-        self.ok = None              # True / False once decided
-        self.cancelled = False
-        self.error_sent = False     # an OAuth JSON error challenge
-
-    def __repr__(self):
-        return (f"<Auth {self.mech} ir={self.ir} ok={self.ok} "
-                f"user={self.user!r}>")
-
-
-class _TimedReader(asyncio.StreamReader):
-    """Notes when each line's LF arrived."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.arrivals = []
-
-    def feed_data(self, data):
-        now = time.monotonic()
-        self.arrivals.extend([now] * data.count(b"\n"))
-        super().feed_data(data)
-
-
-class Conn:
+class Conn(BaseConn):
     """One client connection, as recorded by the server."""
 
     def __init__(self, server, cid, peer):
-        self.server = server
-        self.id = cid
-        self.peer = peer
-        self.tls = False
-        self.tls_error = None       # why the TLS handshake failed
-        self.commands = []          # [Cmd]
-        self.greeting_end = None
+        super().__init__(server, cid, peer)
         self.state = "connect"      # connect, auth, transaction, closed
         self.user = None
         self.session = None         # [Msg] snapshot at login
         self.deleted = set()        # indexes into session
         self.closing = False
         self.stls_pending = False
-        self.closed_by = None       # "client", "server", "error", "stop"
-        self.error = None
-        self.counts = {}
-        self.bytes_out = 0
-        self.writer = None
-        self.reader = None
         self.apop_ts = None         # the greeting's APOP timestamp (bytes)
         self.sasl = None            # the SASL exchange in progress
-        self.auths = []             # [Auth]
-        self.client_cert = None     # getpeercert() after TLS
 
-    # -- introspection for the tests ----------------------------------
-    def verbs(self):
-        return [c.verb for c in self.commands]
-
-    def lines(self):
-        return [c.line for c in self.commands]
-
-    def pipelined(self):
-        """Commands that arrived before the answer to the previous command
-        (or the greeting) was completely written: proof of pipelining."""
-        out = []
-        prev_end = self.greeting_end
-        for c in self.commands:
-            if prev_end is not None and c.t < prev_end:
-                out.append(c)
-            prev_end = c.reply_end
-        return out
-
-    def __repr__(self):
-        return (f"<Conn {self.id} tls={self.tls} "
-                f"{' '.join(self.verbs())[:200]}>")
 
     # -- for handlers ----------------------------------------------------
     def default(self, cmd):
@@ -344,57 +244,16 @@ def endless_listing(first=b"+OK here it comes\r\n", line=b"1 1\r\n",
     return handler
 
 
-# ---------------------------------------------------------------------------
-# TLS contexts
-
-_TLS_VERSIONS = {"1.0": ssl.TLSVersion.TLSv1, "1.1": ssl.TLSVersion.TLSv1_1,
-                 "1.2": ssl.TLSVersion.TLSv1_2,
-                 "1.3": ssl.TLSVersion.TLSv1_3}
-
-
-def server_context(cert, min_version=None, max_version=None, client_ca=None,
-                   require_client_cert=True):
-    """A server SSLContext for tls=: cert is (certfile, keyfile);
-    min_version / max_version "1.2" or "1.3"; client_ca: ask for a client
-    certificate signed by this CA (required unless require_client_cert
-    is False)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(cert[0]), str(cert[1]))
-    if min_version is not None:
-        ctx.minimum_version = _TLS_VERSIONS[min_version]
-    if max_version is not None:
-        ctx.maximum_version = _TLS_VERSIONS[max_version]
-    if client_ca is not None:
-        ctx.load_verify_locations(cafile=str(client_ca))
-        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert \
-            else ssl.CERT_OPTIONAL
-    return ctx
-
-
 _TS_RE = re.compile(rb"<[^<>\s]*@[^<>\s]*>")
 SASL_MECHS = ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER")
-
-
-def b64(data):
-    if isinstance(data, str):
-        data = data.encode()
-    return base64.b64encode(data).decode("ascii")
-
-
-def unb64(text):
-    """Strict base64 decoding; None if text is not base64."""
-    if isinstance(text, str):
-        text = text.encode("latin-1")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (ValueError, TypeError):
-        return None
 
 
 # ---------------------------------------------------------------------------
 # the server
 
-class FakePOP3:
+class FakePOP3(ThreadedServer):
+    thread_name = "fakepop3"
+
     def __init__(self, messages=(), user="fakeuser", password="fakepass",
                  tls=None, implicit_tls=None, stls=None, host=LOOPBACK,
                  greeting=b"+OK fakepop3 ready\r\n", capa=None,
@@ -405,19 +264,10 @@ class FakePOP3:
         """tls: (certfile, keyfile) or an ssl.SSLContext.  implicit_tls
         defaults to True when tls is given; stls (offer STLS on a plain
         connection) defaults to not implicit_tls."""
-        self.host = host
+        super().__init__(host=host, tls=tls, implicit_tls=implicit_tls,
+                         drip=drip)
         self.user = user
         self.password = password
-        self.ssl_context = None
-        if tls is not None:
-            if isinstance(tls, ssl.SSLContext):
-                self.ssl_context = tls
-            else:
-                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                ctx.load_cert_chain(str(tls[0]), str(tls[1]))
-                self.ssl_context = ctx
-        self.implicit_tls = (tls is not None) if implicit_tls is None \
-            else implicit_tls
         self.stls = (tls is not None and not self.implicit_tls) \
             if stls is None else stls
         self.greeting = greeting
@@ -427,29 +277,16 @@ class FakePOP3:
         self.resp_codes = resp_codes
         self.extra_capa = list(extra_capa)
         self.handlers = dict(handlers or {})
-        self.drip = drip
         self.login_requires_tls = login_requires_tls
         self.lock_mailbox = lock_mailbox
         self.apop = apop
         self.sasl = [m.upper() for m in sasl] if sasl else []
         self.tokens = list(tokens) if tokens is not None else None
         self._ts_seq = itertools.count(1)
-        self.lock = threading.RLock()
         self.mailbox = []
         for m in messages:
             self.add(m)
-        self.connections = []
-        self.errors = []            # exceptions inside the server
-        self.counts = {}
-        self.port = None
         self._locked_by = None
-        self._loop = None
-        self._thread = None
-        self._stop_ev = None
-        self._ready = threading.Event()
-        self._tasks = set()
-        self._start_error = None
-        self._cid = itertools.count(1)
 
     # -- mailbox ---------------------------------------------------------
     def add(self, data, uidl=None, list_size=None, retr=None):
@@ -468,124 +305,13 @@ class FakePOP3:
         with self.lock:
             return [m.data for m in self.mailbox]
 
-    def commands(self):
-        """All command lines received, over all connections."""
-        return [c for conn in self.connections for c in conn.commands]
+    # -- the connection --------------------------------------------------
+    def _new_conn(self, cid, peer):
+        return Conn(self, cid, peer)
 
-    def verbs(self):
-        return [c.verb for c in self.commands()]
-
-    # -- life cycle --------------------------------------------------------
-    def start(self, timeout=10):
-        self._thread = threading.Thread(target=self._run, name="fakepop3",
-                                        daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("fakepop3 did not start")
-        if self._start_error is not None:
-            raise self._start_error
-        # stopped at the end of the running test at the latest
-        if tap is not None and tap.current() is not None:
-            tap.current().defer(self.stop)
-        return self
-
-    def stop(self, timeout=10):
-        if self._thread is None:
-            return
-        if self._loop is not None and self._stop_ev is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._stop_ev.set)
-            except RuntimeError:
-                pass            # loop already closed
-        self._thread.join(timeout)
-        alive = self._thread.is_alive()
-        self._thread = None
-        if alive:
-            raise RuntimeError("fakepop3 thread did not stop within "
-                               f"{timeout} s")
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
-
-    def wait_idle(self, timeout=10):
-        """Wait until no connection is being served."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(c.state == "closed" for c in self.connections):
-                return True
-            time.sleep(0.01)
-        return False
-
-    def _run(self):
-        try:
-            asyncio.run(self._main())
-        except BaseException as e:      # noqa: B902
-            self.errors.append(e)
-            self._start_error = self._start_error or e
-            self._ready.set()
-
-    async def _main(self):
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._stop_ev = asyncio.Event()
-        loop.set_exception_handler(
-            lambda lp, ctx: self.errors.append(ctx.get("exception")
-                                               or ctx.get("message")))
-
-        def factory():
-            reader = _TimedReader(limit=LINE_LIMIT, loop=loop)
-            return asyncio.StreamReaderProtocol(reader, self._client,
-                                                loop=loop)
-        try:
-            server = await loop.create_server(factory, self.host, 0)
-        except OSError as e:
-            self._start_error = e
-            self._ready.set()
-            return
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        await self._stop_ev.wait()
-        server.close()
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
-        try:
-            await asyncio.wait_for(server.wait_closed(), 5)
-        except (asyncio.TimeoutError, Exception):
-            pass
-
-    async def _client(self, reader, writer):
-        task = asyncio.current_task()
-        self._tasks.add(task)
-        conn = Conn(self, next(self._cid), writer.get_extra_info("peername"))
-        conn.writer = writer
-        conn.reader = reader
-        self.connections.append(conn)
-        try:
-            await self._serve(conn, reader, writer)
-        except asyncio.CancelledError:
-            conn.closed_by = conn.closed_by or "stop"
-        except (ConnectionError, OSError) as e:
-            conn.closed_by = conn.closed_by or "error"
-            conn.error = conn.error or repr(e)
-        except Exception as e:          # a bug in a handler or here
-            conn.closed_by = "error"
-            conn.error = repr(e)
-            self.errors.append(e)
-        finally:
-            conn.state = "closed"
-            if self._locked_by is conn:
-                self._locked_by = None
-            try:
-                writer.close()
-            except Exception:
-                pass
-            self._tasks.discard(task)
+    def _closed(self, conn):
+        if self._locked_by is conn:
+            self._locked_by = None
 
     async def _serve(self, conn, reader, writer):
         if self.implicit_tls:
@@ -634,10 +360,7 @@ class FakePOP3:
                 cmd.sasl = True
                 cmd.verb, cmd.arg = "SASL-RESPONSE", ""
             conn.commands.append(cmd)
-            self.counts[cmd.verb] = self.counts.get(cmd.verb, 0) + 1
-            conn.counts[cmd.verb] = conn.counts.get(cmd.verb, 0) + 1
-            cmd.nth = self.counts[cmd.verb]
-            cmd.conn_nth = conn.counts[cmd.verb]
+            conn.count(cmd)
             if cmd.sasl:
                 handler = self.handlers.get(cmd.verb)
             else:
@@ -662,78 +385,6 @@ class FakePOP3:
         except Exception:
             pass
 
-    async def _start_tls(self, conn, writer):
-        try:
-            await writer.start_tls(self.ssl_context,
-                                   ssl_handshake_timeout=10)
-        except (ssl.SSLError, OSError, ConnectionError,
-                asyncio.TimeoutError) as e:
-            conn.tls_error = f"{type(e).__name__}: {e}"
-            conn.closed_by = "error"
-            return False
-        conn.tls = True
-        try:
-            conn.client_cert = writer.get_extra_info("peercert") or {}
-        except Exception:
-            conn.client_cert = {}
-        return True
-
-    async def _write(self, conn, writer, data, cmd):
-        if not data:
-            return
-        if self.drip:
-            for i in range(len(data)):
-                writer.write(data[i:i + 1])
-                await writer.drain()
-                await asyncio.sleep(self.drip)
-        else:
-            writer.write(data)
-        conn.bytes_out += len(data)
-        if cmd is not None:
-            cmd.reply_end = time.monotonic()
-        await writer.drain()
-
-    async def _emit(self, conn, writer, resp, cmd=None):
-        """Send a response; False if the connection is to be closed."""
-        if isinstance(resp, (bytes, bytearray, memoryview)):
-            resp = [bytes(resp)]
-        elif isinstance(resp, str):
-            resp = [resp.encode()]
-        for item in resp:
-            if writer.transport.is_closing():
-                conn.closed_by = conn.closed_by or "client"
-                return False
-            if isinstance(item, (bytes, bytearray)):
-                await self._write(conn, writer, bytes(item), cmd)
-            elif isinstance(item, str):
-                await self._write(conn, writer, item.encode(), cmd)
-            elif isinstance(item, Sleep):
-                await asyncio.sleep(item.seconds)
-            elif isinstance(item, Drip):
-                d = item.data
-                for i in range(0, len(d), item.chunk):
-                    await self._write(conn, writer, d[i:i + item.chunk], cmd)
-                    await asyncio.sleep(item.interval)
-            elif item is DROP:
-                conn.closed_by = "server"
-                await writer.drain()
-                writer.close()
-                return False
-            elif item is ABORT:
-                conn.closed_by = "server"
-                writer.transport.abort()
-                return False
-            elif item is HANG:
-                conn.closed_by = "server"
-                # wait until the client goes away (or the server stops)
-                while await conn.reader.read(65536):
-                    pass
-                return False
-            else:
-                raise TypeError(f"bad response item {item!r}")
-        if cmd is not None and cmd.reply_end is None:
-            cmd.reply_end = time.monotonic()
-        return True
 
     # -- the default POP3 server ---------------------------------------------
     def capa_lines(self, conn):
@@ -912,20 +563,16 @@ class FakePOP3:
         sasl["step"] += 1
         mech = a.mech
         if mech == "PLAIN":
-            f = data.split(b"\0")
-            if len(f) != 3:
-                return self._sasl_end(conn, False)
-            a.user = f[1].decode("utf-8", "replace")
-            return self._sasl_end(conn, a.user == self.user and
-                                  f[2].decode("utf-8", "replace") ==
-                                  self.password)
+            ok = sasl_credentials(a, data)
+            return self._sasl_end(conn, ok and a.user == self.user and
+                                  a.password == self.password)
         if mech == "LOGIN":
             if sasl["step"] == 1:
                 a.user = data.decode("utf-8", "replace")
                 return b"+ " + b64("Password:").encode() + b"\r\n"
+            a.password = data.decode("utf-8", "replace")
             return self._sasl_end(conn, a.user == self.user and
-                                  data.decode("utf-8", "replace") ==
-                                  self.password)
+                                  a.password == self.password)
         if mech == "CRAM-MD5":
             user, _, digest = data.rpartition(b" ")
             a.user = user.decode("utf-8", "replace")
@@ -933,42 +580,13 @@ class FakePOP3:
                             hashlib.md5).hexdigest().encode()
             return self._sasl_end(conn, a.user == self.user and
                                   digest.lower() == want)
-        if mech == "XOAUTH2":
-            m = re.fullmatch(rb"user=([^\x01]*)\x01auth=Bearer "
-                             rb"([^\x01]*)\x01\x01", data)
-            if m:
-                a.user = m.group(1).decode("utf-8", "replace")
-                a.token = m.group(2).decode("utf-8", "replace")
-            if m and a.user == self.user and self._token_ok(a.token):
-                return self._sasl_end(conn, True)
-            sasl["oauth_error"] = True
-            a.error_sent = True
-            err = json.dumps({"status": "401", "schemes": "Bearer",
-                              "scope": "https://mail.google.com/"})
-            return b"+ " + b64(err).encode() + b"\r\n"
-        if mech == "OAUTHBEARER":
-            m = re.fullmatch(rb"n,(?:a=([^,]*))?,\x01(.*)\x01\x01", data,
-                             re.S)
-            kv = {}
-            if m:
-                a.user = (m.group(1) or b"").replace(b"=2C", b",").replace(
-                    b"=3D", b"=").decode("utf-8", "replace")
-                for item in m.group(2).split(b"\x01"):
-                    k, _, v = item.partition(b"=")
-                    kv[k.decode("latin-1")] = v.decode("utf-8", "replace")
-                auth = kv.get("auth", "")
-                if auth.startswith("Bearer "):
-                    a.token = auth[7:]
-            sasl["kv"] = kv
-            if m and a.user == self.user and a.token is not None and \
+        if mech in ("XOAUTH2", "OAUTHBEARER"):
+            if sasl_credentials(a, data) and a.user == self.user and \
                     self._token_ok(a.token):
                 return self._sasl_end(conn, True)
             sasl["oauth_error"] = True
             a.error_sent = True
-            err = json.dumps({"status": "invalid_token", "scope": "mail",
-                              "openid-configuration":
-                              "https://fakepop3.test/.well-known/x"})
-            return b"+ " + b64(err).encode() + b"\r\n"
+            return b"+ " + oauth_error(mech).encode() + b"\r\n"
         return self._sasl_end(conn, False)
 
     def _need_trans(self, conn):
@@ -1079,6 +697,7 @@ class FakePOP3:
 def _selftest():
     import poplib
     import socket
+    import ssl
     import tempfile
 
     def lines_of(sock, n, timeout=5):
