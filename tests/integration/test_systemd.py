@@ -13,6 +13,7 @@ directory of the maild under test, @sysconfdir@: a temp dir), then:
   - make install DESTDIR=... puts the system unit, the user unit and the
     sysusers file where configure said, with the paths substituted, and
     make uninstall removes them
+  - both units stop restarting on a configuration error (exit 78)
   - ./configure --prefix=<home>/.local && make install, as an
     unprivileged user (nobody, when the tests run as root): succeeds,
     and everything lands under the prefix, units and sysusers.d entry in
@@ -296,6 +297,22 @@ def test_make_install(t):
     assert r.returncode == 0, f"make uninstall: exit {r.returncode}"
     left = [p for p in (sysu, useru, sus) if p.exists()]
     assert not left, f"make uninstall left {left}"
+
+
+@tap.test(timeout=60)
+def test_units_no_restart_on_config_error(t):
+    """A configuration error (exit 78, EX_CONFIG) will not go away by
+    itself: both units must not restart maild every RestartSec for it."""
+    units = generate(t, sbindir="/opt/x/sbin", sysconfdir="/opt/x/etc")
+    for name in ("maild.service", "maild-user.service"):
+        sets = unit_settings(units[name].read_text())
+        prevent = [v for sec, k, v in sets
+                   if sec == "Service" and k == "RestartPreventExitStatus"]
+        assert prevent and "78" in " ".join(prevent).split(), \
+            f"{name}: RestartPreventExitStatus={prevent!r}, expected 78"
+        restart = [v for sec, k, v in sets
+                   if sec == "Service" and k == "Restart"]
+        assert restart == ["on-failure"], f"{name}: Restart={restart!r}"
 
 
 # What a copy of the source tree needs to configure, build and install;
