@@ -2,7 +2,8 @@
 """test_cli.py: maild's command line and configuration checking.
 
 -V, -h/--help (the usage line and one line per option, exit 0; the
-usage line is maild(8)'s SYNOPSIS), usage errors (exit 64: the usage
+usage line is maild(8)'s SYNOPSIS; mandoc -Tlint clean; maild.conf(5)'s
+duration examples render), usage errors (exit 64: the usage
 line on stderr), "maild -n" on a valid configuration (exit 0)
 and on broken ones (exit 78 with "file:line: message" on stderr, the line
 being the one the mistake is on: the offending option's line, or the
@@ -114,6 +115,30 @@ def test_man_synopsis(t):
     for opt in HELP_LINES:
         assert re.search(rf"^ +{re.escape(opt)}(\s|$)", text, re.M), \
             f"maild(8) has no entry for {opt!r}"
+
+
+MAN5 = os.path.join(os.path.dirname(MAN8), "maild.conf.5")
+
+
+@tap.test(name="man pages: mandoc -Tlint finds no warning or error")
+def test_man_lint(t):
+    try:
+        p = subprocess.run(["mandoc", "-Tlint", "-Wwarning", MAN8, MAN5],
+                           stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=60)
+    except FileNotFoundError:
+        t.skip("mandoc is not installed")
+    out = (p.stdout + p.stderr).strip()
+    assert p.returncode == 0 and not out, f"exit {p.returncode}:\n{out}"
+
+
+@tap.test(name="maild.conf(5): the duration examples render as a list of "
+          "quoted values")
+def test_man_durations(t):
+    text = " ".join(render_man(t, MAN5).split())
+    want = '("90", "30s", "5m", "2h", "1d"); at most 30 days'
+    assert want in text, "durations render as " + \
+        text[text.find("Durations"):][:160]
 
 
 @tap.test
