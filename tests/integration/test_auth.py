@@ -462,42 +462,41 @@ def test_apop_bad_timestamp(t):
         assert not login_lines(srv), [c.line for c in login_lines(srv)]
 
 
+def not_offered(t, auth, **kw):
+    """maild with auth = auth against a fake server (kw) that does not
+    offer it: 77, no login line sent; the error."""
+    with fake(msgs(f"notoffered-{auth}"), **kw) as srv:
+        r = run_once(t, [fake_account(t, srv, auth=auth)])
+        assert r.rc == mt.EX_NOPERM, f"exit {r.rc}, expected 77"
+        assert not login_lines(srv), [c.line for c in login_lines(srv)]
+        return r.account("fake")["error"] or ""
+
+
 @tap.test(name="auth = cram-md5 not in the server's SASL list -> 77, "
           "nothing sent, the message names it and lists what is offered")
 def test_method_not_offered(t):
-    with fake(msgs("notoffered"), sasl=["PLAIN", "LOGIN"]) as srv:
-        r = run_once(t, [fake_account(t, srv, auth="cram-md5")])
-        assert r.rc == mt.EX_NOPERM, f"exit {r.rc}, expected 77"
-        err = r.account("fake")["error"] or ""
-        want = ("cannot log in: the server does not offer CRAM-MD5 (it "
-                "offers: USER, PLAIN, LOGIN); set auth to one of them, or "
-                "remove auth to let maild choose")
-        assert err == want, f"{err!r}, expected {want!r}"
-        assert not login_lines(srv), [c.line for c in login_lines(srv)]
+    err = not_offered(t, "cram-md5", sasl=["PLAIN", "LOGIN"])
+    want = ("cannot log in: the server does not offer CRAM-MD5 (it "
+            "offers: USER, PLAIN, LOGIN); set auth to one of them, or "
+            "remove auth to let maild choose")
+    assert err == want, f"{err!r}, expected {want!r}"
 
 
 @tap.test(name="auth = xoauth2, the server offers APOP and OAUTHBEARER "
           "only: both listed")
 def test_method_not_offered_apop(t):
-    with fake(msgs("notoffered2"), apop=True,
-              capa=["UIDL", "SASL OAUTHBEARER"]) as srv:
-        r = run_once(t, [fake_account(t, srv, auth="xoauth2")])
-        assert r.rc == mt.EX_NOPERM, f"exit {r.rc}, expected 77"
-        err = r.account("fake")["error"] or ""
-        assert "does not offer XOAUTH2 (it offers: APOP, OAUTHBEARER); " \
-            in err, err
-        assert not login_lines(srv), [c.line for c in login_lines(srv)]
+    err = not_offered(t, "xoauth2", apop=True,
+                      capa=["UIDL", "SASL OAUTHBEARER"])
+    assert "does not offer XOAUTH2 (it offers: APOP, OAUTHBEARER); " \
+        in err, err
 
 
 @tap.test(name="auth = plain, CAPA lists no login method at all: said so")
 def test_method_not_offered_none(t):
-    with fake(msgs("notoffered3"), capa=["UIDL", "SASL"]) as srv:
-        r = run_once(t, [fake_account(t, srv, auth="plain")])
-        assert r.rc == mt.EX_NOPERM, f"exit {r.rc}, expected 77"
-        err = r.account("fake")["error"] or ""
-        want = ("cannot log in: the server does not offer PLAIN, nor any "
-                "other login method in its CAPA reply")
-        assert err == want, f"{err!r}, expected {want!r}"
+    err = not_offered(t, "plain", capa=["UIDL", "SASL"])
+    want = ("cannot log in: the server does not offer PLAIN, nor any "
+            "other login method in its CAPA reply")
+    assert err == want, f"{err!r}, expected {want!r}"
 
 
 @tap.test(name="auth = user with SASL offered: USER/PASS")

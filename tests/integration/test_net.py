@@ -58,15 +58,6 @@ def error_of(t, cfg, timeout=30):
     return err
 
 
-def _no_ipv6():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return None
-    except OSError:
-        return "no IPv6 loopback"
-
-
 # ---------------------------------------------------------------------------
 # connecting
 
@@ -79,7 +70,7 @@ def test_refused_address(t):
 
 
 @tap.test(name="connection refused by an IPv6 address: said once, exactly",
-          skip=_no_ipv6)
+          skip=mt.no_ipv6)
 def test_refused_address_ipv6(t):
     port = closed_port(t, socket.AF_INET6, "::1")
     err = error_of(t, config(t, "::1", port))
@@ -91,7 +82,7 @@ def test_refused_address_ipv6(t):
           "the port once")
 def test_refused_name(t):
     port = closed_port(t)
-    if _no_ipv6() is None:
+    if mt.no_ipv6() is None:
         closed6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         t.defer(closed6.close)
         try:            # the same port on ::1, if localhost has both

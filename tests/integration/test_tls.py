@@ -12,7 +12,6 @@ delivered, nothing in the state file, and not a single POP3 command sent
 """
 
 import os
-import socket
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -85,16 +84,7 @@ def test_right_ca_localhost(t):
         mt.assert_maildir(md, MSGS)
 
 
-def _have_ipv6():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return None
-    except OSError:
-        return "no IPv6 loopback"
-
-
-@tap.test(skip=_have_ipv6)
+@tap.test(skip=mt.no_ipv6)
 def test_right_ca_ipv6(t):
     with fake(certs.get().server, host="::1") as srv:
         r, md, state = run(t, srv, host="::1")
