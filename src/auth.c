@@ -299,17 +299,54 @@ auth_offered(const struct pop3_capa *capa, const char *mech)
 }
 
 /*
+ * "the server does not offer CRAM-MD5 (it offers: USER, PLAIN, LOGIN)":
+ * what the user asked for and what they can ask for instead, the login
+ * methods of the CAPA reply (USER, the SASL list) and the greeting (APOP).
+ */
+static void
+auth_not_offered(const char *mech, const struct pop3_capa *capa,
+    int apop_ts, char *buf, size_t size)
+{
+	char		 list[POP3_STATUS_MAX + 32];
+	const char	*p = capa->sasl;
+	size_t		 o = 0, n;
+
+	list[0] = '\0';
+	if (capa->flags & CAPA_USER)
+		o += snprintf(list + o, sizeof list - o, "USER");
+	if (apop_ts)
+		o += snprintf(list + o, sizeof list - o, "%sAPOP",
+		    o ? ", " : "");
+	while (o < sizeof list) {
+		p += strspn(p, " ");
+		if ((n = strcspn(p, " ")) == 0)
+			break;
+		o += snprintf(list + o, sizeof list - o, "%s%.*s",
+		    o ? ", " : "", (int)n, p);
+		p += n;
+	}
+	if (list[0] == '\0')
+		snprintf(buf, size, "the server does not offer %s, nor any "
+		    "other login method in its CAPA reply", mech);
+	else
+		snprintf(buf, size, "the server does not offer %s (it offers: "
+		    "%s); set auth to one of them, or remove auth to let "
+		    "maild choose", mech, list);
+}
+
+/*
  * Pick the login method.  With "auto", the strongest the server offers;
  * on an unencrypted connection only methods that do not reveal the
  * password.  An explicit method is used as told, unless the server's CAPA
  * says it does not have it.  have_capa: the server answered CAPA;
  * apop_ts: the greeting had a valid APOP timestamp.  Returns the method
- * or -1 with *why set.
+ * or -1 with *why set (to a static buffer, valid until the next call).
  */
 int
 auth_choose(enum auth_method conf, const struct pop3_capa *capa,
     int have_capa, int apop_ts, int encrypted, const char **why)
 {
+	static char	 why_buf[POP3_STATUS_MAX + 256];
 	const char	*sasl;
 
 	if (conf != AUTH_AUTO) {
@@ -320,8 +357,9 @@ auth_choose(enum auth_method conf, const struct pop3_capa *capa,
 		}
 		sasl = auth_sasl_name(conf);
 		if (sasl != NULL && have_capa && !auth_offered(capa, sasl)) {
-			*why = "the server does not offer the configured auth "
-			    "method in its CAPA SASL list";
+			auth_not_offered(sasl, capa, apop_ts, why_buf,
+			    sizeof why_buf);
+			*why = why_buf;
 			return (-1);
 		}
 		return (conf);

@@ -49,16 +49,48 @@ static int			 run_mode;
 static int			 stopping;
 
 static __dead void	usage(void);
+static __dead void	help(void);
 static void		signal_cb(evutil_socket_t, short, void *);
 static void		grace_cb(evutil_socket_t, short, void *);
 static int		show_status(const struct config *);
 
+/* The SYNOPSIS of maild(8) says the same, to the character. */
+#define USAGE	"usage: maild [-dhnvV] [-f file] [--once | --check [account] " \
+		"| --status]\n"
+
 static __dead void
 usage(void)
 {
-	fprintf(stderr, "usage: maild [-dnvV] [-f file] [--once | --check "
-	    "[account] | --status]\n");
+	fputs(USAGE, stderr);
 	exit(EXIT_USAGE);
+}
+
+/* -h, --help: the options, one line each (maild(8) has the details). */
+static __dead void
+help(void)
+{
+	fputs(USAGE "\n"
+	    "  -d                 stay in the foreground, log to standard "
+	    "error\n"
+	    "  -f file            read the configuration from file (default:\n"
+	    "                     ~/.config/maild/maild.conf if it exists and "
+	    "you\n"
+	    "                     are not root, else " SYSCONFDIR
+	    "/maild.conf)\n"
+	    "  -n                 check the configuration and exit\n"
+	    "  -v                 log more; -vv also logs the POP3 dialogue\n"
+	    "  -V, --version      print the version and exit\n"
+	    "  -h, --help         print this help and exit\n"
+	    "  --once             poll every account once, then exit\n"
+	    "  --check [account]  log in to every account (or one), fetch "
+	    "nothing\n"
+	    "  --status           show what the daemon last did, per "
+	    "account\n"
+	    "\n"
+	    "Without --once, --check or --status, maild runs as a daemon.  "
+	    "See maild(8)\n"
+	    "and maild.conf(5).\n", stdout);
+	exit(0);
 }
 
 /* SIGHUP: load the file again; switch only if all of it is valid. */
@@ -193,6 +225,8 @@ main(int argc, char **argv)
 		case 'V':
 			printf("maild %s\n", PACKAGE_VERSION);
 			exit(0);
+		case 'h':
+			help();
 		default:
 			usage();
 		}

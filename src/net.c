@@ -53,39 +53,57 @@ struct net_connect {
 	char				*host;
 	char				*label;		/* for logs */
 	int				 port;
-	char				 errors[512];
-	char				 addr[64];
+	char				 errors[512];	/* "addr: why; ..." */
+	int				 tried;		/* addresses */
+	int				 lasterr;	/* errno of the last */
+	char				 addr[64];	/* "[::1]:995" */
+	char				 host_addr[64];	/* "[::1]" */
 	net_connect_cb			 cb;
 	void				*arg;
 };
 
 static void	net_resolved_cb(int, struct evutil_addrinfo *, void *);
+static void	net_resolve_error(struct net_connect *, int);
 static void	net_try_next(struct net_connect *);
+static void	net_failed(struct net_connect *, int);
+static void	net_give_up(struct net_connect *);
 static void	net_connect_ev_cb(evutil_socket_t, short, void *);
 static void	net_done(struct net_connect *, int, const char *);
 
-/* "[::1]:995" or "127.0.0.1:995". */
-void
-net_addr_string(const struct sockaddr *sa, char *buf, size_t size)
+/* "[::1]" or "127.0.0.1"; returns the port. */
+static int
+net_addr_host(const struct sockaddr *sa, char *buf, size_t size)
 {
-	char	host[64];
-	int	port = 0;
+	char	host[INET6_ADDRSTRLEN];
 
 	host[0] = '\0';
 	if (sa->sa_family == AF_INET6) {
 		const struct sockaddr_in6 *s6 = (const void *)sa;
 
 		evutil_inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof host);
-		port = ntohs(s6->sin6_port);
-		snprintf(buf, size, "[%s]:%d", host, port);
-	} else if (sa->sa_family == AF_INET) {
+		snprintf(buf, size, "[%s]", host);
+		return (ntohs(s6->sin6_port));
+	}
+	if (sa->sa_family == AF_INET) {
 		const struct sockaddr_in *s4 = (const void *)sa;
 
 		evutil_inet_ntop(AF_INET, &s4->sin_addr, host, sizeof host);
-		port = ntohs(s4->sin_port);
-		snprintf(buf, size, "%s:%d", host, port);
-	} else
-		snprintf(buf, size, "?");
+		snprintf(buf, size, "%s", host);
+		return (ntohs(s4->sin_port));
+	}
+	snprintf(buf, size, "?");
+	return (0);
+}
+
+/* "[::1]:995" or "127.0.0.1:995". */
+void
+net_addr_string(const struct sockaddr *sa, char *buf, size_t size)
+{
+	char	host[INET6_ADDRSTRLEN + 2];
+	int	port;
+
+	port = net_addr_host(sa, host, sizeof host);
+	snprintf(buf, size, "%s:%d", host, port);
 }
 
 /*
@@ -150,7 +168,6 @@ static void
 net_resolved_cb(int result, struct evutil_addrinfo *ai, void *arg)
 {
 	struct net_connect	*nc = arg;
-	char			 msg[256];
 
 	nc->resolving = 0;
 	nc->req = NULL;
@@ -163,12 +180,11 @@ net_resolved_cb(int result, struct evutil_addrinfo *ai, void *arg)
 		return;
 	}
 	if (result != 0 || ai == NULL) {
-		snprintf(msg, sizeof msg, "cannot resolve %s: %s", nc->host,
-		    result != 0 ? evutil_gai_strerror(result) :
-		    "no addresses");
+		if (ai != NULL)
+			evutil_freeaddrinfo(ai);
+		net_resolve_error(nc, result);
 		/* Report from a fresh callback: we may be inside net_connect. */
 		nc->ai = NULL;
-		snprintf(nc->errors, sizeof nc->errors, "%s", msg);
 		nc->cur = NULL;
 		nc->ev = event_new(nc->base, -1, 0, net_connect_ev_cb, nc);
 		event_active(nc->ev, EV_TIMEOUT, 0);
@@ -181,46 +197,114 @@ net_resolved_cb(int result, struct evutil_addrinfo *ai, void *arg)
 	event_active(nc->ev, EV_READ, 0);
 }
 
+/*
+ * Why a name did not resolve, in words a user can act on.  libevent's own
+ * texts are BSD's ("nodename nor servname provided, or not known").  Only
+ * NXDOMAIN is EAI_NONAME; evdns reports everything else (no answer,
+ * SERVFAIL, an answer without addresses) as EAI_FAIL, "non-recoverable",
+ * though most of it passes: maild tries again at the next poll anyway.
+ */
+static void
+net_resolve_error(struct net_connect *nc, int result)
+{
+	const char	*why;
+
+	switch (result) {
+	case 0:
+		why = "the name has no IPv4 or IPv6 address";
+		break;
+	case EVUTIL_EAI_NONAME:
+		why = "no such host; check the host name";
+		break;
+	case EVUTIL_EAI_AGAIN:
+		why = "temporary failure in name resolution; maild tries "
+		    "again at the next poll";
+		break;
+	case EVUTIL_EAI_FAIL:
+		why = "the name servers gave no address (no answer, a "
+		    "failure, or the name has none); maild tries again at the "
+		    "next poll";
+		break;
+	default:
+		why = evutil_gai_strerror(result);
+		break;
+	}
+	snprintf(nc->errors, sizeof nc->errors, "cannot resolve %s: %s",
+	    nc->host, why);
+}
+
 /* Try the next address, or give up. */
 static void
 net_try_next(struct net_connect *nc)
 {
 	struct timeval	 tv = { nc->timeout, 0 };
 	struct evutil_addrinfo *ai;
-	int		 fd;
-	size_t		 o;
+	int		 fd, err;
 
-	for (;;) {
-		ai = nc->cur == NULL ? nc->ai : nc->cur->ai_next;
-		nc->cur = ai;
-		if (ai == NULL) {
-			char	msg[700];
-
-			snprintf(msg, sizeof msg, "cannot connect to %s port %d: "
-			    "%s", nc->host, nc->port, nc->errors);
-			net_done(nc, -1, msg);
-			return;
-		}
-		net_addr_string(ai->ai_addr, nc->addr, sizeof nc->addr);
-		fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK |
-		    SOCK_CLOEXEC, IPPROTO_TCP);
-		if (fd != -1) {
-			if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 ||
-			    errno == EINPROGRESS) {
-				nc->fd = fd;
-				nc->ev = event_new(nc->base, fd, EV_WRITE,
-				    net_connect_ev_cb, nc);
-				event_add(nc->ev, &tv);
-				log_debug("%s connecting to %s (%s)",
-				    nc->label, nc->host, nc->addr);
-				return;
-			}
-			close(fd);
-		}
-		o = strlen(nc->errors);
-		snprintf(nc->errors + o, sizeof nc->errors - o, "%s%s: %s",
-		    o ? "; " : "", nc->addr, strerror(errno));
+	ai = nc->cur == NULL ? nc->ai : nc->cur->ai_next;
+	nc->cur = ai;
+	if (ai == NULL) {
+		net_give_up(nc);
+		return;
 	}
+	net_addr_string(ai->ai_addr, nc->addr, sizeof nc->addr);
+	net_addr_host(ai->ai_addr, nc->host_addr, sizeof nc->host_addr);
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	    IPPROTO_TCP);
+	if (fd == -1) {
+		net_failed(nc, errno);
+		return;
+	}
+	if (connect(fd, ai->ai_addr, ai->ai_addrlen) == -1 &&
+	    errno != EINPROGRESS) {
+		err = errno;
+		close(fd);
+		net_failed(nc, err);
+		return;
+	}
+	nc->fd = fd;
+	nc->ev = event_new(nc->base, fd, EV_WRITE, net_connect_ev_cb, nc);
+	event_add(nc->ev, &tv);
+	log_debug("%s connecting to %s (%s)", nc->label, nc->host, nc->addr);
+}
+
+/* The address being tried failed with errno err: note why, go on. */
+static void
+net_failed(struct net_connect *nc, int err)
+{
+	size_t	o = strlen(nc->errors);
+
+	snprintf(nc->errors + o, sizeof nc->errors - o, "%s%s: %s",
+	    o ? "; " : "", nc->host_addr, strerror(err));
+	nc->tried++;
+	nc->lasterr = err;
+	net_try_next(nc);
+}
+
+/*
+ * Every address failed.  Name the host and port once, then why: with one
+ * address "cannot connect to localhost (127.0.0.1) port 1: Connection
+ * refused", or without the address when the host is one; with several,
+ * each address and its error.
+ */
+static void
+net_give_up(struct net_connect *nc)
+{
+	char		msg[700];
+	unsigned char	buf[sizeof(struct in6_addr)];
+
+	if (nc->tried != 1)
+		snprintf(msg, sizeof msg, "cannot connect to %s port %d: %s",
+		    nc->host, nc->port, nc->errors);
+	else if (evutil_inet_pton(AF_INET, nc->host, buf) == 1 ||
+	    evutil_inet_pton(AF_INET6, nc->host, buf) == 1)
+		snprintf(msg, sizeof msg, "cannot connect to %s port %d: %s",
+		    nc->host, nc->port, strerror(nc->lasterr));
+	else
+		snprintf(msg, sizeof msg, "cannot connect to %s (%s) port %d: "
+		    "%s", nc->host, nc->host_addr, nc->port,
+		    strerror(nc->lasterr));
+	net_done(nc, -1, msg);
 }
 
 static void
@@ -229,7 +313,6 @@ net_connect_ev_cb(evutil_socket_t fd, short what, void *arg)
 	struct net_connect	*nc = arg;
 	int			 err = 0, one = 1;
 	socklen_t		 len = sizeof err;
-	size_t			 o;
 
 	event_free(nc->ev);
 	nc->ev = NULL;
@@ -255,10 +338,7 @@ net_connect_ev_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	close(fd);
 	nc->fd = -1;
-	o = strlen(nc->errors);
-	snprintf(nc->errors + o, sizeof nc->errors - o, "%s%s: %s",
-	    o ? "; " : "", nc->addr, strerror(err));
-	net_try_next(nc);
+	net_failed(nc, err);
 }
 
 static void

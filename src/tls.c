@@ -43,7 +43,7 @@ struct tls_seen {
 	int	pin_checked;
 	int	pin_ok;
 	int	cert_requested;	/* the server asked for a client certificate */
-	char	names[256];	/* subject CN and DNS names of the leaf */
+	char	names[256];	/* subject CN, DNS names, IPs of the leaf */
 	char	fingerprint[128];
 	char	expiry[64];
 };
@@ -355,13 +355,49 @@ tls_verify_cb(int ok, X509_STORE_CTX *x)
 	return (0);
 }
 
-/* The names a certificate is for, its SHA-256 fingerprint and expiry. */
+/*
+ * A subjectAltName as OpenSSL prints it: "DNS:pop.example.net",
+ * "IP:127.0.0.1", "IP:::1".  -1 for the kinds a POP3 server's name
+ * cannot match (e-mail, URI...).
+ */
+static int
+tls_san_text(const GENERAL_NAME *gn, char *buf, size_t size)
+{
+	char		 esc[LOG_ESCAPE_MAX], addr[INET6_ADDRSTRLEN];
+	const char	*s;
+	int		 len, af;
+
+	switch (gn->type) {
+	case GEN_DNS:
+		s = (const char *)ASN1_STRING_get0_data(gn->d.dNSName);
+		len = ASN1_STRING_length(gn->d.dNSName);
+		snprintf(buf, size, "DNS:%s", log_escape(esc, sizeof esc, s,
+		    len > 0 ? (size_t)len : 0));
+		return (0);
+	case GEN_IPADD:
+		s = (const char *)ASN1_STRING_get0_data(gn->d.iPAddress);
+		len = ASN1_STRING_length(gn->d.iPAddress);
+		af = len == 4 ? AF_INET : len == 16 ? AF_INET6 : -1;
+		if (af == -1 || inet_ntop(af, s, addr, sizeof addr) == NULL)
+			snprintf(addr, sizeof addr, "?");
+		snprintf(buf, size, "IP:%s", addr);
+		return (0);
+	default:
+		return (-1);
+	}
+}
+
+/*
+ * The names a certificate is for (subject CN, DNS names and IP
+ * addresses), its SHA-256 fingerprint and expiry.
+ */
 static void
 tls_cert_info(X509 *cert, struct tls_seen *seen)
 {
 	unsigned char		 md[EVP_MAX_MD_SIZE];
 	unsigned int		 mdlen, i;
 	char			 cn[128], esc[LOG_ESCAPE_MAX];
+	char			 san[LOG_ESCAPE_MAX + 8];
 	GENERAL_NAMES		*sans;
 	size_t			 o = 0;
 	int			 n, j;
@@ -385,17 +421,13 @@ tls_cert_info(X509 *cert, struct tls_seen *seen)
 		    log_escape(esc, sizeof esc, cn, (size_t)n));
 	sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
 	for (j = 0; sans != NULL && j < sk_GENERAL_NAME_num(sans); j++) {
-		GENERAL_NAME	*gn = sk_GENERAL_NAME_value(sans, j);
-		const char	*s;
-		int		 len;
-
-		if (gn->type != GEN_DNS || o + 8 >= sizeof seen->names)
+		if (o + 8 >= sizeof seen->names)
+			break;
+		if (tls_san_text(sk_GENERAL_NAME_value(sans, j), san,
+		    sizeof san) == -1)
 			continue;
-		s = (const char *)ASN1_STRING_get0_data(gn->d.dNSName);
-		len = ASN1_STRING_length(gn->d.dNSName);
-		o += snprintf(seen->names + o, sizeof seen->names - o,
-		    "%sDNS:%s", o ? " " : "",
-		    log_escape(esc, sizeof esc, s, (size_t)len));
+		o += snprintf(seen->names + o, sizeof seen->names - o, "%s%s",
+		    o ? " " : "", san);
 		if (o >= sizeof seen->names)
 			o = sizeof seen->names - 1;
 	}

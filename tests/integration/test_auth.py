@@ -16,7 +16,8 @@ an unencrypted connection, the SASL initial response (RFC 5034) and the
 continuations of LOGIN and CRAM-MD5, the 255-byte limit of the AUTH line,
 refused OAuth tokens (Gmail's "+ base64(JSON)" step), APOP with and
 without a greeting timestamp, a configured method the server does not
-offer, and a refused login that must not be retried with another method.
+offer (the message names it and lists the methods the server offers),
+and a refused login that must not be retried with another method.
 """
 
 import functools
@@ -461,15 +462,41 @@ def test_apop_bad_timestamp(t):
         assert not login_lines(srv), [c.line for c in login_lines(srv)]
 
 
-@tap.test(name="auth = cram-md5 not in the server's SASL list -> clear "
-          "error, 77, nothing sent")
-def test_method_not_offered(t):
-    with fake(msgs("notoffered"), sasl=["PLAIN", "LOGIN"]) as srv:
-        r = run_once(t, [fake_account(t, srv, auth="cram-md5")])
+def not_offered(t, auth, **kw):
+    """maild with auth = auth against a fake server (kw) that does not
+    offer it: 77, no login line sent; the error."""
+    with fake(msgs(f"notoffered-{auth}"), **kw) as srv:
+        r = run_once(t, [fake_account(t, srv, auth=auth)])
         assert r.rc == mt.EX_NOPERM, f"exit {r.rc}, expected 77"
-        err = r.account("fake")["error"] or ""
-        assert "offer" in err, err
         assert not login_lines(srv), [c.line for c in login_lines(srv)]
+        return r.account("fake")["error"] or ""
+
+
+@tap.test(name="auth = cram-md5 not in the server's SASL list -> 77, "
+          "nothing sent, the message names it and lists what is offered")
+def test_method_not_offered(t):
+    err = not_offered(t, "cram-md5", sasl=["PLAIN", "LOGIN"])
+    want = ("cannot log in: the server does not offer CRAM-MD5 (it "
+            "offers: USER, PLAIN, LOGIN); set auth to one of them, or "
+            "remove auth to let maild choose")
+    assert err == want, f"{err!r}, expected {want!r}"
+
+
+@tap.test(name="auth = xoauth2, the server offers APOP and OAUTHBEARER "
+          "only: both listed")
+def test_method_not_offered_apop(t):
+    err = not_offered(t, "xoauth2", apop=True,
+                      capa=["UIDL", "SASL OAUTHBEARER"])
+    assert "does not offer XOAUTH2 (it offers: APOP, OAUTHBEARER); " \
+        in err, err
+
+
+@tap.test(name="auth = plain, CAPA lists no login method at all: said so")
+def test_method_not_offered_none(t):
+    err = not_offered(t, "plain", capa=["UIDL", "SASL"])
+    want = ("cannot log in: the server does not offer PLAIN, nor any "
+            "other login method in its CAPA reply")
+    assert err == want, f"{err!r}, expected {want!r}"
 
 
 @tap.test(name="auth = user with SASL offered: USER/PASS")

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """test_cli.py: maild's command line and configuration checking.
 
--V, usage errors (exit 64), "maild -n" on a valid configuration (exit 0)
+-V, -h/--help (the usage line and one line per option, exit 0; the
+usage line is maild(8)'s SYNOPSIS; mandoc -Tlint clean; maild.conf(5)'s
+duration examples render), usage errors (exit 64: the usage
+line on stderr), "maild -n" on a valid configuration (exit 0)
 and on broken ones (exit 78 with "file:line: message" on stderr, the line
 being the one the mistake is on: the offending option's line, or the
 "account" line for what is missing from an account), the example
@@ -12,6 +15,7 @@ turned on), and path expansion of ~ and $VAR in a real run.
 import os
 import re
 import stat
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -42,11 +46,109 @@ def test_version_long(t):
     assert r.rc == 0 and r.stdout == "maild 0.1.0\n", (r.rc, r.stdout)
 
 
+USAGE = ("usage: maild [-dhnvV] [-f file] [--once | --check [account] | "
+         "--status]")
+MAN8 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                    "man", "maild.8")
+# option -> what its line in --help must say (a word or two of it)
+HELP_LINES = {
+    "-d": "foreground",
+    "-f file": "configuration",
+    "-n": "check the configuration",
+    "-v": "-vv",
+    "-V, --version": "version",
+    "-h, --help": "help",
+    "--once": "once",
+    "--check [account]": "fetch nothing",
+    "--status": "show",
+}
+
+
+def check_help(r):
+    assert r.rc == 0, f"exit {r.rc}, expected 0"
+    assert r.stderr == "", f"stderr: {r.stderr!r}"
+    lines = r.stdout.splitlines()
+    assert lines[0] == USAGE, f"first line {lines[0]!r}, expected {USAGE!r}"
+    for opt, words in HELP_LINES.items():
+        found = [ln for ln in lines
+                 if re.match(rf"\s+{re.escape(opt)}\s\s", ln)]
+        assert len(found) == 1, f"no one line for {opt!r}:\n{r.stdout}"
+        assert words in found[0], f"{found[0]!r} does not mention {words!r}"
+    assert "maild(8)" in r.stdout, "--help does not point to maild(8)"
+    return r.stdout
+
+
+@tap.test(name="--help: the usage line, one line per option, exit 0")
+def test_help_long(t):
+    check_help(maild(t, ["--help"]))
+
+
+@tap.test(name="-h: the same as --help")
+def test_help_short(t):
+    long_ = check_help(maild(t, ["--help"]))
+    assert check_help(maild(t, ["-h"])) == long_, "-h and --help differ"
+
+
+def render_man(t, path):
+    """The page as plain text, by mandoc or groff; skips without both."""
+    for cmd in (["mandoc", "-Tascii"],
+                ["groff", "-mandoc", "-Tascii", "-P-cbou"]):
+        try:
+            p = subprocess.run(cmd + [path], stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True, timeout=60)
+        except FileNotFoundError:
+            continue
+        if p.returncode == 0 and p.stdout:
+            return re.sub(r".\x08", "", p.stdout)
+    t.skip("neither mandoc nor groff is installed")
+
+
+@tap.test(name="maild(8): the SYNOPSIS is the usage line; every option "
+          "of --help has its entry")
+def test_man_synopsis(t):
+    text = render_man(t, MAN8)
+    m = re.search(r"^SYNOPSIS\n(.*?)\n\n", text, re.M | re.S)
+    assert m, f"no SYNOPSIS in:\n{text[:500]}"
+    synopsis = " ".join(m.group(1).split())
+    want = USAGE[len("usage: "):]
+    assert synopsis == want, f"SYNOPSIS {synopsis!r}, usage {want!r}"
+    for opt in HELP_LINES:
+        assert re.search(rf"^ +{re.escape(opt)}(\s|$)", text, re.M), \
+            f"maild(8) has no entry for {opt!r}"
+
+
+MAN5 = os.path.join(os.path.dirname(MAN8), "maild.conf.5")
+
+
+@tap.test(name="man pages: mandoc -Tlint finds no warning or error")
+def test_man_lint(t):
+    try:
+        p = subprocess.run(["mandoc", "-Tlint", "-Wwarning", MAN8, MAN5],
+                           stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=60)
+    except FileNotFoundError:
+        t.skip("mandoc is not installed")
+    out = (p.stdout + p.stderr).strip()
+    assert p.returncode == 0 and not out, f"exit {p.returncode}:\n{out}"
+
+
+@tap.test(name="maild.conf(5): the duration examples render as a list of "
+          "quoted values")
+def test_man_durations(t):
+    text = " ".join(render_man(t, MAN5).split())
+    want = '("90", "30s", "5m", "2h", "1d"); at most 30 days'
+    assert want in text, "durations render as " + \
+        text[text.find("Durations"):][:160]
+
+
 @tap.test
 def test_usage_unknown_flag(t):
+    """An unknown option: getopt's complaint and the usage line on
+    stderr, nothing on stdout, exit 64."""
     r = maild(t, ["-x"])
     assert r.rc == mt.EX_USAGE, f"exit {r.rc}, expected 64"
-    assert "usage:" in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1] == USAGE, r.stderr
+    assert r.stdout == "", r.stdout
 
 
 @tap.test

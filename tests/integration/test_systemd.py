@@ -13,12 +13,19 @@ directory of the maild under test, @sysconfdir@: a temp dir), then:
   - make install DESTDIR=... puts the system unit, the user unit and the
     sysusers file where configure said, with the paths substituted, and
     make uninstall removes them
+  - both units stop restarting on a configuration error (exit 78)
+  - ./configure --prefix=<home>/.local && make install, as an
+    unprivileged user (nobody, when the tests run as root): succeeds,
+    and everything lands under the prefix, units and sysusers.d entry in
+    <prefix>/lib/...; configure --prefix=/usr still takes systemd's own
+    directories, and --with-...=DIR / =no override
 
 Without systemd-analyze (or systemd-sysusers) those tests are skipped: CI
 installs systemd.  Nothing here talks to the running systemd.
 """
 
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -290,6 +297,181 @@ def test_make_install(t):
     assert r.returncode == 0, f"make uninstall: exit {r.returncode}"
     left = [p for p in (sysu, useru, sus) if p.exists()]
     assert not left, f"make uninstall left {left}"
+
+
+@tap.test(timeout=60)
+def test_units_no_restart_on_config_error(t):
+    """A configuration error (exit 78, EX_CONFIG) will not go away by
+    itself: both units must not restart maild every RestartSec for it."""
+    units = generate(t, sbindir="/opt/x/sbin", sysconfdir="/opt/x/etc")
+    for name in ("maild.service", "maild-user.service"):
+        sets = unit_settings(units[name].read_text())
+        prevent = [v for sec, k, v in sets
+                   if sec == "Service" and k == "RestartPreventExitStatus"]
+        assert prevent and "78" in " ".join(prevent).split(), \
+            f"{name}: RestartPreventExitStatus={prevent!r}, expected 78"
+        restart = [v for sec, k, v in sets
+                   if sec == "Service" and k == "Restart"]
+        assert restart == ["on-failure"], f"{name}: Restart={restart!r}"
+
+
+# What a copy of the source tree needs to configure, build and install;
+# the build products of an in-place build are left out.
+SOURCE_ENTRIES = ("configure", "configure.ac", "Makefile.am", "Makefile.in",
+                  "aclocal.m4", "config.h.in", "README", "LICENSE",
+                  "build-aux", "m4", "src", "man", "etc", "systemd", "tests")
+BUILD_PRODUCTS = ("*.o", "*.a", ".deps", ".dirstamp", "__pycache__", "*.log",
+                  "*.trs", "*.service", "maild.sysusers")
+
+
+def copy_sources(dest):
+    """A copy of the source tree, readable by everyone, timestamps kept
+    (so that make does not try to run automake)."""
+    top = srcdir()
+    if not (top / "configure").exists():
+        raise tap.Skip(f"{top}/configure does not exist (run autoreconf)")
+    dest.mkdir()
+    for name in SOURCE_ENTRIES:
+        src = top / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, symlinks=True,
+                            ignore=shutil.ignore_patterns(*BUILD_PRODUCTS))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    (dest / "src" / "maild").unlink(missing_ok=True)
+    for p in [dest, *dest.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod(p.stat().st_mode | 0o444 | (0o111 if p.is_dir() else 0))
+
+
+def unprivileged(t, *dirs):
+    """The command prefix that runs a command as an unprivileged user, and
+    that user's uid: nobody when we are root (dirs are given to it), else
+    ourselves."""
+    if os.geteuid() != 0:
+        return [], os.geteuid()
+    exe = shutil.which("setpriv")
+    if exe is None:
+        t.skip("setpriv is not installed (package util-linux)")
+    try:
+        pw = pwd.getpwnam("nobody")
+    except KeyError:
+        t.skip("there is no user nobody")
+    for d in dirs:
+        os.chown(d, pw.pw_uid, pw.pw_gid)
+    return [exe, f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
+            "--clear-groups", "--"], pw.pw_uid
+
+
+def files_under(d):
+    return sorted(str(p.relative_to(d)) for p in Path(d).rglob("*")
+                  if not p.is_dir())
+
+
+@tap.test(timeout=900)
+def test_install_prefix_unprivileged(t):
+    """As a user without root (nobody, under CI's root):
+    ./configure --prefix=$HOME/.local && make && make install succeeds and
+    writes nothing outside the prefix: the units go to
+    <prefix>/lib/systemd/{system,user}, the sysusers.d entry to
+    <prefix>/lib/sysusers.d.  make uninstall removes every file."""
+    if shutil.which("make") is None:
+        t.skip("make is not installed")
+    os.chmod(t.tmp, 0o755)
+    src = t.tmp / "src"
+    copy_sources(src)
+    home = t.tmp / "home"
+    build = t.tmp / "build"
+    dest = t.tmp / "dest"
+    for d in (home, build, dest):
+        d.mkdir()
+    as_user, uid = unprivileged(t, home, build, dest)
+    prefix = home / ".local"
+    env = {"HOME": str(home), "TMPDIR": str(build)}
+
+    r = run(as_user + [src / "configure", f"--prefix={prefix}"],
+            timeout=300, env=env, cwd=build)
+    assert r.returncode == 0, f"configure: exit {r.returncode}\n" \
+        f"{r.stdout[-3000:]}"
+    r = run(as_user + ["make", "-j2"], timeout=600, env=env, cwd=build)
+    assert r.returncode == 0, f"make: exit {r.returncode}\n" \
+        f"{r.stdout[-3000:]}"
+
+    # every file make install writes is under the prefix (DESTDIR shows
+    # where each one goes, wherever that is)
+    r = run(as_user + ["make", "install", f"DESTDIR={dest}"], timeout=300,
+            env=env, cwd=build)
+    assert r.returncode == 0, f"make install DESTDIR: exit {r.returncode}" \
+        f"\n{r.stdout[-3000:]}"
+    staged = files_under(dest)
+    inside = str(prefix).lstrip("/") + "/"
+    outside = [f for f in staged if not f.startswith(inside)]
+    assert staged and not outside, \
+        f"make install writes outside --prefix={prefix}: {outside}"
+
+    # and the real thing, without DESTDIR, as that user
+    r = run(as_user + ["make", "install"], timeout=300, env=env, cwd=build)
+    assert r.returncode == 0, f"make install as uid {uid}: exit " \
+        f"{r.returncode}\n{r.stdout[-3000:]}"
+    got = files_under(prefix)
+    t.note("installed: " + " ".join(got))
+    assert got == [f[len(inside):] for f in staged], \
+        f"installed {got}, DESTDIR run staged {staged}"
+    want = {"sbin/maild": None,
+            "share/man/man8/maild.8": None,
+            "share/man/man5/maild.conf.5": None,
+            "share/doc/maild/examples/maild.conf": None,
+            "lib/systemd/system/maild.service":
+                f"ExecStart={prefix}/sbin/maild -d -f {prefix}/etc/maild.conf",
+            "lib/systemd/user/maild.service":
+                f"ExecStart={prefix}/sbin/maild -d -f %E/maild/maild.conf",
+            "lib/sysusers.d/maild.conf": "u maild"}
+    for f, text in want.items():
+        p = prefix / f
+        assert p.is_file(), f"no {p}"
+        assert p.stat().st_uid == uid, f"{p} not owned by uid {uid}"
+        if text is not None:
+            assert text in p.read_text(), f"{p}:\n{p.read_text()}"
+
+    r = run(as_user + ["make", "uninstall"], timeout=300, env=env, cwd=build)
+    assert r.returncode == 0, f"make uninstall: exit {r.returncode}"
+    left = files_under(prefix)
+    assert not left, f"make uninstall left {left}"
+
+
+@tap.test(timeout=300)
+def test_configure_systemd_dirs(t):
+    """--prefix=/usr: systemd's own directories (its pkg-config file);
+    --with-...=DIR puts a file there, =no does not install it."""
+    top = srcdir()
+    if not (top / "configure").exists():
+        t.skip(f"{top}/configure does not exist (run autoreconf)")
+    if shutil.which("pkg-config") is None:
+        t.skip("pkg-config is not installed")
+    cases = [
+        (["--prefix=/usr"], {
+            k: run(["pkg-config", f"--variable={k}", "systemd"]
+                   ).stdout.strip() or f"/usr/lib/{sub}"
+            for k, sub in (("systemdsystemunitdir", "systemd/system"),
+                           ("systemduserunitdir", "systemd/user"),
+                           ("sysusersdir", "sysusers.d"))}),
+        (["--prefix=/opt/m", "--with-systemdsystemunitdir=/etc/sys",
+          "--with-systemduserunitdir=no", "--with-sysusersdir=/x/s"],
+         {"systemdsystemunitdir": "/etc/sys", "systemduserunitdir": "",
+          "sysusersdir": "/x/s"}),
+    ]
+    for i, (args, want) in enumerate(cases):
+        d = t.tmp / f"b{i}"
+        d.mkdir()
+        # configure alone is enough: the directories are in the Makefile
+        r = run([top / "configure", "--disable-dependency-tracking"] + args,
+                timeout=240, cwd=d)
+        assert r.returncode == 0, f"configure {args}: exit {r.returncode}" \
+            f"\n{r.stdout[-3000:]}"
+        v = make_vars(d / "Makefile")
+        got = {k: v.get(k, "") for k in want}
+        assert got == want, f"configure {' '.join(args)}: {got}, " \
+            f"expected {want}"
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@
     c.server         (cert, key) signed by the CA for DNS:localhost,
                      IP:127.0.0.1, IP:::1
     c.wrong_host     (cert, key) signed by the CA, only DNS:wrong.example
+    c.wrong_ip       (cert, key) signed by the CA, DNS:wrong.example,
+                     IP:192.0.2.1, IP:2001:db8::1 (documentation
+                     addresses, never connected to)
     c.self_signed    (cert, key) self-signed, for localhost/127.0.0.1/::1
     c.expired        (cert, key) signed by the CA, right names, expired
                      in 2020
@@ -154,6 +157,8 @@ def make(d):
     c.server = _make_leaf(d, "server", "ca")
     c.wrong_host = _make_leaf(d, "wrong-host", "ca", names=("wrong.example",),
                               ips=())
+    c.wrong_ip = _make_leaf(d, "wrong-ip", "ca", names=("wrong.example",),
+                            ips=("192.0.2.1", "2001:db8::1"))
     c.expired = _make_leaf(d, "expired", "ca", startdate="20190101000000Z",
                            enddate="20200101000000Z")
     c.not_yet_valid = _make_leaf(d, "not-yet-valid", "ca",

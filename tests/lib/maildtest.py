@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -62,6 +63,17 @@ def require_maild():
     if not os.access(b, os.X_OK):
         raise tap.Skip(f"{b} not built (run make, or set MAILD_BIN)")
     return b
+
+
+def no_ipv6():
+    """Why there is no IPv6 loopback here, or None if there is one (for
+    @tap.test(skip=...))."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return None
+    except OSError:
+        return "no IPv6 loopback"
 
 
 # ---------------------------------------------------------------------------
