@@ -21,6 +21,11 @@
  * text if the server does not offer it.  Then the login: USER/PASS, APOP
  * (RFC 1939) or SASL AUTH (RFC 5034) with PLAIN, LOGIN, CRAM-MD5, XOAUTH2
  * or OAUTHBEARER, chosen by auth_choose().
+ *
+ * Nothing is pipelined across the login: each login command waits for the
+ * answer to the one before, and the listing is asked only after the
+ * login's +OK.  Some servers (Courier) hand the connection to another
+ * process at the login and drop whatever the client sent behind it.
  */
 
 #include "config.h"
@@ -44,7 +49,6 @@
 #define SASL_MAX_STEPS	4
 
 static void	login_begin(struct session *);
-static void	login_early_listing(struct session *);
 static void	login_sasl_start(struct session *);
 static void	login_done(struct session *);
 static void	login_failed(struct session *, const char *, size_t);
@@ -111,9 +115,8 @@ login_status(struct session *s, enum pop3_cmd cmd, enum pop3_status st,
 			login_failed(s, text, len);
 			return;
 		}
-		if (!(s->flags & S_PIPELINING))
-			pop3_send_secret(s, CMD_PASS, "PASS ", s->secret,
-			    s->secretlen, "PASS ********");
+		pop3_send_secret(s, CMD_PASS, "PASS ", s->secret,
+		    s->secretlen, "PASS ********");
 		break;
 	case CMD_PASS:
 	case CMD_APOP:
@@ -204,11 +207,6 @@ login_begin(struct session *s)
 	switch (s->method) {
 	case AUTH_USER:
 		pop3_send(s, CMD_USER, 0, "USER %s", s->ac->user);
-		if (s->flags & S_PIPELINING) {
-			pop3_send_secret(s, CMD_PASS, "PASS ", s->secret,
-			    s->secretlen, "PASS ********");
-			login_early_listing(s);
-		}
 		break;
 	case AUTH_APOP:
 		line = auth_apop(s->ac->user, s->apop_ts, s->secret,
@@ -216,28 +214,11 @@ login_begin(struct session *s)
 		pop3_send_secret(s, CMD_APOP, "", line, strlen(line),
 		    "APOP ********");
 		freezero_str(line);
-		login_early_listing(s);
 		break;
 	default:
 		login_sasl_start(s);
 		break;
 	}
-}
-
-/*
- * The login is on its way in one command (its last): with pipelining, ask
- * for the listing in the same breath, saving a round trip per poll.  The
- * server answers in order: if the login fails, the session ends there and
- * the answers to UIDL and LIST are never read.
- */
-static void
-login_early_listing(struct session *s)
-{
-	if (!(s->flags & S_PIPELINING) || (s->flags & S_CHECK))
-		return;
-	s->flags |= S_LISTING_SENT;
-	fetch_start(s);
-	pop3_set_state(s, POP3_AUTH);
 }
 
 /* The initial response of a SASL method that has one; NULL otherwise. */
@@ -273,12 +254,6 @@ login_sasl_start(struct session *s)
 		snprintf(trace, sizeof trace, "AUTH %s ********", mech);
 		s->flags |= S_SASL_IR;
 		pop3_send_secret(s, CMD_AUTH, prefix, ir, strlen(ir), trace);
-		/*
-		 * PLAIN is one step.  The OAuth mechanisms are not: a refused
-		 * token is explained in a challenge we must answer.
-		 */
-		if (s->method == AUTH_PLAIN)
-			login_early_listing(s);
 	} else
 		pop3_send(s, CMD_AUTH, 0, "AUTH %s", mech);
 	if (ir != NULL)
@@ -310,14 +285,6 @@ login_continuation(struct session *s, const char *text, size_t len)
 	if (step >= SASL_MAX_STEPS) {
 		pop3_fail(s, EXIT_PROTOCOL, "the server keeps sending SASL "
 		    "challenges; giving up the login");
-		return;
-	}
-	if (s->flags & S_LISTING_SENT) {
-		/* Our pipelined UIDL went out as the answer to this. */
-		s->result.nopipelining = 1;
-		pop3_fail(s, EXIT_PROTOCOL, "the server wants more after a "
-		    "complete %s response; pipelining is turned off for this "
-		    "account", auth_method_name(s->method));
 		return;
 	}
 	switch (s->method) {
@@ -396,10 +363,6 @@ login_done(struct session *s)
 	pop3_wipe_secret(s);
 	s->result.login = auth_method_name(s->method);
 	log_debug("account=%s logged in (%s)", s->ac->name, s->result.login);
-	if (s->flags & S_LISTING_SENT) {
-		pop3_set_state(s, POP3_LIST);
-		return;		/* UIDL and LIST are answered next */
-	}
 	if (s->flags & S_CHECK) {
 		pop3_set_state(s, POP3_LIST);
 		pop3_send(s, CMD_STAT, 0, "STAT");

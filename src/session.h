@@ -105,7 +105,6 @@ struct session {
 #define S_SASL_IR	0x100	/* the AUTH command carried its response */
 #define S_CHECK		0x200	/* --check: log in, STAT, QUIT */
 #define S_NO_PIPE	0x400	/* never pipeline (config, or it failed) */
-#define S_LISTING_SENT	0x800	/* UIDL and LIST went with the login */
 	const struct account_conf *ac;
 	struct config		*conf;		/* a reference */
 	struct event_base	*base;
