@@ -35,17 +35,16 @@ Mail is served as "nobody"; UIDLs are Courier's own ("UID<n>-<validity>",
 kept in the Maildir's courierpop3dsizelist), stable across sessions.
 """
 
-import os
-import poplib
-import pwd
 import grp
+import os
+import pwd
 import shutil
 import signal
-import ssl
 import subprocess
 import time
 from pathlib import Path
 
+import dovecot
 import tap
 from dovecot import (DEFAULT_PASSWORD, LOOPBACK, chown_tree, free_port,
                      make_maildir, pid_alive, wait_port)
@@ -382,9 +381,6 @@ class Courier:
     # ------------------------------------------------------------------
     # users and mailboxes
 
-    def maildir(self, user):
-        return self.dir / "mail" / user / "Maildir"
-
     def add_user(self, user, password=None):
         """Add a user (authdaemond sees the rebuilt userdb.dat at once)."""
         self.users[user] = password or self.password
@@ -394,62 +390,16 @@ class Courier:
         chown_tree(home, self.mail_uid, self.mail_gid)
         return user
 
-    def _name(self, data):
-        self._seq += 1
-        return (f"{1700000000 + self._seq}.M{self._seq:06d}P{os.getpid()}"
-                f".maildtest,S={len(data)}")
-
-    def _write_msgs(self, user, msgs, new):
-        sub = self.maildir(user) / ("new" if new else "cur")
-        for m in msgs:
-            data = m if isinstance(m, (bytes, bytearray)) else m.data
-            name = self._name(data) + ("" if new else ":2,")
-            with open(sub / name, "wb") as f:
-                f.write(data)
-            os.chown(sub / name, self.mail_uid, self.mail_gid)
-
-    def set_mailbox(self, user, msgs):
-        """Replace the user's mailbox (and Courier's UIDL list) with
-        msgs."""
-        self.wait_idle()
-        home = self.dir / "mail" / user
-        if home.exists():
-            shutil.rmtree(home)
-        make_maildir(home / "Maildir")
-        self._write_msgs(user, msgs, new=False)
-        chown_tree(home, self.mail_uid, self.mail_gid)
-
-    def add_messages(self, user, msgs, new=True):
-        """Add messages to the user's mailbox (new/ by default)."""
-        self._write_msgs(user, msgs, new=new)
-
-    def mailbox(self, user):
-        """The messages the server still has for user (list of bytes)."""
-        self.wait_idle()
-        md = self.maildir(user)
-        out = []
-        for sub in ("cur", "new"):
-            for name in sorted(os.listdir(md / sub)):
-                if not name.startswith("."):
-                    out.append((md / sub / name).read_bytes())
-        return out
-
-    def uidls(self, user, timeout=20):
-        """UIDL listing over POP3S: list of (num, uidl)."""
-        ctx = ssl.create_default_context(cafile=self.ca)
-        p = poplib.POP3_SSL(self.host, self.pop3s_port, context=ctx,
-                            timeout=timeout)
-        try:
-            p.user(user)
-            p.pass_(self.users[user])
-            lines = p.uidl()[1]
-            return [(int(a), b.decode()) for a, b in
-                    (ln.split(b" ", 1) for ln in lines)]
-        finally:
-            try:
-                p.quit()
-            except Exception:
-                p.close()
+    # the rest is the same as Dovecot's: Maildirs under mail/<user>/, and
+    # UIDL over POP3S with USER/PASS
+    maildir = dovecot.Dovecot.maildir
+    _name = dovecot.Dovecot._name
+    _write_msgs = dovecot.Dovecot._write_msgs
+    set_mailbox = dovecot.Dovecot.set_mailbox
+    add_messages = dovecot.Dovecot.add_messages
+    mailbox = dovecot.Dovecot.mailbox
+    ssl_context = dovecot.Dovecot.ssl_context
+    uidls = dovecot.Dovecot.uidls
 
 
 def _sh(s):
