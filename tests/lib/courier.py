@@ -328,24 +328,10 @@ class Courier:
         self._ns = None
         return True
 
-    def cleanup(self):
-        self.stop()
-        if self._own_dir and not tap.keep_tmp() and self.dir.exists():
-            tap.rmtree(self.dir)
-
-    def __enter__(self):
-        if tap.current() is not None:
-            tap.current().defer(self.cleanup)
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.cleanup()
-        return False
+    # stopped at the end of the running test at the latest, as Dovecot
+    cleanup = dovecot.Dovecot.cleanup
+    __enter__ = dovecot.Dovecot.__enter__
+    __exit__ = dovecot.Dovecot.__exit__
 
     def log_tail(self, n=20):
         out = ""
