@@ -18,6 +18,10 @@ refused OAuth tokens (Gmail's "+ base64(JSON)" step), APOP with and
 without a greeting timestamp, a configured method the server does not
 offer (the message names it and lists the methods the server offers),
 and a refused login that must not be retried with another method.
+With PIPELINING offered, every method waits for the answer to each login
+command before sending the next command, against a server that drops
+whatever follows a successful login (as Courier does); UIDL and LIST
+still go together after it.
 """
 
 import functools
@@ -507,6 +511,62 @@ def test_explicit_user(t):
         assert r.rc == 0, f"exit {r.rc}: {r.account('fake')['error']}"
         check_one_login(srv, "USER")
         mt.assert_maildir(t.tmp / "Maildir", m)
+
+
+def assert_login_lock_step(conn):
+    """Nothing went behind a login command before its answer: every
+    command up to the first one after the login (UIDL) waited for the
+    answer to the one before; then UIDL and LIST went together."""
+    cmds = conn.commands
+    login = [c.index for c in cmds if c.verb in LOGIN_VERBS]
+    assert login, f"no login: {conn.verbs()}"
+    piped = {c.index for c in conn.pipelined()}
+    early = [c.line for c in cmds[:login[-1] + 2]
+             if c.index in piped or c.dropped]
+    assert not early, ("sent before the answer to the login command "
+                       f"before it: {early} (all: {conn.verbs()})")
+    after = cmds[login[-1] + 1:login[-1] + 3]
+    assert [c.verb for c in after] == ["UIDL", "LIST"], conn.verbs()
+    assert after[1].index in piped, \
+        "UIDL and LIST are no longer pipelined in the transaction state"
+
+
+def _handoff_test(auth, mech, kw0, extra0):
+    def test(t):
+        m = msgs(f"handoff-{auth}")
+        kw, extra = dict(kw0), dict(extra0)
+        if "oauth" in auth:
+            kw["tokens"] = [oauth_token(auth)]
+            extra.update(password=None, password_command=token_command(
+                t, oauth_token(auth)))
+        with fake(m, sasl=list(fakepop3.SASL_MECHS), handoff=True,
+                  **kw) as srv:
+            r = run_once(t, [fake_account(t, srv, auth=auth, **extra)],
+                         timeout=3)
+            assert r.rc == 0, f"exit {r.rc}: {r.account('fake')['error']}"
+            check_one_login(srv, mech)
+            assert len(srv.connections) == 1, \
+                f"{len(srv.connections)} connections"
+            assert_login_lock_step(srv.connections[0])
+            mt.assert_maildir(t.tmp / "Maildir", m)
+    return test
+
+
+for _auth, _mech, _kw, _extra in (
+        ("user", "USER", {}, {}),
+        ("apop", "APOP", {"apop": True}, {}),
+        ("plain", "PLAIN", {}, {}),
+        ("plain", "PLAIN", {"password": "P4ss-" * 60},
+         {"password": "P4ss-" * 60}),
+        ("login", "LOGIN", {}, {}),
+        ("cram-md5", "CRAM-MD5", {}, {}),
+        ("xoauth2", "XOAUTH2", {}, {}),
+        ("oauthbearer", "OAUTHBEARER", {}, {})):
+    tap.test(name=f"auth = {_auth}"
+             f"{' (no initial response)' if _extra else ''}, PIPELINING "
+             "offered, a server that drops what follows a login (Courier): "
+             "nothing sent behind a login command before its answer; UIDL "
+             "and LIST together")(_handoff_test(_auth, _mech, _kw, _extra))
 
 
 def _wrong_password_test(auth, mech, kw):

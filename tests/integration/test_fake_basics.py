@@ -134,10 +134,18 @@ def test_pipelining_used_when_offered(t):
         r = run.once()
         assert r.rc == 0, f"exit {r.rc}"
         mt.assert_maildir(run.maildir, m)
-        piped = srv.connections[0].pipelined()
+        conn = srv.connections[0]
+        piped = conn.pipelined()
         retr = [c for c in piped if c.verb == "RETR"]
         assert retr, ("the server offered PIPELINING but no RETR was "
-                      "pipelined: " + " ".join(srv.connections[0].verbs()))
+                      "pipelined: " + " ".join(conn.verbs()))
+        # never across the login: USER, PASS and UIDL each wait for the
+        # answer before them; LIST goes with UIDL
+        assert conn.verbs()[:5] == ["CAPA", "USER", "PASS", "UIDL", "LIST"], \
+            conn.verbs()
+        early = [c.verb for c in piped if c.index < 4]
+        assert not early, f"pipelined across the login: {early}"
+        assert 4 in {c.index for c in piped}, "LIST not pipelined with UIDL"
 
 
 @tap.test

@@ -38,6 +38,12 @@ Everything can be overridden per test:
                              first, as Gmail does, then -ERR
   tokens=[...]               the OAuth2 access tokens accepted (default:
                              the password)
+  handoff=True               after a successful login, throw away what the
+                             client sent behind the login command, as
+                             Courier does when its login process hands
+                             the connection to the mail process (the
+                             lines are recorded with cmd.dropped set, and
+                             never answered)
 
 What a handler (or greeting) returns: bytes (sent as is), None (default
 response), or a list / generator of actions, which may be infinite:
@@ -161,6 +167,7 @@ class Cmd:
         self.reply_start = None     # monotonic times of the answer
         self.reply_end = None
         self.sasl = False           # a reply to a SASL challenge
+        self.dropped = False        # thrown away unanswered (handoff)
 
     def __repr__(self):
         return f"<Cmd {self.line!r}>"
@@ -260,7 +267,7 @@ class FakePOP3(ThreadedServer):
                  capa_err=False, pipelining=True, handlers=None, drip=None,
                  login_requires_tls=False, lock_mailbox=False,
                  resp_codes=True, extra_capa=(), apop=False, sasl=None,
-                 tokens=None):
+                 tokens=None, handoff=False):
         """tls: (certfile, keyfile) or an ssl.SSLContext.  implicit_tls
         defaults to True when tls is given; stls (offer STLS on a plain
         connection) defaults to not implicit_tls."""
@@ -282,6 +289,7 @@ class FakePOP3(ThreadedServer):
         self.apop = apop
         self.sasl = [m.upper() for m in sasl] if sasl else []
         self.tokens = list(tokens) if tokens is not None else None
+        self.handoff = handoff
         self._ts_seq = itertools.count(1)
         self.mailbox = []
         for m in messages:
@@ -361,6 +369,7 @@ class FakePOP3(ThreadedServer):
                 cmd.verb, cmd.arg = "SASL-RESPONSE", ""
             conn.commands.append(cmd)
             conn.count(cmd)
+            was_auth = conn.state == "auth"
             if cmd.sasl:
                 handler = self.handlers.get(cmd.verb)
             else:
@@ -370,6 +379,9 @@ class FakePOP3(ThreadedServer):
             if resp is None:
                 resp = self._sasl_step(conn, cmd) if cmd.sasl else \
                     self._default(conn, cmd)
+            if self.handoff and was_auth and conn.state == "transaction":
+                # before the +OK goes out: what comes after it is new
+                self._drop_pipelined(conn, reader)
             cmd.reply_start = time.monotonic()
             ok = await self._emit(conn, writer, resp, cmd)
             if not ok:
@@ -385,6 +397,20 @@ class FakePOP3(ThreadedServer):
         except Exception:
             pass
 
+
+    @staticmethod
+    def _drop_pipelined(conn, reader):
+        """Throw away the complete lines already received (Courier's
+        login process exits with them in its buffer)."""
+        buf = reader._buffer
+        end = buf.rfind(b"\n") + 1
+        for line in bytes(buf[:end]).splitlines():
+            t = reader.arrivals.pop(0) if reader.arrivals else \
+                time.monotonic()
+            cmd = Cmd(line, t, conn.tls, len(conn.commands))
+            cmd.dropped = True
+            conn.commands.append(cmd)
+        del buf[:end]
 
     # -- the default POP3 server ---------------------------------------------
     def capa_lines(self, conn):
