@@ -307,7 +307,7 @@ static void
 auth_not_offered(const char *mech, const struct pop3_capa *capa,
     int apop_ts, char *buf, size_t size)
 {
-	char		 list[POP3_STATUS_MAX + 32];
+	char		 list[POP3_LINE_MAX + 32];
 	const char	*p = capa->sasl;
 	size_t		 o = 0, n;
 
@@ -346,7 +346,7 @@ int
 auth_choose(enum auth_method conf, const struct pop3_capa *capa,
     int have_capa, int apop_ts, int encrypted, const char **why)
 {
-	static char	 why_buf[POP3_STATUS_MAX + 256];
+	static char	 why_buf[POP3_LINE_MAX + 256];
 	const char	*sasl;
 
 	if (conf != AUTH_AUTO) {
