@@ -152,69 +152,6 @@ conf_errorx(int line, const char *fmt, ...)
 	xasprintf(&cp->error, "%s:%d: %s", cp->file, line, msg);
 }
 
-/* A number's unit suffix and what it multiplies by. */
-struct unit {
-	const char	*suffix;
-	long		 mult;
-};
-
-static const struct unit duration_units[] = {
-	{ "s", 1 }, { "m", 60 }, { "h", 3600 }, { "d", 86400 }, { NULL, 0 }
-};
-
-static const struct unit size_units[] = {
-	{ "k", 1L << 10 }, { "K", 1L << 10 }, { "M", 1L << 20 },
-	{ "G", 1L << 30 }, { "kB", 1L << 10 }, { "KB", 1L << 10 },
-	{ "MB", 1L << 20 }, { "GB", 1L << 30 }, { NULL, 0 }
-};
-
-/* Parse digits with an optional unit suffix; the result is at most max. */
-static int
-parse_scaled(const char *s, const struct unit *units, long max, long *out)
-{
-	char	*end;
-	long	 v, mult = 1;
-
-	if (!isdigit((unsigned char)*s))
-		return (-1);
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (errno != 0)
-		return (-1);
-	if (*end != '\0') {
-		for (; units->suffix != NULL; units++)
-			if (strcmp(end, units->suffix) == 0)
-				break;
-		if (units->suffix == NULL)
-			return (-1);
-		mult = units->mult;
-	}
-	if (v > max / mult)
-		return (-1);
-	*out = v * mult;
-	return (0);
-}
-
-/*
- * Parse a duration: a number of seconds, or a number with one of the
- * suffixes s, m, h, d.  At most 30 days.
- */
-int
-config_parse_duration(const char *s, long *out)
-{
-	return (parse_scaled(s, duration_units, 30L * 86400, out));
-}
-
-/*
- * Parse a size: a number of bytes, or a number with one of the suffixes
- * k, M, G (powers of 1024, optionally followed by B).  At most 1 TiB.
- */
-int
-config_parse_size(const char *s, long *out)
-{
-	return (parse_scaled(s, size_units, 1L << 40, out));
-}
-
 /* A libconfuse value callback: parse with fn, or say what was expected. */
 static int
 conf_value(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result,
@@ -232,9 +169,15 @@ conf_value(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result,
 }
 
 static int
+conf_duration(const char *s, long *v)
+{
+	return (parse_duration(s, PARSE_DURATION_MAX, v));
+}
+
+static int
 conf_long_duration(const char *s, long *v)
 {
-	return (parse_scaled(s, duration_units, 3650L * 86400, v));
+	return (parse_duration(s, PARSE_LONG_DURATION_MAX, v));
 }
 
 static int
@@ -248,14 +191,14 @@ conf_long_duration_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value,
 static int
 conf_size_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
 {
-	return (conf_value(cfg, opt, value, result, config_parse_size,
+	return (conf_value(cfg, opt, value, result, parse_size,
 	    "a size (like 500000, 800k, 20M, 1G)"));
 }
 
 static int
 conf_duration_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
 {
-	return (conf_value(cfg, opt, value, result, config_parse_duration,
+	return (conf_value(cfg, opt, value, result, conf_duration,
 	    "a duration (like 90, 30s, 5m, 2h or 1d; at most 30d)"));
 }
 
@@ -562,40 +505,6 @@ conf_account_secret(cfg_t *sec, struct account_conf *a)
 	return (0);
 }
 
-/* Parse "sha256:AB:CD:..." (or plain hex) into 32 bytes. */
-int
-config_parse_fingerprint(const char *s, uint8_t out[32])
-{
-	size_t	n = 0;
-	int	hi = -1, c, v;
-
-	if (strncasecmp(s, "sha256:", 7) == 0 ||
-	    strncasecmp(s, "sha256/", 7) == 0)
-		s += 7;
-	for (; *s != '\0'; s++) {
-		c = (unsigned char)*s;
-		if (c == ':' && hi == -1)
-			continue;
-		if (c >= '0' && c <= '9')
-			v = c - '0';
-		else if (c >= 'a' && c <= 'f')
-			v = c - 'a' + 10;
-		else if (c >= 'A' && c <= 'F')
-			v = c - 'A' + 10;
-		else
-			return (-1);
-		if (hi == -1)
-			hi = v;
-		else {
-			if (n == 32)
-				return (-1);
-			out[n++] = (uint8_t)(hi << 4 | v);
-			hi = -1;
-		}
-	}
-	return (n == 32 && hi == -1 ? 0 : -1);
-}
-
 static int
 conf_account_tls(cfg_t *sec, struct account_conf *a)
 {
@@ -627,7 +536,7 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 			const char	*fp = cfg_getnstr(sec, "tls-fingerprint",
 					    i);
 
-			if (config_parse_fingerprint(fp, a->pins[i]) == -1) {
+			if (parse_fingerprint(fp, a->pins[i]) == -1) {
 				conf_errorx(conf_line(sec, "tls-fingerprint"),
 				    "account \"%s\": tls-fingerprint '%s' is not a SHA-256 "
 				    "fingerprint (sha256:AB:CD:... with 32 "

@@ -139,10 +139,7 @@ int		 config_account_equal(const struct config *,
 		     const struct account_conf *);
 int		 config_check_paths(const struct config *);
 char		*config_default_path(void);
-int		 config_parse_duration(const char *, long *);
 void		 config_strip_comments(char *);
-int		 config_parse_size(const char *, long *);
-int		 config_parse_fingerprint(const char *, uint8_t[32]);
 char		*config_expand_path(const char *, char **);
 
 /* log.c */
@@ -214,6 +211,15 @@ struct pop3_capa {
 	char		 sasl[POP3_STATUS_MAX];	/* mechanisms, spaces */
 };
 void		 parse_capa_line(struct pop3_capa *, const char *, size_t);
+
+/* maild.conf values: durations in seconds, sizes in bytes. */
+#define PARSE_DURATION_MAX	(30L * 86400)	/* poll-interval, timeout */
+#define PARSE_LONG_DURATION_MAX	(3650L * 86400)	/* delete-after */
+#define PARSE_SIZE_MAX		(1L << 40)
+int		 parse_duration(const char *, long, long *);
+int		 parse_size(const char *, long *);
+int		 parse_hexdigit(int);
+int		 parse_fingerprint(const char *, uint8_t[32]);
 
 /*
  * Undo POP3 framing of a multi-line body as it streams by: remove the

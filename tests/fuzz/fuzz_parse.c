@@ -56,9 +56,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				abort();
 			free(dec);
 		}
-		config_parse_duration(buf, &v);
-		config_parse_size(buf, &v);
-		config_parse_fingerprint(buf, fp);
+		parse_duration(buf, PARSE_LONG_DURATION_MAX, &v);
+		parse_size(buf, &v);
+		parse_fingerprint(buf, fp);
 		p += len + (nl != NULL);
 	}
 	return (0);

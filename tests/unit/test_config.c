@@ -131,7 +131,14 @@ bad(const char *what, const char *text, mode_t mode, int line,
 }
 
 /* ---------------------------------------------------------------------- */
-/* config_parse_duration, config_parse_size */
+/* parse_duration, parse_size (parse.c, for maild.conf) */
+
+/* The durations of poll-interval and timeout: at most 30 days. */
+static int
+duration(const char *s, long *v)
+{
+	return (parse_duration(s, PARSE_DURATION_MAX, v));
+}
 
 struct scaled {
 	const char	*s;
@@ -193,7 +200,7 @@ test_duration(void)
 		"5\tm",
 	};
 
-	check_scaled("duration", config_parse_duration, goods,
+	check_scaled("duration", duration, goods,
 	    sizeof goods / sizeof goods[0], bads, sizeof bads / sizeof bads[0]);
 }
 
@@ -214,7 +221,7 @@ test_size(void)
 		"99999999999999999999", "9223372036854775807k", "1M\n",
 	};
 
-	check_scaled("size", config_parse_size, goods,
+	check_scaled("size", parse_size, goods,
 	    sizeof goods / sizeof goods[0], bads, sizeof bads / sizeof bads[0]);
 }
 
