@@ -30,6 +30,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pwd.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1118,6 +1119,18 @@ str_equal(const char *a, const char *b)
 	return (strcmp(a, b) == 0);
 }
 
+/* Every field of struct account_conf and how it compares (maild.h). */
+static const struct account_field {
+	size_t			offset;
+	size_t			size;
+	enum account_field_cmp	cmp;
+} account_fields[] = {
+#define ACCOUNT_CONF_FIELD(type, field, how)				\
+	{ offsetof(struct account_conf, field), sizeof(type), how },
+	ACCOUNT_CONF_FIELDS(ACCOUNT_CONF_FIELD)
+#undef ACCOUNT_CONF_FIELD
+};
+
 /*
  * Would two account configurations poll the same way?  A reload keeps
  * the schedule and the running session of an account that did not change.
@@ -1126,26 +1139,39 @@ int
 config_account_equal(const struct config *ca, const struct account_conf *a,
     const struct config *cb, const struct account_conf *b)
 {
-	return (str_equal(ca->state_dir, cb->state_dir) &&
-	    ca->timeout == cb->timeout &&
-	    ca->session_timeout == cb->session_timeout &&
-	    str_equal(a->name, b->name) && str_equal(a->host, b->host) &&
-	    a->port == b->port && str_equal(a->user, b->user) &&
-	    a->secret_source == b->secret_source &&
-	    str_equal(a->secret, b->secret) &&
-	    str_equal(a->maildir, b->maildir) && a->keep == b->keep &&
-	    a->delete_after == b->delete_after && a->max_size == b->max_size &&
-	    a->exact_sizes == b->exact_sizes &&
-	    a->add_headers == b->add_headers && a->tls == b->tls &&
-	    a->allow_plaintext == b->allow_plaintext &&
-	    str_equal(a->ca_file, b->ca_file) &&
-	    a->tls_verify == b->tls_verify && a->npins == b->npins &&
-	    (a->npins == 0 || memcmp(a->pins, b->pins, a->npins * 32) == 0) &&
-	    str_equal(a->tls_cert_file, b->tls_cert_file) &&
-	    str_equal(a->tls_key_file, b->tls_key_file) &&
-	    a->tls_min_version == b->tls_min_version && a->auth == b->auth &&
-	    a->pipelining == b->pipelining &&
-	    a->poll_interval == b->poll_interval);
+	const struct account_field	*f;
+	const char			*pa, *pb;
+	size_t				 i;
+
+	if (!str_equal(ca->state_dir, cb->state_dir) ||
+	    ca->timeout != cb->timeout ||
+	    ca->session_timeout != cb->session_timeout)
+		return (0);
+	for (i = 0; i < sizeof account_fields / sizeof account_fields[0];
+	    i++) {
+		f = &account_fields[i];
+		pa = (const char *)a + f->offset;
+		pb = (const char *)b + f->offset;
+		switch (f->cmp) {
+		case ACF_STR:
+			if (!str_equal(*(char *const *)pa, *(char *const *)pb))
+				return (0);
+			break;
+		case ACF_VALUE:
+			if (memcmp(pa, pb, f->size) != 0)
+				return (0);
+			break;
+		case ACF_PINS:
+			if (a->npins != b->npins || (a->npins > 0 &&
+			    memcmp(a->pins, b->pins, a->npins *
+			    sizeof *a->pins) != 0))
+				return (0);
+			break;
+		case ACF_NONE:
+			break;
+		}
+	}
+	return (1);
 }
 
 /* Is path a writable directory, or could one be created there? */

@@ -766,6 +766,116 @@ test_bad(void)
 	}
 }
 
+/* ---------------------------------------------------------------------- */
+/* config_account_equal: every setting counts, where it is written not */
+
+#define FP_A	"sha256:" FP_HALF FP_HALF
+#define FP_B	"sha256:" FP_HALF "CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:" \
+		"CD:CD"
+#define FP_HALF	"AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:"
+
+#define EQ_BASE_GLOBAL	"state-dir = \"/s\"\ntimeout = 30\n" \
+			"session-timeout = 1h\n"
+#define EQ_BASE_ACCOUNT \
+	"account \"a\" {\n"						\
+	"    host = \"h\"\n"						\
+	"    user = \"u\"\n"						\
+	"    password = \"p\"\n"					\
+	"    maildir = \"/m\"\n"
+
+static int
+accounts_equal(const char *ta, const char *tb)
+{
+	struct config	*a, *b;
+	char		*cause;
+	int		 r = -1;
+
+	a = load(ta, 0600, NULL, &cause);
+	if (a == NULL)
+		diag("%s", cause);
+	free(cause);
+	b = load(tb, 0600, NULL, &cause);
+	if (b == NULL)
+		diag("%s", cause);
+	free(cause);
+	if (a != NULL && b != NULL)
+		r = config_account_equal(a, &a->accounts[0], b,
+		    &b->accounts[0]);
+	config_free(a);
+	config_free(b);
+	return (r);
+}
+
+static void
+test_account_equal(void)
+{
+	static const char *const changes[] = {
+		"    port = 1995\n", "    keep = yes\n",
+		"    keep = yes\n    delete-after = 2d\n",
+		"    max-size = 1M\n", "    exact-sizes = no\n",
+		"    add-headers = {\"delivered-to\"}\n",
+		"    tls = starttls\n",
+		"    tls = none\n    allow-plaintext = yes\n",
+		"    ca-file = \"/ca.pem\"\n",
+		"    tls-fingerprint = \"" FP_A "\"\n",
+		"    tls-fingerprint = \"" FP_A "\"\n    tls-verify = yes\n",
+		"    tls-cert-file = \"/c.pem\"\n"
+		"    tls-key-file = \"/k.pem\"\n",
+		"    tls-min-version = 1.3\n", "    auth = plain\n",
+		"    pipelining = no\n", "    poll-interval = 1m\n",
+	};
+	const char	*base = EQ_BASE_GLOBAL EQ_BASE_ACCOUNT "}\n";
+	char		*text;
+	size_t		 i;
+
+	is_int(accounts_equal(base, base), 1, "account equal: to itself");
+	is_int(accounts_equal(base, "\n# moved down\n" EQ_BASE_GLOBAL
+	    EQ_BASE_ACCOUNT "\n\n}\n"), 1,
+	    "account equal: other line numbers do not count");
+	for (i = 0; i < sizeof changes / sizeof changes[0]; i++) {
+		xasprintf(&text, "%s%s}\n", EQ_BASE_GLOBAL EQ_BASE_ACCOUNT,
+		    changes[i]);
+		is_int(accounts_equal(base, text), 0, tap_fmt("account "
+		    "equal: not with %s", shown(changes[i])));
+		free(text);
+	}
+	is_int(accounts_equal(
+	    EQ_BASE_GLOBAL EQ_BASE_ACCOUNT
+	    "tls-fingerprint = \"" FP_A "\"\n}\n",
+	    EQ_BASE_GLOBAL EQ_BASE_ACCOUNT
+	    "tls-fingerprint = \"" FP_B "\"\n}\n"),
+	    0, "account equal: not with another pin");
+	is_int(accounts_equal(base, EQ_BASE_GLOBAL
+	    "account \"a\" {\n    host = \"h2\"\n    user = \"u\"\n"
+	    "    password = \"p\"\n    maildir = \"/m\"\n}\n"), 0,
+	    "account equal: not with another host");
+	is_int(accounts_equal(base, EQ_BASE_GLOBAL
+	    "account \"a\" {\n    host = \"h\"\n    user = \"u2\"\n"
+	    "    password = \"p\"\n    maildir = \"/m\"\n}\n"), 0,
+	    "account equal: not with another user");
+	is_int(accounts_equal(base, EQ_BASE_GLOBAL
+	    "account \"a\" {\n    host = \"h\"\n    user = \"u\"\n"
+	    "    password = \"p2\"\n    maildir = \"/m\"\n}\n"), 0,
+	    "account equal: not with another password");
+	is_int(accounts_equal(base, EQ_BASE_GLOBAL
+	    "account \"a\" {\n    host = \"h\"\n    user = \"u\"\n"
+	    "    password-command = \"p\"\n    maildir = \"/m\"\n}\n"), 0,
+	    "account equal: not with another password source");
+	is_int(accounts_equal(base, EQ_BASE_GLOBAL
+	    "account \"a\" {\n    host = \"h\"\n    user = \"u\"\n"
+	    "    password = \"p\"\n    maildir = \"/m2\"\n}\n"), 0,
+	    "account equal: not with another maildir");
+	is_int(accounts_equal(base, "state-dir = \"/s2\"\ntimeout = 30\n"
+	    "session-timeout = 1h\n" EQ_BASE_ACCOUNT "}\n"), 0,
+	    "account equal: not with another state-dir");
+	is_int(accounts_equal(base, "state-dir = \"/s\"\ntimeout = 31\n"
+	    "session-timeout = 1h\n" EQ_BASE_ACCOUNT "}\n"), 0,
+	    "account equal: not with another timeout");
+	is_int(accounts_equal(base, "state-dir = \"/s\"\ntimeout = 30\n"
+	    "session-timeout = 2h\n" EQ_BASE_ACCOUNT "}\n"), 0,
+	    "account equal: not with another session-timeout");
+}
+
 int
 main(void)
 {
@@ -777,6 +887,7 @@ main(void)
 	test_expand();
 	test_good();
 	test_bad();
+	test_account_equal();
 	r = done();
 	rm_rf(topdir);
 	free(topdir);
