@@ -15,16 +15,17 @@
  */
 
 /*
- * config.c: read maild.conf with libconfuse into a struct config.  Every
- * mistake is reported as "file:line: message"; nothing is half-applied,
- * the caller gets a complete configuration or none.
+ * config.c: read maild.conf into a struct config and check every value.
+ * Every mistake is reported as "file:line: message"; nothing is
+ * half-applied, the caller gets a complete configuration or none.  How
+ * libconfuse 3.3 is made to read the file right is confuse_compat.c's
+ * business.
  */
 
 #include "config.h"
 
 #include <sys/stat.h>
 
-#include <confuse.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -37,6 +38,7 @@
 #include <unistd.h>
 
 #include "maild.h"
+#include "confuse_compat.h"
 
 #define DEFAULT_POLL_INTERVAL	300
 #define DEFAULT_TIMEOUT		60
@@ -45,34 +47,24 @@
 #define ACCOUNT_NAME_MAX	64
 #define CONF_SIZE_MAX		(1 << 20)
 
-/* Where the parse currently is, for error messages and duplicate checks. */
+/* The load in progress, for error messages. */
 struct conf_parse {
 	char		*error;		/* first error, "file:line: msg" */
 	const char	*file;
-	struct seen {
-		cfg_t		*sec;
-		const char	*opt;
-		int		 line;
-	}		*seen;
-	char		*buf;		/* the file, comments blanked */
-	size_t		 nseen;
-	struct secline {
-		cfg_t		*sec;
-		int		 line;
-	}		*seclines;
-	size_t		 nseclines;
+	cfg_t		*cfg;		/* the top level */
+	struct compat	*compat;	/* where each option was written */
+	unsigned int	 account;	/* the account section being read */
 };
 
-static struct conf_parse *cp;	/* the parse in progress (libconfuse has no
-				   user pointer for its callbacks) */
+static struct conf_parse *cp;	/* the load in progress: config.c is not
+				   reentrant, and neither is libconfuse */
 
-static void	conf_error_cb(cfg_t *, const char *, va_list) PRINTFLIKE(2, 0);
 static void	conf_errorx(int, const char *, ...) PRINTFLIKE(2, 3);
-static int	conf_duration_cb(cfg_t *, cfg_opt_t *, const char *, void *);
-static int	conf_long_duration_cb(cfg_t *, cfg_opt_t *, const char *,
-		    void *);
-static int	conf_size_cb(cfg_t *, cfg_opt_t *, const char *, void *);
-static int	conf_validate_opt(cfg_t *, cfg_opt_t *);
+static void	conf_account_error(cfg_t *, const char *, const char *, ...)
+		    PRINTFLIKE(3, 4);
+static int	conf_number_cb(cfg_t *, cfg_opt_t *, const char *, void *);
+static int	conf_value_problem(const char *, const char *, char *,
+		    size_t);
 static int	conf_section_line(cfg_t *);
 static int	conf_line(cfg_t *, const char *);
 static int	conf_account(cfg_t *, struct config *, struct account_conf *);
@@ -96,8 +88,8 @@ static cfg_opt_t account_opts[] = {
 	CFG_STR("password-credential", NULL, CFGF_NODEFAULT),
 	CFG_STR("maildir", NULL, CFGF_NODEFAULT),
 	CFG_BOOL("keep", cfg_false, CFGF_NONE),
-	CFG_INT_CB("delete-after", 0, CFGF_NODEFAULT, conf_long_duration_cb),
-	CFG_INT_CB("max-size", 0, CFGF_NODEFAULT, conf_size_cb),
+	CFG_INT_CB("delete-after", 0, CFGF_NODEFAULT, conf_number_cb),
+	CFG_INT_CB("max-size", 0, CFGF_NODEFAULT, conf_number_cb),
 	CFG_BOOL("exact-sizes", cfg_true, CFGF_NONE),
 	CFG_STR_LIST("add-headers", (char *)"{\"received\"}", CFGF_NONE),
 	CFG_STR("ca-file", NULL, CFGF_NODEFAULT),
@@ -110,35 +102,42 @@ static cfg_opt_t account_opts[] = {
 	CFG_STR("tls-min-version", "1.2", CFGF_NONE),
 	CFG_STR("auth", "auto", CFGF_NONE),
 	CFG_STR("pipelining", "auto", CFGF_NONE),
-	CFG_INT_CB("poll-interval", 0, CFGF_NODEFAULT, conf_duration_cb),
+	CFG_INT_CB("poll-interval", 0, CFGF_NODEFAULT, conf_number_cb),
 	CFG_END()
 };
 
 static cfg_opt_t global_opts[] = {
 	CFG_INT_CB("poll-interval", DEFAULT_POLL_INTERVAL, CFGF_NONE,
-	    conf_duration_cb),
+	    conf_number_cb),
 	CFG_STR("state-dir", NULL, CFGF_NODEFAULT),
-	CFG_INT_CB("timeout", DEFAULT_TIMEOUT, CFGF_NONE, conf_duration_cb),
+	CFG_INT_CB("timeout", DEFAULT_TIMEOUT, CFGF_NONE, conf_number_cb),
 	CFG_INT_CB("session-timeout", DEFAULT_SESSION_TIMEOUT, CFGF_NONE,
-	    conf_duration_cb),
+	    conf_number_cb),
 	CFG_INT("max-connections", DEFAULT_MAX_CONNECTIONS, CFGF_NONE),
 	CFG_SEC("account", account_opts,
 	    CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
 	CFG_END()
 };
 
+/* The options holding a duration or a size, and what they allow. */
+static const struct conf_number {
+	const char	*opt;
+	int		 size;		/* a size, else a duration */
+	long		 max;
+	const char	*like;
+} conf_numbers[] = {
+	{ "poll-interval", 0, PARSE_DURATION_MAX,
+	    "like 90, 30s, 5m, 2h or 1d; at most 30d" },
+	{ "timeout", 0, PARSE_DURATION_MAX,
+	    "like 90, 30s, 5m, 2h or 1d; at most 30d" },
+	{ "session-timeout", 0, PARSE_DURATION_MAX,
+	    "like 90, 30s, 5m, 2h or 1d; at most 30d" },
+	{ "delete-after", 0, PARSE_LONG_DURATION_MAX,
+	    "like 12h, 30d; at most 3650d" },
+	{ "max-size", 1, PARSE_SIZE_MAX, "like 500000, 800k, 20M, 1G" },
+};
+
 /* Record the first error; later ones are usually consequences of it. */
-static void
-conf_error_cb(cfg_t *cfg, const char *fmt, va_list ap)
-{
-	char	msg[512];
-
-	if (cp == NULL || cp->error != NULL)
-		return;
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	xasprintf(&cp->error, "%s:%d: %s", cp->file, cfg->line, msg);
-}
-
 static void
 conf_errorx(int line, const char *fmt, ...)
 {
@@ -153,133 +152,116 @@ conf_errorx(int line, const char *fmt, ...)
 	xasprintf(&cp->error, "%s:%d: %s", cp->file, line, msg);
 }
 
-/* A libconfuse value callback: parse with fn, or say what was expected. */
+/*
+ * An error about option opt of section sec (NULL: about the section as a
+ * whole), at its line, naming the account if sec is one.
+ */
+static void
+conf_account_error(cfg_t *sec, const char *opt, const char *fmt, ...)
+{
+	char	msg[512];
+	va_list	ap;
+	int	line;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	line = opt != NULL ? conf_line(sec, opt) : conf_section_line(sec);
+	if (sec == cp->cfg)
+		conf_errorx(line, "%s", msg);
+	else
+		conf_errorx(line, "account \"%s\": %s", cfg_title(sec), msg);
+}
+
+/*
+ * Parse the value of a duration or size option; on a mistake, say what
+ * was wrong and what to write instead.
+ */
 static int
-conf_value(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result,
-    int (*fn)(const char *, long *), const char *expected)
+conf_number(const char *opt, const char *value, long *v, char *why,
+    size_t size)
+{
+	const struct conf_number	*n = NULL;
+	char				 hint[32];
+	size_t				 i;
+	int				 r, h;
+
+	for (i = 0; i < sizeof conf_numbers / sizeof conf_numbers[0]; i++) {
+		if (strcmp(conf_numbers[i].opt, opt) == 0)
+			n = &conf_numbers[i];
+	}
+	if (n == NULL)
+		return (0);
+	if (n->size) {
+		r = parse_size(value, v);
+		h = parse_size_hint(value, hint, sizeof hint);
+	} else {
+		r = parse_duration(value, n->max, v);
+		h = parse_duration_hint(value, n->max, hint, sizeof hint);
+	}
+	if (r == 0)
+		return (0);
+	if (h == 0)
+		snprintf(why, size, "'%s' is not a %s (write %s)", value,
+		    n->size ? "size" : "duration", hint);
+	else
+		snprintf(why, size, "'%s' is not a %s (%s)", value,
+		    n->size ? "size" : "duration", n->like);
+	return (-1);
+}
+
+/* The same, as confuse_compat.c wants it: is this value wrong? */
+static int
+conf_value_problem(const char *opt, const char *value, char *why,
+    size_t size)
 {
 	long	v;
 
-	if (fn(value, &v) == -1) {
-		cfg_error(cfg, "%s: '%s' is not %s", cfg_opt_name(opt), value,
-		    expected);
+	return (conf_number(opt, value, &v, why, size));
+}
+
+/* The libconfuse value callback of the duration and size options. */
+static int
+conf_number_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
+{
+	char	why[256];
+	long	v = 0;
+
+	if (conf_number(cfg_opt_name(opt), value, &v, why, sizeof why) == -1) {
+		cfg_error(cfg, "%s: %s", cfg_opt_name(opt), why);
 		return (-1);
 	}
 	*(long *)result = v;
 	return (0);
 }
 
+/* Which account section sec is (-1: the top level). */
 static int
-conf_duration(const char *s, long *v)
+conf_section_index(cfg_t *sec)
 {
-	return (parse_duration(s, PARSE_DURATION_MAX, v));
-}
+	unsigned int	i, n = cfg_size(cp->cfg, "account");
 
-static int
-conf_long_duration(const char *s, long *v)
-{
-	return (parse_duration(s, PARSE_LONG_DURATION_MAX, v));
-}
-
-static int
-conf_long_duration_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value,
-    void *result)
-{
-	return (conf_value(cfg, opt, value, result, conf_long_duration,
-	    "a duration (like 12h, 30d; at most 3650d)"));
-}
-
-static int
-conf_size_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
-{
-	return (conf_value(cfg, opt, value, result, parse_size,
-	    "a size (like 500000, 800k, 20M, 1G)"));
-}
-
-static int
-conf_duration_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
-{
-	return (conf_value(cfg, opt, value, result, conf_duration,
-	    "a duration (like 90, 30s, 5m, 2h or 1d; at most 30d)"));
-}
-
-/* Refuse an option given twice in one section: the user meant something. */
-static int
-conf_validate_opt(cfg_t *cfg, cfg_opt_t *opt)
-{
-	const char	*name = cfg_opt_name(opt);
-	size_t		 i;
-
-	for (i = 0; i < cp->nseen; i++) {
-		if (cp->seen[i].sec != cfg || strcmp(cp->seen[i].opt, name) != 0)
-			continue;
-		/* Lists may be given in parts (+=), after their default. */
-		if (opt->flags & CFGF_LIST) {
-			cp->seen[i].line = cfg->line;
-			return (0);
-		}
-		cfg_error(cfg, "'%s' is set twice", name);
+	if (sec == cp->cfg)
 		return (-1);
+	if (cp->account < n && cfg_getnsec(cp->cfg, "account", cp->account) ==
+	    sec)
+		return ((int)cp->account);
+	for (i = 0; i < n; i++) {
+		if (cfg_getnsec(cp->cfg, "account", i) == sec)
+			return ((int)i);
 	}
-	cp->seen = xreallocarray(cp->seen, cp->nseen + 1, sizeof *cp->seen);
-	cp->seen[cp->nseen].sec = cfg;
-	cp->seen[cp->nseen].opt = name;
-	cp->seen[cp->nseen].line = cfg->line;
-	cp->nseen++;
-	if (opt->flags & CFGF_LIST)
-		return (0);	/* a default, not where the section starts */
-
-	for (i = 0; i < cp->nseclines; i++) {
-		if (cp->seclines[i].sec == cfg)
-			return (0);
-	}
-	cp->seclines = xreallocarray(cp->seclines, cp->nseclines + 1,
-	    sizeof *cp->seclines);
-	cp->seclines[cp->nseclines].sec = cfg;
-	cp->seclines[cp->nseclines].line = cfg->line;
-	cp->nseclines++;
-	return (0);
+	return (-1);
 }
 
-/*
- * The line where an account section starts, for errors about the section
- * as a whole: the line of 'account "<title>"' if we can find it, else
- * that of its first option.
- */
+/* The line where an account section starts, for errors about all of it. */
 static int
 conf_section_line(cfg_t *sec)
 {
-	const char	*title = cfg_title(sec), *p;
-	size_t		 i, tlen;
-	int		 line = 1;
+	int	line;
 
-	if (title != NULL && cp->buf != NULL) {
-		tlen = strlen(title);
-		for (p = cp->buf; *p != '\0'; line++) {
-			const char	*q = p;
-
-			while (*q == ' ' || *q == '\t')
-				q++;
-			if (strncmp(q, "account", 7) == 0 &&
-			    (q[7] == ' ' || q[7] == '\t')) {
-				q += 7;
-				while (*q == ' ' || *q == '\t')
-					q++;
-				if (*q == '"' || *q == '\'')
-					q++;
-				if (strncmp(q, title, tlen) == 0 &&
-				    strchr("\"' \t{\n", q[tlen]) != NULL)
-					return (line);
-			}
-			if ((p = strchr(p, '\n')) == NULL)
-				break;
-			p++;
-		}
-	}
-	for (i = 0; i < cp->nseclines; i++) {
-		if (cp->seclines[i].sec == sec)
-			return (cp->seclines[i].line);
-	}
+	if ((line = compat_section_line(cp->compat,
+	    conf_section_index(sec))) > 0)
+		return (line);
 	return (sec->line);
 }
 
@@ -287,13 +269,11 @@ conf_section_line(cfg_t *sec)
 static int
 conf_line(cfg_t *sec, const char *opt)
 {
-	size_t	i;
+	int	line;
 
-	for (i = 0; i < cp->nseen; i++) {
-		if (cp->seen[i].sec == sec && strcmp(cp->seen[i].opt, opt) == 0)
-			return (cp->seen[i].line);
-	}
-	return (conf_section_line(sec));
+	if ((line = compat_line(cp->compat, conf_section_index(sec), opt)) > 0)
+		return (line);
+	return (sec == cp->cfg ? 1 : conf_section_line(sec));
 }
 
 /*
@@ -386,13 +366,13 @@ conf_path(cfg_t *sec, const char *opt, char **out)
 		return (0);
 	raw = cfg_getstr(sec, opt);
 	if ((path = config_expand_path(raw, &cause)) == NULL) {
-		conf_errorx(conf_line(sec, opt), "%s: %s", opt, cause);
+		conf_account_error(sec, opt, "%s: %s", opt, cause);
 		free(cause);
 		return (-1);
 	}
 	if (path[0] != '/') {
-		conf_errorx(conf_line(sec, opt), "%s: '%s' is not an "
-		    "absolute path (start it with /, ~ or $HOME)", opt, raw);
+		conf_account_error(sec, opt, "%s: '%s' is not an absolute path "
+		    "(start it with /, ~ or $HOME)", opt, raw);
 		free(path);
 		return (-1);
 	}
@@ -414,23 +394,20 @@ conf_string(cfg_t *sec, const char *opt, int required, char **out)
 	*out = NULL;
 	if (cfg_size(sec, opt) == 0) {
 		if (required) {
-			conf_errorx(conf_section_line(sec), "account \"%s\": "
-			    "'%s' is required", cfg_title(sec), opt);
+			conf_account_error(sec, NULL, "'%s' is required", opt);
 			return (-1);
 		}
 		return (0);
 	}
 	v = cfg_getstr(sec, opt);
 	if (v == NULL || *v == '\0') {
-		conf_errorx(conf_line(sec, opt), "account \"%s\": '%s' is "
-		    "empty", cfg_title(sec), opt);
+		conf_account_error(sec, opt, "'%s' is empty", opt);
 		return (-1);
 	}
 	for (i = 0; v[i] != '\0'; i++) {
 		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) {
-			conf_errorx(conf_line(sec, opt), "account \"%s\": "
-			    "'%s' contains a control character",
-			    cfg_title(sec), opt);
+			conf_account_error(sec, opt, "'%s' contains a control "
+			    "character", opt);
 			return (-1);
 		}
 	}
@@ -454,8 +431,7 @@ conf_keyword(cfg_t *sec, const char *opt, const char *const *words)
 		if (o >= sizeof list)
 			o = sizeof list - 1;
 	}
-	conf_errorx(conf_line(sec, opt), "account \"%s\": %s: '%s' is not "
-	    "one of %s", cfg_title(sec), opt, v, list);
+	conf_account_error(sec, opt, "%s: '%s' is not one of %s", opt, v, list);
 	return (-1);
 }
 
@@ -490,17 +466,14 @@ conf_account_secret(cfg_t *sec, struct account_conf *a)
 			return (-1);
 	}
 	if (n != 1) {
-		conf_errorx(conf_section_line(sec), "account \"%s\": give "
-		    "exactly one of password, password-file, password-command "
-		    "and password-credential", cfg_title(sec));
+		conf_account_error(sec, NULL, "give exactly one of password, "
+		    "password-file, password-command and password-credential");
 		return (-1);
 	}
 	if (a->secret_source == SECRET_CREDENTIAL &&
 	    (strchr(a->secret, '/') != NULL || a->secret[0] == '.')) {
-		conf_errorx(conf_line(sec, "password-credential"), "account "
-		    "\"%s\": password-credential is a credential's name, not "
-		    "a path",
-		    cfg_title(sec));
+		conf_account_error(sec, "password-credential", "password-"
+		    "credential is a credential's name, not a path");
 		return (-1);
 	}
 	return (0);
@@ -512,7 +485,6 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 	static const char *const modes[] = { "implicit", "starttls", "none",
 	    NULL };
 	static const char *const versions[] = { "1.2", "1.3", NULL };
-	const char	*title = cfg_title(sec);
 	int		 r;
 	size_t		 i;
 
@@ -521,10 +493,9 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 	a->tls = (enum tls_mode)r;
 	a->allow_plaintext = cfg_getbool(sec, "allow-plaintext");
 	if (a->tls == TLS_NONE && !a->allow_plaintext) {
-		conf_errorx(conf_line(sec, "tls"), "account \"%s\": tls = "
-		    "none sends the "
-		    "password and all mail in clear text; set allow-plaintext "
-		    "= yes if you really mean it", title);
+		conf_account_error(sec, "tls", "tls = none sends the password "
+		    "and all mail in clear text; set allow-plaintext = yes if "
+		    "you really mean it");
 		return (-1);
 	}
 	if ((r = conf_keyword(sec, "tls-min-version", versions)) == -1)
@@ -538,10 +509,10 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 					    i);
 
 			if (parse_fingerprint(fp, a->pins[i]) == -1) {
-				conf_errorx(conf_line(sec, "tls-fingerprint"),
-				    "account \"%s\": tls-fingerprint '%s' is not a SHA-256 "
+				conf_account_error(sec, "tls-fingerprint",
+				    "tls-fingerprint '%s' is not a SHA-256 "
 				    "fingerprint (sha256:AB:CD:... with 32 "
-				    "bytes)", title, fp);
+				    "bytes)", fp);
 				return (-1);
 			}
 		}
@@ -552,17 +523,15 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 	else
 		a->tls_verify = a->npins == 0;
 	if (!a->tls_verify && a->npins == 0) {
-		conf_errorx(conf_line(sec, "tls-verify"), "account \"%s\": "
-		    "tls-verify = no is only "
+		conf_account_error(sec, "tls-verify", "tls-verify = no is only "
 		    "allowed with a tls-fingerprint: maild never trusts an "
-		    "unverified server", title);
+		    "unverified server");
 		return (-1);
 	}
 	if (a->tls == TLS_NONE && (a->npins > 0 || cfg_size(sec, "ca-file") ||
 	    cfg_size(sec, "tls-cert-file"))) {
-		conf_errorx(conf_line(sec, "tls"), "account \"%s\": TLS "
-		    "options make no sense "
-		    "with tls = none", title);
+		conf_account_error(sec, "tls", "TLS options make no sense with "
+		    "tls = none");
 		return (-1);
 	}
 	if (conf_path(sec, "ca-file", &a->ca_file) == -1 ||
@@ -570,10 +539,9 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 	    conf_path(sec, "tls-key-file", &a->tls_key_file) == -1)
 		return (-1);
 	if ((a->tls_cert_file == NULL) != (a->tls_key_file == NULL)) {
-		conf_errorx(conf_line(sec, a->tls_cert_file != NULL ?
-		    "tls-cert-file" : "tls-key-file"), "account \"%s\": "
-		    "tls-cert-file and "
-		    "tls-key-file go together", title);
+		conf_account_error(sec, a->tls_cert_file != NULL ?
+		    "tls-cert-file" : "tls-key-file", "tls-cert-file and "
+		    "tls-key-file go together");
 		return (-1);
 	}
 	return (0);
@@ -586,8 +554,7 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 	static const char *const auths[] = { "auto", "user", "apop", "plain",
 	    "login", "cram-md5", "xoauth2", "oauthbearer", NULL };
 	static const char *const pipes[] = { "auto", "no", NULL };
-	const char	*title = cfg_title(sec);
-	int		 line = conf_section_line(sec), r;
+	int		 r;
 	size_t		 i;
 
 	if ((r = conf_keyword(sec, "auth", auths)) == -1)
@@ -601,16 +568,14 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 	if (cfg_size(sec, "delete-after") > 0) {
 		a->delete_after = cfg_getint(sec, "delete-after");
 		if (!a->keep) {
-			conf_errorx(conf_line(sec, "delete-after"), "account "
-			    "\"%s\": delete-after needs "
-			    "keep = yes (without it, messages are deleted at "
-			    "once)", title);
+			conf_account_error(sec, "delete-after", "delete-after "
+			    "needs keep = yes (without it, messages are "
+			    "deleted at once)");
 			return (-1);
 		}
 		if (a->delete_after < 1) {
-			conf_errorx(conf_line(sec, "delete-after"), "account "
-			    "\"%s\": delete-after must "
-			    "be at least 1s", title);
+			conf_account_error(sec, "delete-after", "delete-after "
+			    "must be at least 1s");
 			return (-1);
 		}
 	}
@@ -633,17 +598,15 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 		else if (strcasecmp(h, "x-original-to") == 0)
 			a->add_headers |= HDR_X_ORIGINAL_TO;
 		else {
-			conf_errorx(conf_line(sec, "add-headers"), "account "
-			    "\"%s\": add-headers: '%s' "
-			    "is not yes, no, received, delivered-to or "
-			    "x-original-to", title, h);
+			conf_account_error(sec, "add-headers", "add-headers: "
+			    "'%s' is not yes, no, received, delivered-to or "
+			    "x-original-to", h);
 			return (-1);
 		}
 	}
 
 	if (cfg_size(sec, "maildir") == 0) {
-		conf_errorx(line, "account \"%s\": 'maildir' is required",
-		    title);
+		conf_account_error(sec, NULL, "'maildir' is required");
 		return (-1);
 	}
 	if (conf_path(sec, "maildir", &a->maildir) == -1)
@@ -652,8 +615,8 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 	if (cfg_size(sec, "poll-interval") > 0)
 		a->poll_interval = (int)cfg_getint(sec, "poll-interval");
 	if (a->poll_interval < 1) {
-		conf_errorx(conf_line(sec, "poll-interval"), "account \"%s\": "
-		    "poll-interval must be at least 1s", title);
+		conf_account_error(sec, "poll-interval", "poll-interval must "
+		    "be at least 1s");
 		return (-1);
 	}
 	return (0);
@@ -663,10 +626,9 @@ static int
 conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 {
 	const char	*title = cfg_title(sec);
-	int		 line = conf_section_line(sec);
 	size_t		 i;
 
-	a->line = line;
+	a->line = conf_section_line(sec);
 	a->name = xstrdup(title);
 	if (*title == '\0' || strlen(title) > ACCOUNT_NAME_MAX)
 		goto badname;
@@ -680,9 +642,8 @@ conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 	    conf_string(sec, "user", 1, &a->user) == -1)
 		return (-1);
 	if (strlen(a->host) > 253 || strchr(a->host, ' ') != NULL) {
-		conf_errorx(conf_line(sec, "host"), "account \"%s\": host "
-		    "'%s' is not a host "
-		    "name or address", title, a->host);
+		conf_account_error(sec, "host", "host '%s' is not a host name "
+		    "or address", a->host);
 		return (-1);
 	}
 	a->port = 995;
@@ -690,9 +651,8 @@ conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 		long	port = cfg_getint(sec, "port");
 
 		if (port < 1 || port > 65535) {
-			conf_errorx(conf_line(sec, "port"), "account \"%s\": "
-			    "port %ld is out of "
-			    "range (1-65535)", title, port);
+			conf_account_error(sec, "port", "port %ld is out of "
+			    "range (1-65535)", port);
 			return (-1);
 		}
 		a->port = (int)port;
@@ -707,8 +667,8 @@ conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 	return (0);
 
 badname:
-	conf_errorx(line, "account name \"%s\" must be 1 to %d letters, digits "
-	    "or ._@+-", title, ACCOUNT_NAME_MAX);
+	conf_errorx(a->line, "account name \"%s\" must be 1 to %d letters, "
+	    "digits or ._@+-", title, ACCOUNT_NAME_MAX);
 	return (-1);
 }
 
@@ -756,68 +716,6 @@ config_default_path(void)
 		free(path);
 	}
 	return (xstrdup(SYSCONFDIR "/maild.conf"));
-}
-
-/*
- * Is p the start of a "//" comment as libconfuse's lexer sees one: two or
- * more slashes at the start of a word, and nothing after them that would
- * make them part of a longer word?
- */
-static int
-conf_slash_comment(const char *buf, const char *p)
-{
-	const char	*q;
-
-	if (p[0] != '/' || p[1] != '/')
-		return (0);
-	if (p > buf && strchr(" \t\r\n{}()=+,", p[-1]) == NULL)
-		return (0);
-	for (q = p; *q == '/'; q++)
-		;
-	return (*q == '\0' || strchr(" \t\r\n#\"'={}()+,", *q) != NULL);
-}
-
-/*
- * Blank out comments, keeping the line breaks: from "#" (outside quoted
- * strings; it cannot be part of an unquoted word) or from a "//" comment to
- * the end of the line, and C comments.  libconfuse 3.3 counts each comment line twice,
- * which would put every later error on the wrong line; without comments
- * its count is right.
- */
-void
-config_strip_comments(char *buf)
-{
-	char	*p, quote = 0;
-
-	for (p = buf; *p != '\0'; p++) {
-		if (quote != 0) {
-			if (*p == '\\' && p[1] != '\0')
-				p++;
-			else if (*p == quote)
-				quote = 0;
-			continue;
-		}
-		if (*p == '"' || *p == '\'')
-			quote = *p;
-		else if (p[0] == '/' && p[1] == '*' && (p == buf ||
-		    strchr(" \t\r\n{}()=+,", p[-1]) != NULL)) {
-			/* A C comment, at the start of a word. */
-			while (*p != '\0' && !(p[0] == '*' && p[1] == '/')) {
-				if (*p != '\n')
-					*p = ' ';
-				p++;
-			}
-			if (*p == '\0')
-				break;
-			p[0] = p[1] = ' ';
-			p++;
-		} else if (*p == '#' || conf_slash_comment(buf, p)) {
-			while (*p != '\0' && *p != '\n')
-				*p++ = ' ';
-			if (*p == '\0')
-				break;
-		}
-	}
 }
 
 /*
@@ -877,7 +775,6 @@ conf_read(const char *path, int any_owner, char **cause)
 	if (len > 0 && buf[len - 1] != '\n')
 		buf[len++] = '\n';
 	buf[len] = '\0';
-	config_strip_comments(buf);
 	return (buf);
 }
 
@@ -897,11 +794,11 @@ conf_check_secrecy(const char *path, const struct config *conf)
 	if (stat(path, &sb) == -1)
 		return (0);	/* parsed already; nothing sensible to add */
 	if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-		xasprintf(&cp->error, "%s:%d: account \"%s\" has a password, "
-		    "but the file is readable by others (mode %04o); run "
-		    "'chmod 600 %s' or use password-file", path,
-		    conf->accounts[i].line, conf->accounts[i].name,
-		    (unsigned)(sb.st_mode & 07777), path);
+		conf_errorx(conf->accounts[i].line, "account \"%s\" has a "
+		    "password, but the file is readable by others (mode %04o); "
+		    "run 'chmod 600 %s' or use password-file",
+		    conf->accounts[i].name, (unsigned)(sb.st_mode & 07777),
+		    path);
 		return (-1);
 	}
 	return (0);
@@ -928,15 +825,57 @@ config_load_readonly(const char *path, char **cause)
 	return (conf_load(path, 1, cause));
 }
 
+/* The global options. */
+static int
+conf_globals(cfg_t *cfg, struct config *conf)
+{
+	long	v;
+
+	conf->poll_interval = (int)cfg_getint(cfg, "poll-interval");
+	conf->timeout = (int)cfg_getint(cfg, "timeout");
+	conf->session_timeout = (int)cfg_getint(cfg, "session-timeout");
+	v = cfg_getint(cfg, "max-connections");
+	if (conf->poll_interval < 1) {
+		conf_account_error(cfg, "poll-interval", "poll-interval must "
+		    "be at least 1s");
+		return (-1);
+	}
+	if (conf->timeout < 1) {
+		conf_account_error(cfg, "timeout", "timeout must be at least "
+		    "1s");
+		return (-1);
+	}
+	if (conf->session_timeout < conf->timeout) {
+		conf_account_error(cfg, "session-timeout", "session-timeout "
+		    "must not be shorter than timeout");
+		return (-1);
+	}
+	if (v < 1 || v > 1000) {
+		conf_account_error(cfg, "max-connections", "max-connections "
+		    "must be between 1 and 1000");
+		return (-1);
+	}
+	conf->max_connections = (int)v;
+	if (cfg_size(cfg, "state-dir") > 0) {
+		if (conf_path(cfg, "state-dir", &conf->state_dir) == -1)
+			return (-1);
+	} else if ((conf->state_dir = conf_default_state_dir(cp->file)) ==
+	    NULL) {
+		xasprintf(&cp->error, "%s: no state-dir given and $HOME is "
+		    "not set", cp->file);
+		return (-1);
+	}
+	return (0);
+}
+
 static struct config *
 conf_load(const char *path, int any_owner, char **cause)
 {
 	struct conf_parse	 parse;
 	struct config		*conf;
 	cfg_t			*cfg;
+	char			*buf;
 	size_t			 i, j;
-	long			 v;
-	int			 r;
 
 	memset(&parse, 0, sizeof parse);
 	parse.file = path;
@@ -945,62 +884,14 @@ conf_load(const char *path, int any_owner, char **cause)
 	conf->refs = 1;
 	conf->path = xstrdup(path);
 
-	cfg = cfg_init(global_opts, CFGF_NONE);
-	cfg_set_error_function(cfg, conf_error_cb);
-	for (i = 0; global_opts[i].type != CFGT_NONE; i++) {
-		if (global_opts[i].type != CFGT_SEC)
-			cfg_set_validate_func(cfg, global_opts[i].name,
-			    conf_validate_opt);
-	}
-	for (i = 0; account_opts[i].type != CFGT_NONE; i++) {
-		char	name[64];
-
-		snprintf(name, sizeof name, "account|%s", account_opts[i].name);
-		cfg_set_validate_func(cfg, name, conf_validate_opt);
-	}
-
-	if ((parse.buf = conf_read(path, any_owner, &parse.error)) == NULL)
+	cfg = parse.cfg = cfg_init(global_opts, CFGF_NONE);
+	if ((buf = conf_read(path, any_owner, &parse.error)) == NULL)
 		goto fail;
-	r = cfg_parse_buf(cfg, parse.buf);
-	if (r != CFG_SUCCESS) {
-		if (parse.error == NULL)
-			xasprintf(&parse.error, "%s: parse error", path);
+	parse.compat = compat_parse(cfg, global_opts, path, buf,
+	    conf_value_problem, &parse.error);
+	freezero_str(buf);
+	if (parse.error != NULL || conf_globals(cfg, conf) == -1)
 		goto fail;
-	}
-
-	conf->poll_interval = (int)cfg_getint(cfg, "poll-interval");
-	conf->timeout = (int)cfg_getint(cfg, "timeout");
-	conf->session_timeout = (int)cfg_getint(cfg, "session-timeout");
-	v = cfg_getint(cfg, "max-connections");
-	if (conf->poll_interval < 1) {
-		conf_errorx(conf_line(cfg, "poll-interval"), "poll-interval "
-		    "must be at least 1s");
-		goto fail;
-	}
-	if (conf->timeout < 1) {
-		conf_errorx(conf_line(cfg, "timeout"), "timeout must be at "
-		    "least 1s");
-		goto fail;
-	}
-	if (conf->session_timeout < conf->timeout) {
-		conf_errorx(conf_line(cfg, "session-timeout"), "session-timeout "
-		    "must not be shorter than timeout");
-		goto fail;
-	}
-	if (v < 1 || v > 1000) {
-		conf_errorx(conf_line(cfg, "max-connections"), "max-connections "
-		    "must be between 1 and 1000");
-		goto fail;
-	}
-	conf->max_connections = (int)v;
-	if (cfg_size(cfg, "state-dir") > 0) {
-		if (conf_path(cfg, "state-dir", &conf->state_dir) == -1)
-			goto fail;
-	} else if ((conf->state_dir = conf_default_state_dir(path)) == NULL) {
-		xasprintf(&parse.error, "%s: no state-dir given and $HOME is "
-		    "not set", path);
-		goto fail;
-	}
 
 	conf->naccounts = cfg_size(cfg, "account");
 	if (conf->naccounts == 0) {
@@ -1009,6 +900,7 @@ conf_load(const char *path, int any_owner, char **cause)
 	}
 	conf->accounts = xcalloc(conf->naccounts, sizeof *conf->accounts);
 	for (i = 0; i < conf->naccounts; i++) {
+		parse.account = i;
 		if (conf_account(cfg_getnsec(cfg, "account", i), conf,
 		    &conf->accounts[i]) == -1)
 			goto fail;
@@ -1032,17 +924,13 @@ conf_load(const char *path, int any_owner, char **cause)
 		goto fail;
 
 	cfg_free(cfg);
-	free(parse.seen);
-	free(parse.seclines);
-	freezero_str(parse.buf);
+	compat_free(parse.compat);
 	cp = NULL;
 	return (conf);
 
 fail:
 	cfg_free(cfg);
-	free(parse.seen);
-	free(parse.seclines);
-	freezero_str(parse.buf);
+	compat_free(parse.compat);
 	*cause = parse.error;
 	cp = NULL;
 	config_free(conf);

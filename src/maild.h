@@ -169,7 +169,6 @@ int		 config_account_equal(const struct config *,
 		     const struct account_conf *);
 int		 config_check_paths(const struct config *);
 char		*config_default_path(void);
-void		 config_strip_comments(char *);
 char		*config_expand_path(const char *, char **);
 
 /* log.c */
@@ -205,6 +204,7 @@ int		 private_path(const char *, const char *, char **);
 uint64_t	 siphash24(const uint8_t[16], const void *, size_t);
 void		 random_bytes(void *, size_t);
 void		 wipe(void *, size_t);
+size_t		 edit_distance(const char *, const char *);
 
 /* parse.c: pure parsers for what the server sends; fuzzed. */
 enum pop3_status {
@@ -247,7 +247,9 @@ void		 parse_capa_line(struct pop3_capa *, const char *, size_t);
 #define PARSE_LONG_DURATION_MAX	(3650L * 86400)	/* delete-after */
 #define PARSE_SIZE_MAX		(1L << 40)
 int		 parse_duration(const char *, long, long *);
+int		 parse_duration_hint(const char *, long, char *, size_t);
 int		 parse_size(const char *, long *);
+int		 parse_size_hint(const char *, char *, size_t);
 int		 parse_hexdigit(int);
 int		 parse_fingerprint(const char *, uint8_t[32]);
 

@@ -454,6 +454,82 @@ parse_size(const char *s, long *out)
 	return (parse_scaled(s, size_units, PARSE_SIZE_MAX, out));
 }
 
+/* A unit as people write it in words, and maild's suffix for it. */
+struct unit_word {
+	const char	*word;
+	const char	*suffix;
+};
+
+static const struct unit_word duration_words[] = {
+	{ "s", "s" }, { "sec", "s" }, { "secs", "s" }, { "second", "s" },
+	{ "seconds", "s" }, { "m", "m" }, { "min", "m" }, { "mins", "m" },
+	{ "minute", "m" }, { "minutes", "m" }, { "h", "h" }, { "hr", "h" },
+	{ "hrs", "h" }, { "hour", "h" }, { "hours", "h" }, { "d", "d" },
+	{ "day", "d" }, { "days", "d" }, { NULL, NULL }
+};
+
+static const struct unit_word size_words[] = {
+	{ "b", "" }, { "byte", "" }, { "bytes", "" }, { "k", "k" },
+	{ "kb", "k" }, { "kib", "k" }, { "m", "M" }, { "mb", "M" },
+	{ "mib", "M" }, { "g", "G" }, { "gb", "G" }, { "gib", "G" },
+	{ NULL, NULL }
+};
+
+/*
+ * "5 min" or "20 mb": digits, optional blanks, a unit in words.  Writes
+ * the same in maild's notation ("5m", "20M") to buf, if that is valid.
+ */
+static int
+parse_hint(const char *s, const struct unit_word *words, char *buf,
+    size_t size)
+{
+	const char	*unit;
+	size_t		 digits, n;
+
+	for (digits = 0; isdigit((unsigned char)s[digits]); digits++)
+		;
+	if (digits == 0 || digits > 20)
+		return (-1);
+	for (unit = s + digits; *unit == ' ' || *unit == '\t'; unit++)
+		;
+	for (; words->word != NULL; words++) {
+		if (strcasecmp(unit, words->word) == 0)
+			break;
+	}
+	if (words->word == NULL)
+		return (-1);
+	n = (size_t)snprintf(buf, size, "%.*s%s", (int)digits, s,
+	    words->suffix);
+	return (n < size && strcmp(buf, s) != 0 ? 0 : -1);
+}
+
+/*
+ * What someone who wrote "5 min" or "10 minutes" meant, as a duration maild
+ * reads ("5m"), if there is one and it is at most max; else -1.
+ */
+int
+parse_duration_hint(const char *s, long max, char *buf, size_t size)
+{
+	long	v;
+
+	if (parse_hint(s, duration_words, buf, size) == -1 ||
+	    parse_duration(buf, max, &v) == -1)
+		return (-1);
+	return (0);
+}
+
+/* The same for sizes: "20 MB" is "20M". */
+int
+parse_size_hint(const char *s, char *buf, size_t size)
+{
+	long	v;
+
+	if (parse_hint(s, size_words, buf, size) == -1 ||
+	    parse_size(buf, &v) == -1)
+		return (-1);
+	return (0);
+}
+
 /* The value of a hexadecimal digit, or -1. */
 int
 parse_hexdigit(int c)

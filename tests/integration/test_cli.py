@@ -7,6 +7,10 @@ being the one the mistake is on: the offending option's line, or the
 "account" line for what is missing from an account), the example
 etc/maild.conf (as shipped, and with all its commented-out options
 turned on), and path expansion of ~ and $VAR in a real run.
+
+The syntax mistakes libconfuse itself misreports (a missing '}', an
+unclosed quote, "5 min", an option outside its account, an account twice,
+a typo) are checked for the exact message.
 """
 
 import os
@@ -503,6 +507,203 @@ def test_bad_no_account(t):
     r = mt.run_maild(["-n", "-f", path], timeout=20)
     assert r.rc == mt.EX_CONFIG, f"exit {r.rc}, expected 78"
     assert str(path) in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------
+# syntax mistakes that libconfuse misreports: the exact message and line
+
+def check_exact(t, text, message, mode=0o600):
+    """maild -n refuses text (with a '# <--' marker) with exactly
+    "maild: file:line: message"."""
+    mt.require_maild()
+    path, line = write_case(t, text, mode)
+    assert line is not None, "test bug: no '# <--' marker"
+    r = mt.run_maild(["-n", "-f", path], timeout=20)
+    assert r.rc == mt.EX_CONFIG, f"exit {r.rc}, expected 78: {r.stderr}"
+    want = f"maild: {path}:{line}: {message}\n"
+    assert r.stderr == want, f"stderr\n{r.stderr!r}\nexpected\n{want!r}"
+    assert r.stdout == "", r.stdout
+
+
+@tap.test
+def test_syntax_missing_brace(t):
+    check_exact(t, """\
+state-dir = "{tmp}/state"
+
+account "home" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+
+account "work" {{                   # <--
+    host = "127.0.0.2"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir2"
+}}
+""", "missing '}' for account \"home\" opened at line 3")
+
+
+@tap.test
+def test_syntax_missing_final_brace(t):
+    """libconfuse takes this as "configuration OK"."""
+    check_exact(t, """\
+state-dir = "{tmp}/state"
+account "home" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"       # <--
+
+""", "missing '}' for account \"home\" opened at line 2")
+
+
+@tap.test
+def test_syntax_unterminated_string(t):
+    check_exact(t, """\
+state-dir = "{tmp}/state"
+account "home" {{
+    host = "127.0.0.1"
+    user = "u"
+    password-file = "/path/to/pass  # <--
+    maildir = "{tmp}/Maildir"
+}}
+""", 'account "home": unterminated string: the " opened on this line is '
+         'not closed before the end of the line')
+
+
+@tap.test
+def test_syntax_duration_in_words(t):
+    check_exact(t, """\
+state-dir = "{tmp}/state"
+poll-interval = 5 min               # <--
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "poll-interval: '5 min' is not a duration (write 5m)")
+
+
+@tap.test
+def test_syntax_duration_in_words_quoted(t):
+    check_exact(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+    poll-interval = "10 minutes"    # <--
+}}
+""", "account \"a\": poll-interval: '10 minutes' is not a duration "
+         "(write 10m)")
+
+
+@tap.test
+def test_syntax_unquoted_command(t):
+    check_exact(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password-command = pass show mail   # <--
+    maildir = "{tmp}/Maildir"
+}}
+""", 'account "a": password-command: put the value in quotes: '
+         'password-command = "pass show mail"')
+
+
+@tap.test
+def test_syntax_option_outside_account(t):
+    check_exact(t, """\
+state-dir = "{tmp}/state"
+host = "127.0.0.1"                  # <--
+account "a" {{
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "host belongs inside an account block")
+
+
+@tap.test
+def test_syntax_global_option_inside_account(t):
+    check_exact(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+    max-connections = 4             # <--
+}}
+""", 'account "a": max-connections is a global option: move it out of '
+         'the account block')
+
+
+@tap.test
+def test_syntax_account_twice(t):
+    check_exact(t, """\
+state-dir = "{tmp}/state"
+
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+account "a" {{                      # <--
+    host = "127.0.0.2"
+    user = "v"
+    password = "p"
+    maildir = "{tmp}/Maildir2"
+}}
+""", 'account "a" is defined twice (lines 3 and 9)')
+
+
+@tap.test
+def test_syntax_typo(t):
+    check_exact(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+    kep = yes                       # <--
+}}
+""", "account \"a\": no such option 'kep'; did you mean 'keep'?")
+
+
+@tap.test
+def test_syntax_typo_far_from_everything(t):
+    check_exact(t, """\
+state-dir = "{tmp}/state"
+verbosity = 3                       # <--
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "no such option 'verbosity'")
+
+
+@tap.test
+def test_syntax_set_twice(t):
+    check_exact(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    user = "v"                      # <--
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "account \"a\": 'user' is set twice (lines 4 and 5)")
 
 
 @tap.test

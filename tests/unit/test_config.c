@@ -5,9 +5,10 @@
  *
  * Each bad config is checked three ways: it is refused, the message says
  * what is wrong, and the line number is that of the offending option (or,
- * for errors about a whole account section, of the section's first
- * option, as config.c documents).  The line is a separate check so that a
- * wrong line shows up on its own.
+ * for errors about a whole account section, of its "account" line).  The
+ * line is a separate check so that a wrong line shows up on its own.
+ * Syntax mistakes that libconfuse would misreport (confuse_compat.c) are
+ * checked for the exact message a user sees.
  */
 
 #include "config.h"
@@ -130,6 +131,23 @@ bad(const char *what, const char *text, mode_t mode, int line,
 	free(cause);
 }
 
+/* A config that must be refused with exactly "path:line: msg". */
+static void
+bad_exact(const char *what, const char *text, int line, const char *msg)
+{
+	struct config	*conf;
+	char		*path, *cause, *want;
+
+	conf = load(text, 0600, &path, &cause);
+	ok(conf == NULL, tap_fmt("bad config %s: refused", what));
+	xasprintf(&want, "%s:%d: %s", path, line, msg);
+	is_str(cause, want, tap_fmt("bad config %s: the message", what));
+	config_free(conf);
+	free(want);
+	free(path);
+	free(cause);
+}
+
 /* ---------------------------------------------------------------------- */
 /* parse_duration, parse_size (parse.c, for maild.conf) */
 
@@ -223,6 +241,83 @@ test_size(void)
 
 	check_scaled("size", parse_size, goods,
 	    sizeof goods / sizeof goods[0], bads, sizeof bads / sizeof bads[0]);
+}
+
+struct hint {
+	const char	*in;
+	const char	*out;	/* NULL: no hint */
+};
+
+static void
+test_hints(void)
+{
+	static const struct hint durations[] = {
+		{ "5 min", "5m" }, { "10 minutes", "10m" }, { "5min", "5m" },
+		{ "5 MIN", "5m" }, { "5M", "5m" }, { "2 hours", "2h" },
+		{ "1 hr", "1h" }, { "1 day", "1d" }, { "30 days", "30d" },
+		{ "30 sec", "30s" }, { "90 seconds", "90s" }, { "5\tm", "5m" },
+		{ "31 days", NULL }, { "5", NULL }, { "5m", NULL },
+		{ "five min", NULL }, { "1.5 h", NULL }, { "5 mon", NULL },
+		{ "min", NULL }, { "", NULL }, { "-5 min", NULL },
+		{ "99999999999999999999999 s", NULL },
+	};
+	static const struct hint sizes[] = {
+		{ "20 MB", "20M" }, { "20mb", "20M" }, { "20 m", "20M" },
+		{ "800 kB", "800k" }, { "800 KiB", "800k" }, { "1 GiB", "1G" },
+		{ "500 bytes", "500" }, { "2 TB", NULL }, { "1025 GB", NULL },
+		{ "20M", NULL }, { "twenty MB", NULL },
+	};
+	char	buf[32];
+	size_t	i;
+	int	r;
+
+	for (i = 0; i < sizeof durations / sizeof durations[0]; i++) {
+		r = parse_duration_hint(durations[i].in, PARSE_DURATION_MAX,
+		    buf, sizeof buf);
+		if (durations[i].out == NULL)
+			ok(r == -1, tap_fmt("duration hint: none for \"%s\"",
+			    shown(durations[i].in)));
+		else
+			is_str(r == 0 ? buf : NULL, durations[i].out,
+			    tap_fmt("duration hint: \"%s\" is %s",
+			    shown(durations[i].in), durations[i].out));
+	}
+	ok(parse_duration_hint("45 days", PARSE_LONG_DURATION_MAX, buf,
+	    sizeof buf) == 0 && strcmp(buf, "45d") == 0,
+	    "duration hint: \"45 days\" is 45d where 3650d are allowed");
+	ok(parse_duration_hint("5 min", PARSE_DURATION_MAX, buf, 2) == -1,
+	    "duration hint: none if it does not fit the buffer");
+	for (i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+		r = parse_size_hint(sizes[i].in, buf, sizeof buf);
+		if (sizes[i].out == NULL)
+			ok(r == -1, tap_fmt("size hint: none for \"%s\"",
+			    sizes[i].in));
+		else
+			is_str(r == 0 ? buf : NULL, sizes[i].out,
+			    tap_fmt("size hint: \"%s\" is %s", sizes[i].in,
+			    sizes[i].out));
+	}
+}
+
+static void
+test_edit_distance(void)
+{
+	static const struct {
+		const char	*a, *b;
+		size_t		 d;
+	} cases[] = {
+		{ "kep", "keep", 1 }, { "hsot", "host", 1 },
+		{ "host", "host", 0 }, { "", "abc", 3 }, { "abc", "", 3 },
+		{ "kitten", "sitting", 3 }, { "ca", "ac", 1 },
+		{ "Host", "host", 1 }, { "pasword", "password", 1 },
+		{ "colour", "tls", 5 },
+	};
+	size_t	i;
+
+	for (i = 0; i < sizeof cases / sizeof cases[0]; i++)
+		is_int(edit_distance(cases[i].a, cases[i].b), cases[i].d,
+		    tap_fmt("edit distance \"%s\" \"%s\"", cases[i].a,
+		    cases[i].b));
 }
 
 /* ---------------------------------------------------------------------- */
@@ -568,7 +663,7 @@ test_bad(void)
 	bad("duplicate account title",
 	    HEAD HOST USER PASS MDIR TAIL
 	    "account a {\n" HOST "  user = \"other\"\n" PASS MDIR TAIL, 0600, 8,
-	    "duplicate title 'a'");
+	    "account \"a\" is defined twice (lines 2 and 8)");
 	bad("port not a number",
 	    HEAD HOST "  port = pop3s\n" USER PASS MDIR TAIL, 0600, 4,
 	    "port");
@@ -577,7 +672,7 @@ test_bad(void)
 	    "keep");
 	bad("stray closing brace",
 	    HEAD HOST USER PASS MDIR TAIL TAIL, 0600, 8,
-	    "unexpected closing brace");
+	    "unexpected '}': no account block is open here");
 	bad("missing equal sign",
 	    HEAD HOST USER "  password \"p\"\n" MDIR TAIL, 0600, 5,
 	    "missing equal sign");
@@ -699,7 +794,7 @@ test_bad(void)
 	    " {\n" HOST USER PASS MDIR TAIL, 0600, 2, "must be 1 to 64");
 	bad("account name with a control character",
 	    "state-dir = \"/s\"\naccount \"a\\tb\" {\n" HOST USER PASS MDIR
-	    TAIL, 0600, 3, "must be 1 to 64");
+	    TAIL, 0600, 2, "must be 1 to 64");
 
 	/* Global values, checked after parsing. */
 	bad("max-connections 0",
@@ -764,6 +859,263 @@ test_bad(void)
 		free(cause);
 		free(nofile);
 	}
+}
+
+/* ---------------------------------------------------------------------- */
+/* Syntax mistakes libconfuse misreports (confuse_compat.c) */
+
+#define ACCT(name, host)						\
+	"account \"" name "\" {\n"					\
+	"    host = \"" host "\"\n"					\
+	"    user = \"u\"\n"						\
+	"    password = \"p\"\n"					\
+	"    maildir = \"/m\"\n"
+
+static void
+test_syntax(void)
+{
+	setenv("HOME", topdir, 1);
+
+	bad_exact("missing '}' before the next account",
+	    "state-dir = \"/s\"\n"			/* 1 */
+	    "\n"					/* 2 */
+	    ACCT("home", "h1")				/* 3-7 */
+	    "\n"					/* 8 */
+	    ACCT("work", "h2")				/* 9-13 */
+	    "}\n", 9,
+	    "missing '}' for account \"home\" opened at line 3");
+	bad_exact("missing final '}'",
+	    "state-dir = \"/s\"\n"
+	    ACCT("home", "h1"), 6,
+	    "missing '}' for account \"home\" opened at line 2");
+	bad_exact("missing final '}', comments and blank lines after",
+	    "state-dir = \"/s\"\n"
+	    ACCT("home", "h1")
+	    "\n# the end\n\n", 6,
+	    "missing '}' for account \"home\" opened at line 2");
+	bad_exact("unterminated string",
+	    "state-dir = \"/s\"\n"
+	    "account \"home\" {\n"
+	    "    host = \"h\"\n"
+	    "    user = \"u\"\n"
+	    "    password-file = \"/path/to/pass\n"
+	    "    maildir = \"/m\"\n"
+	    "}\n", 5, "account \"home\": unterminated string: the \" opened "
+	    "on this line is not closed before the end of the line");
+	bad_exact("unterminated single-quoted string",
+	    "state-dir = '/s\n"
+	    ACCT("home", "h1") "}\n", 1, "unterminated string: the ' opened "
+	    "on this line is not closed before the end of the line");
+	bad_exact("unterminated string at the end of the file",
+	    "state-dir = \"/s\"\n"
+	    ACCT("home", "h1") "}\nmax-connections = \"3", 8,
+	    "unterminated string: the \" opened on this line is not closed "
+	    "before the end of the line");
+	bad_exact("poll-interval = 5 min",
+	    "state-dir = \"/s\"\n"
+	    "poll-interval = 5 min\n"
+	    ACCT("a", "h") "}\n", 2,
+	    "poll-interval: '5 min' is not a duration (write 5m)");
+	bad_exact("poll-interval = \"5 min\" (quoted)",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    poll-interval = \"5 min\"\n"
+	    "}\n", 7, "account \"a\": poll-interval: '5 min' is not a "
+	    "duration (write 5m)");
+	bad_exact("timeout = 10 minutes, last in the file",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h") "}\n"
+	    "timeout = 10 minutes\n", 8,
+	    "timeout: '10 minutes' is not a duration (write 10m)");
+	bad_exact("poll-interval = 45 days (too long for a hint)",
+	    "state-dir = \"/s\"\n"
+	    "poll-interval = 45 days\n"
+	    ACCT("a", "h") "}\n", 2,
+	    "poll-interval: '45 days' is not a duration (like 90, 30s, 5m, "
+	    "2h or 1d; at most 30d)");
+	bad_exact("max-size = 20 MB",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    max-size = 20 MB\n"
+	    "}\n", 7, "account \"a\": max-size: '20 MB' is not a size "
+	    "(write 20M)");
+	bad_exact("delete-after = 30 days",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    keep = yes\n"
+	    "    delete-after = 30 days\n"
+	    "}\n", 8, "account \"a\": delete-after: '30 days' is not a "
+	    "duration (write 30d)");
+	bad_exact("an unquoted command",
+	    "state-dir = \"/s\"\n"
+	    "account \"a\" {\n"
+	    "    host = \"h\"\n"
+	    "    user = \"u\"\n"
+	    "    password-command = pass show mail/home\n"
+	    "    maildir = \"/m\"\n"
+	    "}\n", 5, "account \"a\": password-command: put the value in "
+	    "quotes: password-command = \"pass show mail/home\"");
+	bad_exact("${HOME}/Mail unquoted",
+	    "state-dir = \"/s\"\n"
+	    "account \"a\" {\n"
+	    "    host = \"h\"\n"
+	    "    user = \"u\"\n"
+	    "    password = \"p\"\n"
+	    "    maildir = ${HOME}/Mail\n"
+	    "}\n", 6, "account \"a\": maildir: put the value in quotes: "
+	    "maildir = \"${HOME}/Mail\"");
+	bad_exact("a boolean with a second word",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    keep = yes please\n"
+	    "}\n", 7, "account \"a\": keep: unexpected 'please' after the "
+	    "value");
+	bad_exact("a word after a quoted value",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    ca-file = \"/etc/ca.pem\" /etc/other.pem\n"
+	    "}\n", 7, "account \"a\": ca-file: unexpected '/etc/other.pem' "
+	    "after the value");
+	bad_exact("host outside any account",
+	    "state-dir = \"/s\"\n"
+	    "host = \"h\"\n"
+	    "account \"a\" {\n"
+	    "    user = \"u\"\n"
+	    "    password = \"p\"\n"
+	    "    maildir = \"/m\"\n"
+	    "}\n", 2, "host belongs inside an account block");
+	bad_exact("an option after the account's '}'",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "}\n"
+	    "    keep = yes\n", 8, "keep belongs inside an account block");
+	bad_exact("a global option inside an account",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    timeout = 30\n"
+	    "}\n", 7, "account \"a\": timeout is a global option: move it "
+	    "out of the account block");
+	bad_exact("account defined twice",
+	    "state-dir = \"/s\"\n"
+	    "\n"
+	    ACCT("a", "h1") "}\n"
+	    "\n"
+	    ACCT("a", "h2") "}\n", 10,
+	    "account \"a\" is defined twice (lines 3 and 10)");
+	bad_exact("account defined twice, quoted and not",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h1") "}\n"
+	    "account a {\n host = \"h2\"\n}\n", 8,
+	    "account \"a\" is defined twice (lines 2 and 8)");
+	bad_exact("typo: kep",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    kep = yes\n"
+	    "}\n", 7, "account \"a\": no such option 'kep'; did you mean "
+	    "'keep'?");
+	bad_exact("typo: hsot",
+	    "state-dir = \"/s\"\n"
+	    "account \"a\" {\n"
+	    "    hsot = \"h\"\n"
+	    "}\n", 3, "account \"a\": no such option 'hsot'; did you mean "
+	    "'host'?");
+	bad_exact("typo: Host",
+	    "state-dir = \"/s\"\n"
+	    "account \"a\" {\n"
+	    "    Host = \"h\"\n"
+	    "}\n", 3, "account \"a\": no such option 'Host'; did you mean "
+	    "'host'?");
+	bad_exact("typo: acount",
+	    "state-dir = \"/s\"\n"
+	    "acount \"a\" {\n"
+	    "}\n", 2, "no such option 'acount'; did you mean 'account'?");
+	bad_exact("typo of a global option: stat-dir",
+	    "stat-dir = \"/s\"\n", 1,
+	    "no such option 'stat-dir'; did you mean 'state-dir'?");
+	bad_exact("no suggestion when nothing is close",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    colour = \"blue\"\n"
+	    "}\n", 7, "account \"a\": no such option 'colour'");
+	bad_exact("no suggestion for a short word",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    ab = 1\n"
+	    "}\n", 7, "account \"a\": no such option 'ab'");
+	bad_exact("option set twice",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    user = \"v\"\n"
+	    "}\n", 7, "account \"a\": 'user' is set twice (lines 4 and 7)");
+	bad_exact("an error before a structural one is reported first",
+	    "state-dir = \"/s\"\n"
+	    "timeout = 31d\n"
+	    ACCT("a", "h"), 2, "timeout: '31d' is not a duration (like 90, "
+	    "30s, 5m, 2h or 1d; at most 30d)");
+	bad_exact("a structural mistake before a value error",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    ACCT("b", "h2")
+	    "    poll-interval = 5x\n"
+	    "}\n", 7, "missing '}' for account \"a\" opened at line 2");
+
+	/* What is fine. */
+	good("two options on one line",
+	    "state-dir = \"/s\" timeout = 30\n"
+	    "account \"a\" { host = \"h\" user = \"u\"\n"
+	    "password = \"p\" maildir = \"/m\" }\n", 0600);
+	good("lists, += and an empty list",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    add-headers = {\"received\", \"delivered-to\"}\n"
+	    "    add-headers += {\"x-original-to\"}\n"
+	    "    tls-fingerprint = {}\n"
+	    "}\n", 0600);
+	good("a list over several lines",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    add-headers = {\n"
+	    "        \"received\",\n"
+	    "        \"delivered-to\"\n"
+	    "    }\n"
+	    "}\n", 0600);
+	good("'#', '//' and '{' inside quotes; braces on their own lines",
+	    "state-dir = \"/s\"\n"
+	    "account \"a\"\n"
+	    "{\n"
+	    "    host = \"h\"\n"
+	    "    user = \"u#1//x{\"\n"
+	    "    password = 'p#}'\n"
+	    "    maildir = \"/m\"   // comment with a \" quote\n"
+	    "}\n", 0600);
+	good("a string continued on the next line",
+	    "state-dir = \"/s\"\n"
+	    "account \"a\" {\n"
+	    "    host = \"h\"\n"
+	    "    user = \"u\"\n"
+	    "    password-command = \"echo \\\n"
+	    "secret\"\n"
+	    "    maildir = \"/m\"\n"
+	    "}\n", 0600);
+	bad("line numbers after a continued string",
+	    "state-dir = \"/s\"\n"
+	    "account \"a\" {\n"
+	    "    host = \"h\"\n"
+	    "    user = \"u\"\n"
+	    "    password-command = \"echo \\\n"
+	    "secret\"\n"
+	    "    maildir = \"/m\"\n"
+	    "    bogus = 1\n"
+	    "}\n", 0600, 8, "no such option 'bogus'");
+	good("unquoted words and ${VAR}",
+	    "state-dir = /s\n"
+	    "account a {\n"
+	    "    host = pop.example.com\n"
+	    "    user = me@example.com\n"
+	    "    password = p\n"
+	    "    maildir = ${HOME}\n"
+	    "    poll-interval = 5m\n"
+	    "}\n", 0600);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -885,8 +1237,11 @@ main(void)
 	test_duration();
 	test_size();
 	test_expand();
+	test_hints();
+	test_edit_distance();
 	test_good();
 	test_bad();
+	test_syntax();
 	test_account_equal();
 	r = done();
 	rm_rf(topdir);
