@@ -26,6 +26,8 @@
 
 #include <sys/stat.h>
 
+#include <arpa/inet.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -46,6 +48,13 @@
 #define DEFAULT_MAX_CONNECTIONS	32
 #define ACCOUNT_NAME_MAX	64
 #define CONF_SIZE_MAX		(1 << 20)
+/* RFC 2449: a POP3 command is at most 255 octets with its CRLF. */
+#define POP3_COMMAND_MAX	255
+/* A user name for the SASL methods: longer than any mail address. */
+#define USER_MAX		255
+/* A DNS name: 253 characters, labels of 1 to 63. */
+#define HOST_NAME_MAX_LEN	253
+#define HOST_LABEL_MAX		63
 
 /* The load in progress, for error messages. */
 struct conf_parse {
@@ -75,6 +84,7 @@ static int	conf_account_secret(cfg_t *, struct account_conf *);
 static int	conf_account_tls(cfg_t *, struct account_conf *);
 static int	conf_account_policy(cfg_t *, struct config *,
 		    struct account_conf *);
+static int	conf_account_wire(cfg_t *, const struct account_conf *);
 static int	conf_path(cfg_t *, const char *, char **);
 static int	conf_string(cfg_t *, const char *, int, char **);
 
@@ -622,6 +632,93 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 	return (0);
 }
 
+/*
+ * Is host a host name or an address maild can connect to, give as TLS
+ * SNI and put in an OAUTHBEARER message?  NULL if so, else why not.
+ */
+static const char *
+conf_host_problem(const char *host)
+{
+	unsigned char	 addr[16];
+	const char	*p, *zone;
+	char		 buf[64];
+	size_t		 label = 0;
+
+	if (inet_pton(AF_INET, host, addr) == 1 ||
+	    inet_pton(AF_INET6, host, addr) == 1)
+		return (NULL);
+	/* A link-local IPv6 address with its zone: fe80::1%eth0 */
+	if ((zone = strchr(host, '%')) != NULL && zone[1] != '\0' &&
+	    (size_t)(zone - host) < sizeof buf &&
+	    strspn(zone + 1, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW"
+	    "XYZ0123456789._-") == strlen(zone + 1)) {
+		memcpy(buf, host, zone - host);
+		buf[zone - host] = '\0';
+		if (inet_pton(AF_INET6, buf, addr) == 1)
+			return (NULL);
+	}
+	if (strlen(host) > HOST_NAME_MAX_LEN)
+		return ("a host name is at most 253 characters");
+	for (p = host; *p != '\0'; p++) {
+		if (*p == '.') {
+			if (label == 0 && !(p[1] == '\0' && p > host))
+				return ("it has an empty part between dots");
+			label = 0;
+		} else if (isalnum((unsigned char)*p) || *p == '-' ||
+		    *p == '_') {
+			if (++label > HOST_LABEL_MAX)
+				return ("a part between dots is at most 63 "
+				    "characters");
+		} else
+			return ("a host name has only letters, digits, '-', "
+			    "'_' and dots");
+	}
+	return (NULL);
+}
+
+/*
+ * What goes on the wire must fit it.  "USER <user>" and "APOP <user>
+ * <digest>" are POP3 commands, at most 255 octets with CRLF (RFC 2449):
+ * 248 bytes for the name with USER, 215 with APOP (auth = auto may end
+ * up with either).  The SASL methods send the name in base64 on a line of
+ * its own, where no such limit applies (RFC 5034: an initial response
+ * that would not fit goes there); USER_MAX is longer than any mail
+ * address.  The host goes out in the TLS SNI and in OAUTHBEARER.
+ */
+static int
+conf_account_wire(cfg_t *sec, const struct account_conf *a)
+{
+	const char	*why;
+	size_t		 len = strlen(a->user), max = USER_MAX;
+	const char	*cmd = NULL;
+
+	if ((why = conf_host_problem(a->host)) != NULL) {
+		conf_account_error(sec, "host", "host '%s' is not a host name "
+		    "or address: %s", a->host, why);
+		return (-1);
+	}
+	if (a->auth == AUTH_USER) {
+		cmd = "USER <user>";
+		max = POP3_COMMAND_MAX - strlen("USER ") - 2;
+	} else if (a->auth == AUTH_APOP || a->auth == AUTH_AUTO) {
+		cmd = "APOP <user> <digest>";
+		max = POP3_COMMAND_MAX - strlen("APOP  ") - 32 - 2;
+	}
+	if (len <= max)
+		return (0);
+	if (cmd == NULL)
+		conf_account_error(sec, "user", "user is %zu bytes long; at "
+		    "most %zu are allowed", len, max);
+	else
+		conf_account_error(sec, "user", "user is %zu bytes long, too "
+		    "long for POP3: \"%s\" must fit in 255 octets (RFC 2449), "
+		    "which leaves %zu for the name%s", len, cmd, max,
+		    a->auth == AUTH_AUTO ? " (auth = auto may log in with "
+		    "APOP; name a SASL method with auth for a longer one)" :
+		    "");
+	return (-1);
+}
+
 static int
 conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 {
@@ -641,11 +738,6 @@ conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 	if (conf_string(sec, "host", 1, &a->host) == -1 ||
 	    conf_string(sec, "user", 1, &a->user) == -1)
 		return (-1);
-	if (strlen(a->host) > 253 || strchr(a->host, ' ') != NULL) {
-		conf_account_error(sec, "host", "host '%s' is not a host name "
-		    "or address", a->host);
-		return (-1);
-	}
 	a->port = 995;
 	if (cfg_size(sec, "port") > 0) {
 		long	port = cfg_getint(sec, "port");
@@ -660,7 +752,8 @@ conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 
 	if (conf_account_secret(sec, a) == -1 ||
 	    conf_account_tls(sec, a) == -1 ||
-	    conf_account_policy(sec, conf, a) == -1)
+	    conf_account_policy(sec, conf, a) == -1 ||
+	    conf_account_wire(sec, a) == -1)
 		return (-1);
 	if (a->tls != TLS_IMPLICIT && cfg_size(sec, "port") == 0)
 		a->port = 110;

@@ -10,7 +10,8 @@ turned on), and path expansion of ~ and $VAR in a real run.
 
 The syntax mistakes libconfuse itself misreports (a missing '}', an
 unclosed quote, "5 min", an option outside its account, an account twice,
-a typo) are checked for the exact message.
+a typo) are checked for the exact message; so are values too long for
+the wire.
 """
 
 import os
@@ -704,6 +705,49 @@ account "a" {{
     maildir = "{tmp}/Maildir"
 }}
 """, "account \"a\": 'user' is set twice (lines 4 and 5)")
+
+
+# ---------------------------------------------------------------------------
+# values that would not fit the wire: refused before anything is sent
+
+@tap.test
+def test_user_too_long_for_user_command(t):
+    """A user name too long for "USER <name>" (255 octets, RFC 2449) is a
+    configuration error, for -n and for --once (which sends nothing)."""
+    mt.require_maild()
+    user = "u" * 249
+    with fakepop3.FakePOP3() as srv:
+        text = f"""\
+state-dir = "{{tmp}}/state"
+account "a" {{{{
+    host = "127.0.0.1"
+    port = {srv.port}
+    auth = user
+    user = "{user}"                 # <--
+    password = "p"
+    maildir = "{{tmp}}/Maildir"
+}}}}
+"""
+        check_exact(t, text, 'account "a": user is 249 bytes long, too long '
+                    'for POP3: "USER <user>" must fit in 255 octets (RFC '
+                    '2449), which leaves 248 for the name')
+        r = mt.run_maild(["--once", "-f", t.tmp / "maild.conf"], timeout=20)
+        assert r.rc == mt.EX_CONFIG, f"--once: exit {r.rc}: {r.stderr}"
+        assert not srv.connections, "connected anyway"
+
+
+@tap.test
+def test_host_not_a_host_name(t):
+    check_exact(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "pop3s://pop.example.com"    # <--
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", "account \"a\": host 'pop3s://pop.example.com' is not a host name or "
+         "address: a host name has only letters, digits, '-', '_' and dots")
 
 
 @tap.test

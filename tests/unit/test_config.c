@@ -1119,6 +1119,120 @@ test_syntax(void)
 }
 
 /* ---------------------------------------------------------------------- */
+/* What goes on the wire (config.c: conf_account_wire) */
+
+/* An account with this user, auth and host; 0 = the default. */
+static char *
+wire_conf(const char *user, size_t userlen, const char *auth,
+    const char *host)
+{
+	char	*text, *u;
+
+	u = xmalloc(userlen + 1);
+	memset(u, user[0], userlen);
+	memcpy(u, user, strlen(user) < userlen ? strlen(user) : userlen);
+	u[userlen] = '\0';
+	xasprintf(&text, "state-dir = \"/s\"\n"
+	    "account \"a\" {\n"
+	    "    host = \"%s\"\n"
+	    "    user = \"%s\"\n"
+	    "    password = \"p\"\n"
+	    "    maildir = \"/m\"\n"
+	    "%s%s%s"
+	    "}\n", host, u, auth != NULL ? "    auth = " : "",
+	    auth != NULL ? auth : "", auth != NULL ? "\n" : "");
+	free(u);
+	return (text);
+}
+
+/* Loads if msg is NULL, else is refused with msg at line. */
+static void
+wire_case(const char *what, size_t userlen, const char *auth,
+    const char *host, int line, const char *msg)
+{
+	char	*text = wire_conf("u", userlen, auth, host);
+
+	if (msg == NULL)
+		good(what, text, 0600);
+	else
+		bad_exact(what, text, line, msg);
+	free(text);
+}
+
+#define wire_good(what, userlen, auth, host)				\
+	wire_case((what), (userlen), (auth), (host), 0, NULL)
+#define wire_bad(what, userlen, auth, host, line, msg)			\
+	wire_case((what), (userlen), (auth), (host), (line), (msg))
+
+#define A64	"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" \
+		"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+
+static void
+test_wire(void)
+{
+	char	host[300], *msg;
+	size_t	i;
+
+	wire_good("auth = user, a user of 248 bytes", 248, "user", "h");
+	wire_bad("auth = user, a user of 249 bytes", 249, "user", "h", 4,
+	    "account \"a\": user is 249 bytes long, too long for POP3: "
+	    "\"USER <user>\" must fit in 255 octets (RFC 2449), which leaves "
+	    "248 for the name");
+	wire_good("auth = apop, a user of 215 bytes", 215, "apop", "h");
+	wire_bad("auth = apop, a user of 216 bytes", 216, "apop", "h", 4,
+	    "account \"a\": user is 216 bytes long, too long for POP3: "
+	    "\"APOP <user> <digest>\" must fit in 255 octets (RFC 2449), "
+	    "which leaves 215 for the name");
+	wire_good("auth = auto, a user of 215 bytes", 215, NULL, "h");
+	wire_bad("auth = auto, a user of 216 bytes", 216, NULL, "h", 4,
+	    "account \"a\": user is 216 bytes long, too long for POP3: "
+	    "\"APOP <user> <digest>\" must fit in 255 octets (RFC 2449), "
+	    "which leaves 215 for the name (auth = auto may log in with "
+	    "APOP; name a SASL method with auth for a longer one)");
+	wire_good("auth = plain, a user of 255 bytes", 255, "plain", "h");
+	wire_good("auth = oauthbearer, a user of 255 bytes", 255,
+	    "oauthbearer", "h");
+	wire_bad("auth = xoauth2, a user of 256 bytes", 256, "xoauth2", "h", 4,
+	    "account \"a\": user is 256 bytes long; at most 255 are allowed");
+
+	wire_good("host: an IPv6 address", 1, NULL, "::1");
+	wire_good("host: an IPv6 address with a zone", 1, NULL, "fe80::1%eth0");
+	wire_good("host: a name with a final dot", 1, NULL, "pop.example.com.");
+	wire_good("host: a name with '_' and digits", 1, NULL, "my_pop-3.lan");
+	wire_bad("host: an empty label", 1, NULL, "pop..example.com", 3,
+	    "account \"a\": host 'pop..example.com' is not a host name or "
+	    "address: it has an empty part between dots");
+	wire_bad("host: a leading dot", 1, NULL, ".example.com", 3,
+	    "account \"a\": host '.example.com' is not a host name or "
+	    "address: it has an empty part between dots");
+	wire_bad("host: an address in brackets", 1, NULL, "[::1]", 3,
+	    "account \"a\": host '[::1]' is not a host name or address: a "
+	    "host name has only letters, digits, '-', '_' and dots");
+	wire_bad("host: a URL", 1, NULL, "pop3s://pop.example.com", 3,
+	    "account \"a\": host 'pop3s://pop.example.com' is not a host "
+	    "name or address: a host name has only letters, digits, '-', "
+	    "'_' and dots");
+	snprintf(host, sizeof host, "%.64s.example.com", A64);
+	xasprintf(&msg, "account \"a\": host '%s' is not a host name or "
+	    "address: a part between dots is at most 63 characters", host);
+	wire_bad("host: a label of 64", 1, NULL, host, 3, msg);
+	free(msg);
+	snprintf(host, sizeof host, "%.63s.example.com", A64);
+	wire_good("host: a label of 63", 1, NULL, host);
+	memset(host, 'a', sizeof host);
+	for (i = 50; i < 254; i += 50)
+		host[i] = '.';
+	host[253] = '\0';
+	wire_good("host: a name of 253 characters", 1, NULL, host);
+	host[253] = 'a';
+	host[254] = '\0';
+	xasprintf(&msg, "account \"a\": host '%s' is not a host name or "
+	    "address: a host name is at most 253 characters", host);
+	wire_bad("host: a name of 254 characters", 1, NULL, host, 3, msg);
+	free(msg);
+}
+
+/* ---------------------------------------------------------------------- */
 /* config_account_equal: every setting counts, where it is written not */
 
 #define FP_A	"sha256:" FP_HALF FP_HALF
@@ -1242,6 +1356,7 @@ main(void)
 	test_good();
 	test_bad();
 	test_syntax();
+	test_wire();
 	test_account_equal();
 	r = done();
 	rm_rf(topdir);
