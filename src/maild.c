@@ -213,7 +213,7 @@ main(int argc, char **argv)
 		exit(EXIT_CONFIG);
 	}
 	if (check) {
-		if (config_check_paths(conf) == -1)
+		if (check_config(conf) == -1)
 			exit(EXIT_CONFIG);
 		printf("maild: %s: configuration OK (%zu account%s)\n",
 		    conf_path, conf->naccounts, conf->naccounts == 1 ? "" : "s");

@@ -167,9 +167,11 @@ void		 config_free(struct config *);
 int		 config_account_equal(const struct config *,
 		     const struct account_conf *, const struct config *,
 		     const struct account_conf *);
-int		 config_check_paths(const struct config *);
 char		*config_default_path(void);
 char		*config_expand_path(const char *, char **);
+
+/* check.c */
+int		 check_config(const struct config *);
 
 /* log.c */
 void		 log_init(int, int);
