@@ -621,6 +621,7 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 	}
 	if (conf_path(sec, "maildir", &a->maildir) == -1)
 		return (-1);
+	a->maildir_line = conf_line(sec, "maildir");
 	a->poll_interval = conf->poll_interval;
 	if (cfg_size(sec, "poll-interval") > 0)
 		a->poll_interval = (int)cfg_getint(sec, "poll-interval");
@@ -952,6 +953,7 @@ conf_globals(cfg_t *cfg, struct config *conf)
 	if (cfg_size(cfg, "state-dir") > 0) {
 		if (conf_path(cfg, "state-dir", &conf->state_dir) == -1)
 			return (-1);
+		conf->state_dir_line = conf_line(cfg, "state-dir");
 	} else if ((conf->state_dir = conf_default_state_dir(cp->file)) ==
 	    NULL) {
 		xasprintf(&cp->error, "%s: no state-dir given and $HOME is "

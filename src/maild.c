@@ -238,6 +238,8 @@ main(int argc, char **argv)
 	if (run_mode != ACCOUNTS_DAEMON)
 		foreground = 1;
 	log_init(foreground, online && verbose == 0 ? -1 : verbose);
+	if (run_mode == ACCOUNTS_DAEMON && check_start(conf) == -1)
+		exit(EXIT_IOERR);
 	if (!foreground && daemon(0, 0) == -1)
 		fatal("daemon");
 	signal(SIGPIPE, SIG_IGN);

@@ -135,8 +135,9 @@ typedef uint8_t tls_pin[32];
 	F(int,			pipelining,	ACF_VALUE)		\
 	/* seconds */							\
 	F(int,			poll_interval,	ACF_VALUE)		\
-	/* where the account block starts in the file */		\
-	F(int,			line,		ACF_NONE)
+	/* where the account block and some options are in the file */	\
+	F(int,			line,		ACF_NONE)		\
+	F(int,			maildir_line,	ACF_NONE)
 
 struct account_conf {
 #define ACCOUNT_CONF_MEMBER(type, field, cmp)	type field;
@@ -155,6 +156,7 @@ struct config {
 	int		 session_timeout;	/* seconds per session */
 	int		 max_connections;
 	char		*state_dir;
+	int		 state_dir_line;	/* 0: the default */
 	struct account_conf *accounts;
 	size_t		 naccounts;
 };
@@ -172,6 +174,9 @@ char		*config_expand_path(const char *, char **);
 
 /* check.c */
 int		 check_config(const struct config *);
+int		 check_start(const struct config *);
+int		 check_account_report(const struct config *,
+		     const struct account_conf *);
 
 /* log.c */
 void		 log_init(int, int);

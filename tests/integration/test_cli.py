@@ -11,13 +11,18 @@ turned on), and path expansion of ~ and $VAR in a real run.
 The syntax mistakes libconfuse itself misreports (a missing '}', an
 unclosed quote, "5 min", an option outside its account, an account twice,
 a typo) are checked for the exact message; so are values too long for
-the wire.
+the wire, and Maildirs and state directories that cannot be written
+(-n, --check and the daemon's start).
 """
 
 import os
+import pwd
 import re
+import signal
 import stat
+import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "lib"))
@@ -748,6 +753,203 @@ account "a" {{
 }}
 """, "account \"a\": host 'pop3s://pop.example.com' is not a host name or "
          "address: a host name has only letters, digits, '-', '_' and dots")
+
+
+# ---------------------------------------------------------------------------
+# Maildirs and state directories that cannot be written
+
+def unwritable_dir(t, path, subdirs=()):
+    """A directory (with subdirs) nobody can write to: a read-only tmpfs
+    as root (root may write anywhere else), else mode 0500.  Returns what
+    maild's message then says: (strerror, hint)."""
+    path.mkdir(parents=True)
+    if os.geteuid() == 0:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700",
+                            "tmpfs", str(path)], capture_output=True,
+                           text=True, timeout=20)
+        if r.returncode != 0:
+            t.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+        t.defer(mt.umount, path)
+        for sub in subdirs:
+            (path / sub).mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True,
+                       timeout=20)
+        return ("Read-only file system", "; for the system service, list it "
+                "in ReadWritePaths= (systemctl edit maild)")
+    for sub in subdirs:
+        (path / sub).mkdir()
+        os.chmod(path / sub, 0o500)
+        t.defer(os.chmod, path / sub, 0o700)
+    os.chmod(path, 0o500)
+    t.defer(os.chmod, path, 0o700)
+    name = pwd.getpwuid(os.geteuid()).pw_name
+    return ("Permission denied", f"; maild runs as {name} (uid "
+            f"{os.geteuid()}), which may not write there")
+
+
+def two_accounts(t, md_a, md_b, port=1):
+    path, line = write_case(t, f"""\
+state-dir = "{{tmp}}/state"
+account "a" {{{{
+    host = "127.0.0.1"
+    port = {port}
+    user = "u"
+    password = "p"
+    maildir = "{md_a}"              # <--
+}}}}
+""" + (f"""\
+account "b" {{{{
+    host = "127.0.0.1"
+    port = {port}
+    user = "v"
+    password = "p"
+    maildir = "{md_b}"
+}}}}
+""" if md_b else ""))
+    return path, line
+
+
+@tap.test
+def test_check_unwritable_maildir(t):
+    """-n creates and removes a file in the Maildir's tmp/ (and moves it
+    through new/): a Maildir that cannot be written is an error."""
+    mt.require_maild()
+    md = t.tmp / "Maildir"
+    err, hint = unwritable_dir(t, md, ("cur", "new", "tmp"))
+    path, line = two_accounts(t, md, None)
+    r = mt.run_maild(["-n", "-f", path], timeout=20)
+    assert r.rc == mt.EX_CONFIG, f"exit {r.rc}: {r.stderr}"
+    want = (f'maild: {path}:{line}: account "a": maildir {md}: cannot '
+            f'create a file in {md}/tmp: {err}{hint}\n')
+    assert r.stderr == want, f"stderr\n{r.stderr!r}\nexpected\n{want!r}"
+
+
+@tap.test
+def test_check_unwritable_new(t):
+    """new/ is where deliveries go: tmp/ alone being writable is not
+    enough."""
+    mt.require_maild()
+    if os.geteuid() == 0:
+        t.skip("root may write anywhere; the read-only mount case covers it")
+    md = t.tmp / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    os.chmod(md / "new", 0o500)
+    t.defer(os.chmod, md / "new", 0o700)
+    path, line = two_accounts(t, md, None)
+    r = mt.run_maild(["-n", "-f", path], timeout=20)
+    assert r.rc == mt.EX_CONFIG, f"exit {r.rc}: {r.stderr}"
+    assert f"cannot move a file from {md}/tmp to {md}/new: Permission " \
+        f"denied" in r.stderr, r.stderr
+    assert os.listdir(md / "tmp") == [], "the probe file was left in tmp/"
+
+
+@tap.test
+def test_check_writable_maildir_leaves_nothing(t):
+    mt.require_maild()
+    md = t.tmp / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    path, _ = two_accounts(t, md, t.tmp / "not" / "yet" / "Maildir")
+    before = mt.fs_snapshot(t.tmp)
+    r = mt.run_maild(["-n", "-f", path], timeout=20)
+    assert r.rc == 0, f"exit {r.rc}: {r.stderr}"
+    assert mt.fs_snapshot(t.tmp) == before, "-n left something behind"
+
+
+@tap.test
+def test_check_unwritable_state_dir(t):
+    mt.require_maild()
+    st = t.tmp / "state"
+    err, hint = unwritable_dir(t, st)
+    path, line = write_case(t, """\
+state-dir = "{tmp}/state"           # <--
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""")
+    r = mt.run_maild(["-n", "-f", path], timeout=20)
+    assert r.rc == mt.EX_CONFIG, f"exit {r.rc}: {r.stderr}"
+    want = (f"maild: {path}:{line}: state-dir {st}: cannot create a file in "
+            f"{st}: {err}{hint}\n")
+    assert r.stderr == want, f"stderr\n{r.stderr!r}\nexpected\n{want!r}"
+    # the daemon does not start either
+    r = mt.run_maild(["-d", "-f", path], timeout=20)
+    assert r.rc == mt.EX_IOERR, f"daemon: exit {r.rc}: {r.stderr}"
+    assert r.stderr == want.replace("\n", "; not starting\n"), r.stderr
+
+
+@tap.test
+def test_daemon_refuses_when_nothing_can_be_delivered(t):
+    mt.require_maild()
+    md = t.tmp / "Maildir"
+    err, hint = unwritable_dir(t, md, ("cur", "new", "tmp"))
+    path, line = two_accounts(t, md, None)
+    r = mt.run_maild(["-d", "-f", path], timeout=20)
+    assert r.rc == mt.EX_IOERR, f"exit {r.rc}: {r.stderr}"
+    assert r.stderr == (
+        f'maild: {path}:{line}: account "a": maildir {md}: cannot create a '
+        f'file in {md}/tmp: {err}{hint}\n'
+        f'maild: not starting: no account can deliver its mail\n'), r.stderr
+
+
+@tap.test(timeout=60)
+def test_daemon_starts_for_the_other_accounts(t):
+    """One unwritable Maildir does not hold up the other accounts: the
+    daemon says so on stderr and starts."""
+    mt.require_maild()
+    md = t.tmp / "Maildir"
+    unwritable_dir(t, md, ("cur", "new", "tmp"))
+    path, line = two_accounts(t, md, t.tmp / "Maildir-b")
+    errpath = t.tmp / "daemon.stderr"
+    p = mt.start_maild(["-d", "-f", path], errpath)
+    t.defer(mt.kill_tree, p)
+    text = ""
+    for _ in range(200):
+        text = errpath.read_text(errors="replace")
+        if "starting anyway" in text or p.poll() is not None:
+            break
+        time.sleep(0.05)
+    t.attach("daemon stderr", text)
+    assert p.poll() is None, f"the daemon exited {p.returncode}"
+    assert f'maild: {path}:{line}: account "a": maildir {md}: ' in text, text
+    assert "maild: starting anyway for the other account\n" in text, text
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 0, f"exit {p.returncode} after SIGTERM"
+
+
+@tap.test(timeout=60)
+def test_online_check_reports_the_maildir(t):
+    """--check adds maildir and state-dir lines to its table; one that
+    cannot be written fails the check (exit 74) though the login worked."""
+    mt.require_maild()
+    c = certs.get()
+    md = t.tmp / "Maildir-bad"
+    err, hint = unwritable_dir(t, md, ("cur", "new", "tmp"))
+    with fakepop3.FakePOP3([corpus.simple("chk/1")], tls=c.server) as srv:
+        good = mt.write_config(t.tmp / "good.conf", [mt.account(
+            "a", "127.0.0.1", srv.port, srv.user, srv.password,
+            t.tmp / "Maildir", ca_file=c.ca)], state_dir=t.tmp / "state")
+        bad = mt.write_config(t.tmp / "bad.conf", [mt.account(
+            "a", "127.0.0.1", srv.port, srv.user, srv.password, md,
+            ca_file=c.ca)], state_dir=t.tmp / "state")
+        r = mt.run_maild(["--check", "-f", good], timeout=30)
+        t.attach("--check stdout", r.stdout)
+        assert r.rc == 0, f"exit {r.rc}: {r.stdout}{r.stderr}"
+        assert re.search(rf"^  maildir +ok +{re.escape(str(t.tmp))}/Maildir$",
+                         r.stdout, re.M), r.stdout
+        assert re.search(rf"^  state-dir +ok +{re.escape(str(t.tmp))}/state$",
+                         r.stdout, re.M), r.stdout
+        assert not (t.tmp / "Maildir").exists(), "--check made the Maildir"
+        r = mt.run_maild(["--check", "-f", bad], timeout=30)
+        t.attach("--check stdout (bad)", r.stdout)
+        assert r.rc == mt.EX_IOERR, f"exit {r.rc}: {r.stdout}{r.stderr}"
+        assert re.search(r"^  login +ok", r.stdout, re.M), r.stdout
+        assert f"  maildir       FAILED  cannot create a file in {md}/tmp: " \
+            f"{err}{hint}\n" in r.stdout, r.stdout
 
 
 @tap.test
