@@ -17,9 +17,9 @@
 /*
  * check.c: what the command line checks beyond a valid maild.conf, for a
  * human at a terminal: "maild -n" (can the Maildirs, the state directory
- * and the files the configuration names be used), the local lines of the
- * "maild --check" table, and whether the daemon can deliver anything at
- * all before it starts.
+ * and the files the configuration names be used; settings that are valid
+ * but probably wrong), the local lines of the "maild --check" table, and
+ * whether the daemon can deliver anything at all before it starts.
  *
  * Whether a directory can be written is found out the only reliable way:
  * by creating a file in it and removing it again (access(2) knows nothing
@@ -30,18 +30,37 @@
 
 #include "config.h"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
+
+#include <netinet/in.h>
+#include <arpa/inet.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <netdb.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "maild.h"
+
+/* The most addresses of one host compared (-n, two accounts, one box). */
+#define CHECK_ADDRS_MAX	32
+
+/* A host's addresses, without ports. */
+struct check_addrs {
+	int		 resolved;	/* tried */
+	size_t		 n;
+	struct {
+		int	 family;
+		uint8_t	 addr[16];
+	}		 a[CHECK_ADDRS_MAX];
+};
 
 static void	check_problem(const struct config *, int, const char *, ...)
 		    PRINTFLIKE(3, 4);
@@ -326,9 +345,136 @@ check_account_paths(const struct config *conf, const struct account_conf *a)
 	return (r);
 }
 
+/* A port that says one thing and a tls setting that says another. */
+static void
+check_port_tls(const struct config *conf, const struct account_conf *a)
+{
+	int	line = a->port_line > 0 ? a->port_line : a->line;
+
+	if (a->port == 995 && a->tls != TLS_IMPLICIT)
+		check_problem(conf, line, "warning: account \"%s\": port 995 "
+		    "is POP3S, where TLS starts at once, but tls = %s speaks "
+		    "plain POP3 first: set tls = implicit (or use port 110 for "
+		    "%s)",
+		    a->name, a->tls == TLS_STARTTLS ? "starttls" : "none",
+		    a->tls == TLS_STARTTLS ? "STARTTLS" : "plain POP3");
+	else if (a->port == 110 && a->tls == TLS_IMPLICIT)
+		check_problem(conf, line, "warning: account \"%s\": port 110 "
+		    "is plain POP3, but tls = implicit (the default) starts "
+		    "TLS at once: set tls = starttls (or use port 995 for "
+		    "POP3S)", a->name);
+}
+
+/* Resolve a host once (only "maild -n" does: the daemon never blocks). */
+static void
+check_resolve(const char *host, struct check_addrs *out)
+{
+	struct addrinfo	 hints, *res, *ai;
+	const uint8_t	*p;
+	size_t		 len;
+
+	if (out->resolved)
+		return;
+	out->resolved = 1;
+	memset(&hints, 0, sizeof hints);
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	if (getaddrinfo(host, NULL, &hints, &res) != 0)
+		return;
+	for (ai = res; ai != NULL && out->n < CHECK_ADDRS_MAX;
+	    ai = ai->ai_next) {
+		if (ai->ai_family == AF_INET) {
+			p = (const uint8_t *)&((struct sockaddr_in *)
+			    (void *)ai->ai_addr)->sin_addr;
+			len = 4;
+		} else if (ai->ai_family == AF_INET6) {
+			p = (const uint8_t *)&((struct sockaddr_in6 *)
+			    (void *)ai->ai_addr)->sin6_addr;
+			len = 16;
+		} else
+			continue;
+		memset(out->a[out->n].addr, 0, sizeof out->a[out->n].addr);
+		memcpy(out->a[out->n].addr, p, len);
+		out->a[out->n].family = ai->ai_family;
+		out->n++;
+	}
+	freeaddrinfo(res);
+}
+
+/* An address two hosts share, as text in buf; -1 if none. */
+static int
+check_shared_addr(const struct check_addrs *x, const struct check_addrs *y,
+    char *buf, size_t size)
+{
+	size_t	i, j;
+
+	for (i = 0; i < x->n; i++) {
+		for (j = 0; j < y->n; j++) {
+			if (x->a[i].family != y->a[j].family ||
+			    memcmp(x->a[i].addr, y->a[j].addr,
+			    sizeof x->a[i].addr) != 0)
+				continue;
+			if (inet_ntop(x->a[i].family, x->a[i].addr, buf,
+			    (socklen_t)size) == NULL)
+				snprintf(buf, size, "?");
+			return (0);
+		}
+	}
+	return (-1);
+}
+
+/* Do a and b (b is earlier in the file) log in to one mailbox? */
+static void
+check_pair(const struct config *conf, const struct account_conf *a,
+    const struct account_conf *b, struct check_addrs *aa,
+    struct check_addrs *ba)
+{
+	char	shared[64];
+
+	if (strcasecmp(a->user, b->user) != 0)
+		return;
+	if (strcasecmp(a->host, b->host) == 0) {
+		check_problem(conf, a->line, "warning: accounts \"%s\" and "
+		    "\"%s\" (line %d) both log in as \"%s\" to %s (ports %d "
+		    "and %d): they fetch the same mailbox and race each other; "
+		    "keep one of them", a->name, b->name, b->line, a->user,
+		    a->host, a->port, b->port);
+		return;
+	}
+	check_resolve(a->host, aa);
+	check_resolve(b->host, ba);
+	if (check_shared_addr(aa, ba, shared, sizeof shared) == 0)
+		check_problem(conf, a->line, "warning: accounts \"%s\" and "
+		    "\"%s\" (line %d) both log in as \"%s\" to the same server "
+		    "(%s and %s are both %s): they fetch the same mailbox and "
+		    "race each other; keep one of them", a->name, b->name,
+		    b->line, a->user, a->host, b->host, shared);
+}
+
 /*
- * "maild -n", after the configuration loaded: print every problem to
- * stderr; -1 if there was one.
+ * Two accounts that log in as the same user to the same server fetch one
+ * mailbox and race each other for it.  config.c refuses the same host,
+ * port and user; this finds the same server reached by another port or
+ * by another name (host names are resolved, here only).
+ */
+static void
+check_same_mailbox(const struct config *conf)
+{
+	struct check_addrs	*addrs;
+	size_t			 i, j;
+
+	addrs = xcalloc(conf->naccounts, sizeof *addrs);
+	for (i = 0; i < conf->naccounts; i++) {
+		for (j = 0; j < i; j++)
+			check_pair(conf, &conf->accounts[i],
+			    &conf->accounts[j], &addrs[i], &addrs[j]);
+	}
+	free(addrs);
+}
+
+/*
+ * "maild -n", after the configuration loaded: print every problem and
+ * warning to stderr; -1 if there was a problem (warnings do not count).
  */
 int
 check_config(const struct config *conf)
@@ -346,6 +492,8 @@ check_config(const struct config *conf)
 	for (i = 0; i < conf->naccounts; i++) {
 		if (check_account_paths(conf, &conf->accounts[i]) == -1)
 			r = -1;
+		check_port_tls(conf, &conf->accounts[i]);
 	}
+	check_same_mailbox(conf);
 	return (r);
 }

@@ -749,6 +749,7 @@ conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 			return (-1);
 		}
 		a->port = (int)port;
+		a->port_line = conf_line(sec, "port");
 	}
 
 	if (conf_account_secret(sec, a) == -1 ||

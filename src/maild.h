@@ -137,6 +137,7 @@ typedef uint8_t tls_pin[32];
 	F(int,			poll_interval,	ACF_VALUE)		\
 	/* where the account block and some options are in the file */	\
 	F(int,			line,		ACF_NONE)		\
+	F(int,			port_line,	ACF_NONE)		\
 	F(int,			maildir_line,	ACF_NONE)
 
 struct account_conf {

@@ -10,9 +10,10 @@ turned on), and path expansion of ~ and $VAR in a real run.
 
 The syntax mistakes libconfuse itself misreports (a missing '}', an
 unclosed quote, "5 min", an option outside its account, an account twice,
-a typo) are checked for the exact message; so are values too long for
-the wire, and Maildirs and state directories that cannot be written
-(-n, --check and the daemon's start).
+a typo) are checked for the exact message; so are the warnings of -n
+(a port that contradicts tls, two accounts for one mailbox), values too
+long for the wire, and Maildirs and state directories that cannot be
+written (-n, --check and the daemon's start).
 """
 
 import os
@@ -753,6 +754,153 @@ account "a" {{
 }}
 """, "account \"a\": host 'pop3s://pop.example.com' is not a host name or "
          "address: a host name has only letters, digits, '-', '_' and dots")
+
+
+# ---------------------------------------------------------------------------
+# -n warnings: valid, but probably not what was meant (exit 0)
+
+def check_warning(t, text, message):
+    """maild -n accepts text (with a '# <--' marker) and warns exactly
+    "maild: file:line: warning: message"."""
+    mt.require_maild()
+    path, line = write_case(t, text)
+    r = mt.run_maild(["-n", "-f", path], timeout=30)
+    assert r.rc == 0, f"exit {r.rc}: {r.stderr}"
+    assert "configuration OK" in r.stdout, r.stdout
+    want = f"maild: {path}:{line}: warning: {message}\n"
+    assert r.stderr == want, f"stderr\n{r.stderr!r}\nexpected\n{want!r}"
+
+
+@tap.test
+def test_warn_starttls_on_995(t):
+    check_warning(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    port = 995                      # <--
+    tls = starttls
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+""", 'account "a": port 995 is POP3S, where TLS starts at once, but tls = '
+         'starttls speaks plain POP3 first: set tls = implicit (or use port '
+         '110 for STARTTLS)')
+
+
+@tap.test
+def test_warn_implicit_on_110(t):
+    check_warning(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+    port = 110                      # <--
+}}
+""", 'account "a": port 110 is plain POP3, but tls = implicit (the default) '
+         'starts TLS at once: set tls = starttls (or use port 995 for POP3S)')
+
+
+@tap.test
+def test_no_warning_for_matching_ports(t):
+    mt.require_maild()
+    path, _ = write_case(t, """\
+state-dir = "{tmp}/state"
+account "a" {{
+    host = "127.0.0.1"
+    port = 995
+    user = "u"
+    password = "p"
+    maildir = "{tmp}/Maildir-a"
+}}
+account "b" {{
+    host = "127.0.0.1"
+    port = 110
+    tls = starttls
+    user = "v"
+    password = "p"
+    maildir = "{tmp}/Maildir-b"
+}}
+account "c" {{
+    host = "localhost"
+    port = 1995
+    tls = starttls
+    user = "w"
+    password = "p"
+    maildir = "{tmp}/Maildir-c"
+}}
+""")
+    r = mt.run_maild(["-n", "-f", path], timeout=30)
+    assert r.rc == 0 and r.stderr == "", (r.rc, r.stderr)
+
+
+@tap.test
+def test_warn_same_mailbox_two_ports(t):
+    check_warning(t, """\
+state-dir = "{tmp}/state"
+account "secure" {{
+    host = "127.0.0.1"
+    user = "alice"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+account "plain" {{                  # <--
+    host = "127.0.0.1"
+    port = 110
+    tls = starttls
+    user = "alice"
+    password = "p"
+    maildir = "{tmp}/Maildir2"
+}}
+""", 'accounts "plain" and "secure" (line 2) both log in as "alice" to '
+         '127.0.0.1 (ports 110 and 995): they fetch the same mailbox and race '
+         'each other; keep one of them')
+
+
+@tap.test
+def test_warn_same_mailbox_name_and_address(t):
+    """localhost and 127.0.0.1 are one server: found by resolving."""
+    check_warning(t, """\
+state-dir = "{tmp}/state"
+account "by-name" {{
+    host = "localhost"
+    user = "alice"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+account "by-address" {{             # <--
+    host = "127.0.0.1"
+    user = "Alice"
+    password = "p"
+    maildir = "{tmp}/Maildir2"
+}}
+""", 'accounts "by-address" and "by-name" (line 2) both log in as "Alice" '
+         'to the same server (127.0.0.1 and localhost are both 127.0.0.1): '
+         'they fetch the same mailbox and race each other; keep one of them')
+
+
+@tap.test
+def test_same_user_other_server_no_warning(t):
+    mt.require_maild()
+    path, _ = write_case(t, """\
+state-dir = "{tmp}/state"
+account "one" {{
+    host = "localhost"
+    user = "alice"
+    password = "p"
+    maildir = "{tmp}/Maildir"
+}}
+account "two" {{
+    host = "127.0.0.2"
+    user = "alice"
+    password = "p"
+    maildir = "{tmp}/Maildir2"
+}}
+""")
+    r = mt.run_maild(["-n", "-f", path], timeout=30)
+    assert r.rc == 0 and r.stderr == "", (r.rc, r.stderr)
 
 
 # ---------------------------------------------------------------------------
