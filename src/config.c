@@ -793,10 +793,11 @@ conf_default_state_dir(const char *conf_path)
 /*
  * The config file to use without -f: for a normal user their own
  * ${XDG_CONFIG_HOME:-~/.config}/maild/maild.conf if it exists, else the
- * system one.
+ * system one.  If neither exists, NULL and *cause says where maild looked
+ * and how to begin.
  */
 char *
-config_default_path(void)
+config_default_path(char **cause)
 {
 	const char	*home, *xdg;
 	char		*path = NULL;
@@ -808,9 +809,24 @@ config_default_path(void)
 			xasprintf(&path, "%s/.config/maild/maild.conf", home);
 		if (path != NULL && access(path, F_OK) == 0)
 			return (path);
-		free(path);
 	}
-	return (xstrdup(SYSCONFDIR "/maild.conf"));
+	if (access(SYSCONFDIR "/maild.conf", F_OK) == 0 || errno != ENOENT) {
+		free(path);
+		return (xstrdup(SYSCONFDIR "/maild.conf"));
+	}
+	if (path != NULL)
+		xasprintf(cause, "no configuration file: neither %s nor %s "
+		    "exists.\nTo begin, copy the example %s to %s, fill in "
+		    "your account and see maild.conf(5)", path,
+		    SYSCONFDIR "/maild.conf", DOCDIR "/examples/maild.conf",
+		    path);
+	else
+		xasprintf(cause, "no configuration file: %s does not exist.\n"
+		    "To begin, copy the example %s to it, fill in your account "
+		    "and see maild.conf(5)", SYSCONFDIR "/maild.conf",
+		    DOCDIR "/examples/maild.conf");
+	free(path);
+	return (NULL);
 }
 
 /*

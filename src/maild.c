@@ -201,8 +201,11 @@ main(int argc, char **argv)
 		check_name = argv[optind++];
 	if (optind != argc || once + online + status + check > 1)
 		usage();
-	if (conf_path == NULL)
-		conf_path = config_default_path();
+	if (conf_path == NULL && (conf_path = config_default_path(&cause)) ==
+	    NULL) {
+		fprintf(stderr, "maild: %s\n", cause);
+		exit(EXIT_CONFIG);
+	}
 
 	if (check || status)
 		conf = config_load_readonly(conf_path, &cause);

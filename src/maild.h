@@ -170,7 +170,7 @@ void		 config_free(struct config *);
 int		 config_account_equal(const struct config *,
 		     const struct account_conf *, const struct config *,
 		     const struct account_conf *);
-char		*config_default_path(void);
+char		*config_default_path(char **);
 char		*config_expand_path(const char *, char **);
 
 /* check.c */

@@ -11,9 +11,10 @@ turned on), and path expansion of ~ and $VAR in a real run.
 The syntax mistakes libconfuse itself misreports (a missing '}', an
 unclosed quote, "5 min", an option outside its account, an account twice,
 a typo) are checked for the exact message; so are the warnings of -n
-(a port that contradicts tls, two accounts for one mailbox), values too
-long for the wire, and Maildirs and state directories that cannot be
-written (-n, --check and the daemon's start).
+(a port that contradicts tls, two accounts for one mailbox), what is said
+when there is no configuration file, values too long for the wire, and
+Maildirs and state directories that cannot be written (-n, --check and
+the daemon's start).
 """
 
 import os
@@ -901,6 +902,38 @@ account "two" {{
 """)
     r = mt.run_maild(["-n", "-f", path], timeout=30)
     assert r.rc == 0 and r.stderr == "", (r.rc, r.stderr)
+
+
+# ---------------------------------------------------------------------------
+# no configuration file yet
+
+@tap.test
+def test_no_config_file(t):
+    """Without -f and without a file: where maild looked, and how to
+    begin (the example's installed path and maild.conf(5)); exit 78."""
+    mt.require_maild()
+    home = t.tmp / "home"
+    home.mkdir()
+    r = mt.run_maild(["-n"], timeout=20,
+                     env={"HOME": home, "XDG_CONFIG_HOME": None})
+    if r.rc == 0 or "no configuration file" not in r.stderr:
+        t.skip("a system maild.conf exists here")
+    assert r.rc == mt.EX_CONFIG, f"exit {r.rc}"
+    m = re.fullmatch(
+        r"maild: no configuration file: (?:neither (\S+) nor (\S+) exists|"
+        r"(\S+) does not exist)\.\n"
+        r"To begin, copy the example (\S+) to (\S+), fill in your account "
+        r"and see maild\.conf\(5\)\n", r.stderr)
+    assert m, f"unexpected message:\n{r.stderr}"
+    example = m.group(4)
+    assert example.endswith("/doc/maild/examples/maild.conf"), example
+    if os.geteuid() == 0:
+        assert m.group(3) and m.group(3).endswith("/maild.conf"), r.stderr
+        assert m.group(5) == "it", r.stderr
+    else:
+        user_conf = str(home / ".config" / "maild" / "maild.conf")
+        assert m.group(1) == user_conf and m.group(5) == user_conf, \
+            r.stderr
 
 
 # ---------------------------------------------------------------------------

@@ -1342,6 +1342,65 @@ test_account_equal(void)
 	    "account equal: not with another session-timeout");
 }
 
+/* ---------------------------------------------------------------------- */
+/* config_default_path */
+
+static void
+test_default_path(void)
+{
+	char	*home, *path, *cause = NULL, *want, *dir;
+
+	if (access(SYSCONFDIR "/maild.conf", F_OK) == 0) {
+		ok(1, "default path # SKIP " SYSCONFDIR "/maild.conf exists");
+		return;
+	}
+	xasprintf(&home, "%s/home", topdir);
+	setenv("HOME", home, 1);
+	unsetenv("XDG_CONFIG_HOME");
+	path = config_default_path(&cause);
+	ok(path == NULL, "default path: none without a file");
+	if (getuid() == 0)
+		xasprintf(&want, "no configuration file: %s does not exist.\n"
+		    "To begin, copy the example %s to it, fill in your account "
+		    "and see maild.conf(5)", SYSCONFDIR "/maild.conf",
+		    DOCDIR "/examples/maild.conf");
+	else
+		xasprintf(&want, "no configuration file: neither "
+		    "%s/.config/maild/maild.conf nor %s exists.\nTo begin, "
+		    "copy the example %s to %s/.config/maild/maild.conf, fill "
+		    "in your account and see maild.conf(5)", home,
+		    SYSCONFDIR "/maild.conf", DOCDIR "/examples/maild.conf",
+		    home);
+	is_str(cause, want, "default path: says where it looked and what to "
+	    "do");
+	free(want);
+	free(cause);
+	free(path);
+
+	if (getuid() != 0) {
+		xasprintf(&dir, "%s/.config/maild", home);
+		mkdir_p(dir, 0700);
+		xasprintf(&want, "%s/maild.conf", dir);
+		write_file(want, "x\n", 2);
+		path = config_default_path(&cause);
+		is_str(path, want, "default path: ~/.config/maild/maild.conf");
+		free(path);
+		setenv("XDG_CONFIG_HOME", dir, 1);
+		path = config_default_path(&cause);
+		ok(path == NULL, "default path: "
+		    "$XDG_CONFIG_HOME/maild/maild.conf is looked for, not "
+		    "~/.config");
+		like(cause, tap_fmt("neither %s/maild/maild.conf nor", dir),
+		    "default path: names $XDG_CONFIG_HOME's file");
+		free(cause);
+		free(path);
+		unsetenv("XDG_CONFIG_HOME");
+		free(want);
+		free(dir);
+	}
+	free(home);
+}
+
 int
 main(void)
 {
@@ -1358,6 +1417,7 @@ main(void)
 	test_syntax();
 	test_wire();
 	test_account_equal();
+	test_default_path();
 	r = done();
 	rm_rf(topdir);
 	free(topdir);
