@@ -584,6 +584,8 @@ account_report_check(struct account *a, const struct session_result *r)
 	else
 		printf("  %-13s FAILED  %s\n", stage, r->error != NULL ?
 		    r->error : "?");
+	if (check_account_report(a->conf, a->ac) == -1 && a->exitcode == 0)
+		a->exitcode = EXIT_IOERR;
 	fflush(stdout);
 }
 

@@ -222,32 +222,33 @@ char *
 auth_oauthbearer(const char *user, const char *host, int port,
     const char *token, size_t tokenlen)
 {
-	char		 head[600];
+	char		*head, *out;
 	const char	*parts[3];
-	size_t		 lens[3];
-	int		 n;
+	size_t		 lens[3], size, n = 0;
 
 	/* ',' and '=' in the authzid are escaped as =2C and =3D. */
-	n = snprintf(head, sizeof head, "n,a=");
-	for (; *user != '\0' && n < (int)sizeof head - 8; user++) {
-		if (*user == ',')
-			n += snprintf(head + n, sizeof head - n, "=2C");
-		else if (*user == '=')
-			n += snprintf(head + n, sizeof head - n, "=3D");
-		else
+	size = strlen("n,a=") + 3 * strlen(user) + strlen(host) + 64;
+	head = xmalloc(size);
+	memcpy(head, "n,a=", 4);
+	n = 4;
+	for (; *user != '\0'; user++) {
+		if (*user == ',' || *user == '=') {
+			memcpy(head + n, *user == ',' ? "=2C" : "=3D", 3);
+			n += 3;
+		} else
 			head[n++] = *user;
 	}
-	n += snprintf(head + n, sizeof head - n,
+	n += (size_t)snprintf(head + n, size - n,
 	    ",\001host=%s\001port=%d\001auth=Bearer ", host, port);
-	if (n < 0 || n >= (int)sizeof head)
-		fatalx("auth_oauthbearer: host name too long");
 	parts[0] = head;
-	lens[0] = (size_t)n;
+	lens[0] = n;
 	parts[1] = token;
 	lens[1] = tokenlen;
 	parts[2] = "\001\001";
 	lens[2] = 2;
-	return (auth_b64_parts(parts, lens, 3));
+	out = auth_b64_parts(parts, lens, 3);
+	free(head);
+	return (out);
 }
 
 /* The SASL name of a method, or NULL for USER and APOP. */

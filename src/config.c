@@ -15,27 +15,32 @@
  */
 
 /*
- * config.c: read maild.conf with libconfuse into a struct config.  Every
- * mistake is reported as "file:line: message"; nothing is half-applied,
- * the caller gets a complete configuration or none.
+ * config.c: read maild.conf into a struct config and check every value.
+ * Every mistake is reported as "file:line: message"; nothing is
+ * half-applied, the caller gets a complete configuration or none.  How
+ * libconfuse 3.3 is made to read the file right is confuse_compat.c's
+ * business.
  */
 
 #include "config.h"
 
 #include <sys/stat.h>
 
-#include <confuse.h>
+#include <arpa/inet.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pwd.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "maild.h"
+#include "confuse_compat.h"
 
 #define DEFAULT_POLL_INTERVAL	300
 #define DEFAULT_TIMEOUT		60
@@ -43,35 +48,32 @@
 #define DEFAULT_MAX_CONNECTIONS	32
 #define ACCOUNT_NAME_MAX	64
 #define CONF_SIZE_MAX		(1 << 20)
+/* RFC 2449: a POP3 command is at most 255 octets with its CRLF. */
+#define POP3_COMMAND_MAX	255
+/* A user name for the SASL methods: longer than any mail address. */
+#define USER_MAX		255
+/* A DNS name: 253 characters, labels of 1 to 63. */
+#define HOST_NAME_MAX_LEN	253
+#define HOST_LABEL_MAX		63
 
-/* Where the parse currently is, for error messages and duplicate checks. */
+/* The load in progress, for error messages. */
 struct conf_parse {
 	char		*error;		/* first error, "file:line: msg" */
 	const char	*file;
-	struct seen {
-		cfg_t		*sec;
-		const char	*opt;
-		int		 line;
-	}		*seen;
-	char		*buf;		/* the file, comments blanked */
-	size_t		 nseen;
-	struct secline {
-		cfg_t		*sec;
-		int		 line;
-	}		*seclines;
-	size_t		 nseclines;
+	cfg_t		*cfg;		/* the top level */
+	struct compat	*compat;	/* where each option was written */
+	unsigned int	 account;	/* the account section being read */
 };
 
-static struct conf_parse *cp;	/* the parse in progress (libconfuse has no
-				   user pointer for its callbacks) */
+static struct conf_parse *cp;	/* the load in progress: config.c is not
+				   reentrant, and neither is libconfuse */
 
-static void	conf_error_cb(cfg_t *, const char *, va_list) PRINTFLIKE(2, 0);
 static void	conf_errorx(int, const char *, ...) PRINTFLIKE(2, 3);
-static int	conf_duration_cb(cfg_t *, cfg_opt_t *, const char *, void *);
-static int	conf_long_duration_cb(cfg_t *, cfg_opt_t *, const char *,
-		    void *);
-static int	conf_size_cb(cfg_t *, cfg_opt_t *, const char *, void *);
-static int	conf_validate_opt(cfg_t *, cfg_opt_t *);
+static void	conf_account_error(cfg_t *, const char *, const char *, ...)
+		    PRINTFLIKE(3, 4);
+static int	conf_number_cb(cfg_t *, cfg_opt_t *, const char *, void *);
+static int	conf_value_problem(const char *, const char *, char *,
+		    size_t);
 static int	conf_section_line(cfg_t *);
 static int	conf_line(cfg_t *, const char *);
 static int	conf_account(cfg_t *, struct config *, struct account_conf *);
@@ -82,6 +84,7 @@ static int	conf_account_secret(cfg_t *, struct account_conf *);
 static int	conf_account_tls(cfg_t *, struct account_conf *);
 static int	conf_account_policy(cfg_t *, struct config *,
 		    struct account_conf *);
+static int	conf_account_wire(cfg_t *, const struct account_conf *);
 static int	conf_path(cfg_t *, const char *, char **);
 static int	conf_string(cfg_t *, const char *, int, char **);
 
@@ -95,8 +98,8 @@ static cfg_opt_t account_opts[] = {
 	CFG_STR("password-credential", NULL, CFGF_NODEFAULT),
 	CFG_STR("maildir", NULL, CFGF_NODEFAULT),
 	CFG_BOOL("keep", cfg_false, CFGF_NONE),
-	CFG_INT_CB("delete-after", 0, CFGF_NODEFAULT, conf_long_duration_cb),
-	CFG_INT_CB("max-size", 0, CFGF_NODEFAULT, conf_size_cb),
+	CFG_INT_CB("delete-after", 0, CFGF_NODEFAULT, conf_number_cb),
+	CFG_INT_CB("max-size", 0, CFGF_NODEFAULT, conf_number_cb),
 	CFG_BOOL("exact-sizes", cfg_true, CFGF_NONE),
 	CFG_STR_LIST("add-headers", (char *)"{\"received\"}", CFGF_NONE),
 	CFG_STR("ca-file", NULL, CFGF_NODEFAULT),
@@ -109,35 +112,42 @@ static cfg_opt_t account_opts[] = {
 	CFG_STR("tls-min-version", "1.2", CFGF_NONE),
 	CFG_STR("auth", "auto", CFGF_NONE),
 	CFG_STR("pipelining", "auto", CFGF_NONE),
-	CFG_INT_CB("poll-interval", 0, CFGF_NODEFAULT, conf_duration_cb),
+	CFG_INT_CB("poll-interval", 0, CFGF_NODEFAULT, conf_number_cb),
 	CFG_END()
 };
 
 static cfg_opt_t global_opts[] = {
 	CFG_INT_CB("poll-interval", DEFAULT_POLL_INTERVAL, CFGF_NONE,
-	    conf_duration_cb),
+	    conf_number_cb),
 	CFG_STR("state-dir", NULL, CFGF_NODEFAULT),
-	CFG_INT_CB("timeout", DEFAULT_TIMEOUT, CFGF_NONE, conf_duration_cb),
+	CFG_INT_CB("timeout", DEFAULT_TIMEOUT, CFGF_NONE, conf_number_cb),
 	CFG_INT_CB("session-timeout", DEFAULT_SESSION_TIMEOUT, CFGF_NONE,
-	    conf_duration_cb),
+	    conf_number_cb),
 	CFG_INT("max-connections", DEFAULT_MAX_CONNECTIONS, CFGF_NONE),
 	CFG_SEC("account", account_opts,
 	    CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
 	CFG_END()
 };
 
+/* The options holding a duration or a size, and what they allow. */
+static const struct conf_number {
+	const char	*opt;
+	int		 size;		/* a size, else a duration */
+	long		 max;
+	const char	*like;
+} conf_numbers[] = {
+	{ "poll-interval", 0, PARSE_DURATION_MAX,
+	    "like 90, 30s, 5m, 2h or 1d; at most 30d" },
+	{ "timeout", 0, PARSE_DURATION_MAX,
+	    "like 90, 30s, 5m, 2h or 1d; at most 30d" },
+	{ "session-timeout", 0, PARSE_DURATION_MAX,
+	    "like 90, 30s, 5m, 2h or 1d; at most 30d" },
+	{ "delete-after", 0, PARSE_LONG_DURATION_MAX,
+	    "like 12h, 30d; at most 3650d" },
+	{ "max-size", 1, PARSE_SIZE_MAX, "like 500000, 800k, 20M, 1G" },
+};
+
 /* Record the first error; later ones are usually consequences of it. */
-static void
-conf_error_cb(cfg_t *cfg, const char *fmt, va_list ap)
-{
-	char	msg[512];
-
-	if (cp == NULL || cp->error != NULL)
-		return;
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	xasprintf(&cp->error, "%s:%d: %s", cp->file, cfg->line, msg);
-}
-
 static void
 conf_errorx(int line, const char *fmt, ...)
 {
@@ -152,190 +162,116 @@ conf_errorx(int line, const char *fmt, ...)
 	xasprintf(&cp->error, "%s:%d: %s", cp->file, line, msg);
 }
 
-/* A number's unit suffix and what it multiplies by. */
-struct unit {
-	const char	*suffix;
-	long		 mult;
-};
-
-static const struct unit duration_units[] = {
-	{ "s", 1 }, { "m", 60 }, { "h", 3600 }, { "d", 86400 }, { NULL, 0 }
-};
-
-static const struct unit size_units[] = {
-	{ "k", 1L << 10 }, { "K", 1L << 10 }, { "M", 1L << 20 },
-	{ "G", 1L << 30 }, { "kB", 1L << 10 }, { "KB", 1L << 10 },
-	{ "MB", 1L << 20 }, { "GB", 1L << 30 }, { NULL, 0 }
-};
-
-/* Parse digits with an optional unit suffix; the result is at most max. */
-static int
-parse_scaled(const char *s, const struct unit *units, long max, long *out)
+/*
+ * An error about option opt of section sec (NULL: about the section as a
+ * whole), at its line, naming the account if sec is one.
+ */
+static void
+conf_account_error(cfg_t *sec, const char *opt, const char *fmt, ...)
 {
-	char	*end;
-	long	 v, mult = 1;
+	char	msg[512];
+	va_list	ap;
+	int	line;
 
-	if (!isdigit((unsigned char)*s))
-		return (-1);
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (errno != 0)
-		return (-1);
-	if (*end != '\0') {
-		for (; units->suffix != NULL; units++)
-			if (strcmp(end, units->suffix) == 0)
-				break;
-		if (units->suffix == NULL)
-			return (-1);
-		mult = units->mult;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	line = opt != NULL ? conf_line(sec, opt) : conf_section_line(sec);
+	if (sec == cp->cfg)
+		conf_errorx(line, "%s", msg);
+	else
+		conf_errorx(line, "account \"%s\": %s", cfg_title(sec), msg);
+}
+
+/*
+ * Parse the value of a duration or size option; on a mistake, say what
+ * was wrong and what to write instead.
+ */
+static int
+conf_number(const char *opt, const char *value, long *v, char *why,
+    size_t size)
+{
+	const struct conf_number	*n = NULL;
+	char				 hint[32];
+	size_t				 i;
+	int				 r, h;
+
+	for (i = 0; i < sizeof conf_numbers / sizeof conf_numbers[0]; i++) {
+		if (strcmp(conf_numbers[i].opt, opt) == 0)
+			n = &conf_numbers[i];
 	}
-	if (v > max / mult)
-		return (-1);
-	*out = v * mult;
-	return (0);
+	if (n == NULL)
+		return (0);
+	if (n->size) {
+		r = parse_size(value, v);
+		h = parse_size_hint(value, hint, sizeof hint);
+	} else {
+		r = parse_duration(value, n->max, v);
+		h = parse_duration_hint(value, n->max, hint, sizeof hint);
+	}
+	if (r == 0)
+		return (0);
+	if (h == 0)
+		snprintf(why, size, "'%s' is not a %s (write %s)", value,
+		    n->size ? "size" : "duration", hint);
+	else
+		snprintf(why, size, "'%s' is not a %s (%s)", value,
+		    n->size ? "size" : "duration", n->like);
+	return (-1);
 }
 
-/*
- * Parse a duration: a number of seconds, or a number with one of the
- * suffixes s, m, h, d.  At most 30 days.
- */
-int
-config_parse_duration(const char *s, long *out)
-{
-	return (parse_scaled(s, duration_units, 30L * 86400, out));
-}
-
-/*
- * Parse a size: a number of bytes, or a number with one of the suffixes
- * k, M, G (powers of 1024, optionally followed by B).  At most 1 TiB.
- */
-int
-config_parse_size(const char *s, long *out)
-{
-	return (parse_scaled(s, size_units, 1L << 40, out));
-}
-
-/* A libconfuse value callback: parse with fn, or say what was expected. */
+/* The same, as confuse_compat.c wants it: is this value wrong? */
 static int
-conf_value(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result,
-    int (*fn)(const char *, long *), const char *expected)
+conf_value_problem(const char *opt, const char *value, char *why,
+    size_t size)
 {
 	long	v;
 
-	if (fn(value, &v) == -1) {
-		cfg_error(cfg, "%s: '%s' is not %s", cfg_opt_name(opt), value,
-		    expected);
+	return (conf_number(opt, value, &v, why, size));
+}
+
+/* The libconfuse value callback of the duration and size options. */
+static int
+conf_number_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
+{
+	char	why[256];
+	long	v = 0;
+
+	if (conf_number(cfg_opt_name(opt), value, &v, why, sizeof why) == -1) {
+		cfg_error(cfg, "%s: %s", cfg_opt_name(opt), why);
 		return (-1);
 	}
 	*(long *)result = v;
 	return (0);
 }
 
+/* Which account section sec is (-1: the top level). */
 static int
-conf_long_duration(const char *s, long *v)
+conf_section_index(cfg_t *sec)
 {
-	return (parse_scaled(s, duration_units, 3650L * 86400, v));
-}
+	unsigned int	i, n = cfg_size(cp->cfg, "account");
 
-static int
-conf_long_duration_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value,
-    void *result)
-{
-	return (conf_value(cfg, opt, value, result, conf_long_duration,
-	    "a duration (like 12h, 30d; at most 3650d)"));
-}
-
-static int
-conf_size_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
-{
-	return (conf_value(cfg, opt, value, result, config_parse_size,
-	    "a size (like 500000, 800k, 20M, 1G)"));
-}
-
-static int
-conf_duration_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
-{
-	return (conf_value(cfg, opt, value, result, config_parse_duration,
-	    "a duration (like 90, 30s, 5m, 2h or 1d; at most 30d)"));
-}
-
-/* Refuse an option given twice in one section: the user meant something. */
-static int
-conf_validate_opt(cfg_t *cfg, cfg_opt_t *opt)
-{
-	const char	*name = cfg_opt_name(opt);
-	size_t		 i;
-
-	for (i = 0; i < cp->nseen; i++) {
-		if (cp->seen[i].sec != cfg || strcmp(cp->seen[i].opt, name) != 0)
-			continue;
-		/* Lists may be given in parts (+=), after their default. */
-		if (opt->flags & CFGF_LIST) {
-			cp->seen[i].line = cfg->line;
-			return (0);
-		}
-		cfg_error(cfg, "'%s' is set twice", name);
+	if (sec == cp->cfg)
 		return (-1);
+	if (cp->account < n && cfg_getnsec(cp->cfg, "account", cp->account) ==
+	    sec)
+		return ((int)cp->account);
+	for (i = 0; i < n; i++) {
+		if (cfg_getnsec(cp->cfg, "account", i) == sec)
+			return ((int)i);
 	}
-	cp->seen = xreallocarray(cp->seen, cp->nseen + 1, sizeof *cp->seen);
-	cp->seen[cp->nseen].sec = cfg;
-	cp->seen[cp->nseen].opt = name;
-	cp->seen[cp->nseen].line = cfg->line;
-	cp->nseen++;
-	if (opt->flags & CFGF_LIST)
-		return (0);	/* a default, not where the section starts */
-
-	for (i = 0; i < cp->nseclines; i++) {
-		if (cp->seclines[i].sec == cfg)
-			return (0);
-	}
-	cp->seclines = xreallocarray(cp->seclines, cp->nseclines + 1,
-	    sizeof *cp->seclines);
-	cp->seclines[cp->nseclines].sec = cfg;
-	cp->seclines[cp->nseclines].line = cfg->line;
-	cp->nseclines++;
-	return (0);
+	return (-1);
 }
 
-/*
- * The line where an account section starts, for errors about the section
- * as a whole: the line of 'account "<title>"' if we can find it, else
- * that of its first option.
- */
+/* The line where an account section starts, for errors about all of it. */
 static int
 conf_section_line(cfg_t *sec)
 {
-	const char	*title = cfg_title(sec), *p;
-	size_t		 i, tlen;
-	int		 line = 1;
+	int	line;
 
-	if (title != NULL && cp->buf != NULL) {
-		tlen = strlen(title);
-		for (p = cp->buf; *p != '\0'; line++) {
-			const char	*q = p;
-
-			while (*q == ' ' || *q == '\t')
-				q++;
-			if (strncmp(q, "account", 7) == 0 &&
-			    (q[7] == ' ' || q[7] == '\t')) {
-				q += 7;
-				while (*q == ' ' || *q == '\t')
-					q++;
-				if (*q == '"' || *q == '\'')
-					q++;
-				if (strncmp(q, title, tlen) == 0 &&
-				    strchr("\"' \t{\n", q[tlen]) != NULL)
-					return (line);
-			}
-			if ((p = strchr(p, '\n')) == NULL)
-				break;
-			p++;
-		}
-	}
-	for (i = 0; i < cp->nseclines; i++) {
-		if (cp->seclines[i].sec == sec)
-			return (cp->seclines[i].line);
-	}
+	if ((line = compat_section_line(cp->compat,
+	    conf_section_index(sec))) > 0)
+		return (line);
 	return (sec->line);
 }
 
@@ -343,13 +279,11 @@ conf_section_line(cfg_t *sec)
 static int
 conf_line(cfg_t *sec, const char *opt)
 {
-	size_t	i;
+	int	line;
 
-	for (i = 0; i < cp->nseen; i++) {
-		if (cp->seen[i].sec == sec && strcmp(cp->seen[i].opt, opt) == 0)
-			return (cp->seen[i].line);
-	}
-	return (conf_section_line(sec));
+	if ((line = compat_line(cp->compat, conf_section_index(sec), opt)) > 0)
+		return (line);
+	return (sec == cp->cfg ? 1 : conf_section_line(sec));
 }
 
 /*
@@ -442,13 +376,13 @@ conf_path(cfg_t *sec, const char *opt, char **out)
 		return (0);
 	raw = cfg_getstr(sec, opt);
 	if ((path = config_expand_path(raw, &cause)) == NULL) {
-		conf_errorx(conf_line(sec, opt), "%s: %s", opt, cause);
+		conf_account_error(sec, opt, "%s: %s", opt, cause);
 		free(cause);
 		return (-1);
 	}
 	if (path[0] != '/') {
-		conf_errorx(conf_line(sec, opt), "%s: '%s' is not an "
-		    "absolute path (start it with /, ~ or $HOME)", opt, raw);
+		conf_account_error(sec, opt, "%s: '%s' is not an absolute path "
+		    "(start it with /, ~ or $HOME)", opt, raw);
 		free(path);
 		return (-1);
 	}
@@ -470,23 +404,20 @@ conf_string(cfg_t *sec, const char *opt, int required, char **out)
 	*out = NULL;
 	if (cfg_size(sec, opt) == 0) {
 		if (required) {
-			conf_errorx(conf_section_line(sec), "account \"%s\": "
-			    "'%s' is required", cfg_title(sec), opt);
+			conf_account_error(sec, NULL, "'%s' is required", opt);
 			return (-1);
 		}
 		return (0);
 	}
 	v = cfg_getstr(sec, opt);
 	if (v == NULL || *v == '\0') {
-		conf_errorx(conf_line(sec, opt), "account \"%s\": '%s' is "
-		    "empty", cfg_title(sec), opt);
+		conf_account_error(sec, opt, "'%s' is empty", opt);
 		return (-1);
 	}
 	for (i = 0; v[i] != '\0'; i++) {
 		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) {
-			conf_errorx(conf_line(sec, opt), "account \"%s\": "
-			    "'%s' contains a control character",
-			    cfg_title(sec), opt);
+			conf_account_error(sec, opt, "'%s' contains a control "
+			    "character", opt);
 			return (-1);
 		}
 	}
@@ -510,8 +441,7 @@ conf_keyword(cfg_t *sec, const char *opt, const char *const *words)
 		if (o >= sizeof list)
 			o = sizeof list - 1;
 	}
-	conf_errorx(conf_line(sec, opt), "account \"%s\": %s: '%s' is not "
-	    "one of %s", cfg_title(sec), opt, v, list);
+	conf_account_error(sec, opt, "%s: '%s' is not one of %s", opt, v, list);
 	return (-1);
 }
 
@@ -546,54 +476,17 @@ conf_account_secret(cfg_t *sec, struct account_conf *a)
 			return (-1);
 	}
 	if (n != 1) {
-		conf_errorx(conf_section_line(sec), "account \"%s\": give "
-		    "exactly one of password, password-file, password-command "
-		    "and password-credential", cfg_title(sec));
+		conf_account_error(sec, NULL, "give exactly one of password, "
+		    "password-file, password-command and password-credential");
 		return (-1);
 	}
 	if (a->secret_source == SECRET_CREDENTIAL &&
 	    (strchr(a->secret, '/') != NULL || a->secret[0] == '.')) {
-		conf_errorx(conf_line(sec, "password-credential"), "account "
-		    "\"%s\": password-credential is a credential's name, not "
-		    "a path",
-		    cfg_title(sec));
+		conf_account_error(sec, "password-credential", "password-"
+		    "credential is a credential's name, not a path");
 		return (-1);
 	}
 	return (0);
-}
-
-/* Parse "sha256:AB:CD:..." (or plain hex) into 32 bytes. */
-int
-config_parse_fingerprint(const char *s, uint8_t out[32])
-{
-	size_t	n = 0;
-	int	hi = -1, c, v;
-
-	if (strncasecmp(s, "sha256:", 7) == 0 ||
-	    strncasecmp(s, "sha256/", 7) == 0)
-		s += 7;
-	for (; *s != '\0'; s++) {
-		c = (unsigned char)*s;
-		if (c == ':' && hi == -1)
-			continue;
-		if (c >= '0' && c <= '9')
-			v = c - '0';
-		else if (c >= 'a' && c <= 'f')
-			v = c - 'a' + 10;
-		else if (c >= 'A' && c <= 'F')
-			v = c - 'A' + 10;
-		else
-			return (-1);
-		if (hi == -1)
-			hi = v;
-		else {
-			if (n == 32)
-				return (-1);
-			out[n++] = (uint8_t)(hi << 4 | v);
-			hi = -1;
-		}
-	}
-	return (n == 32 && hi == -1 ? 0 : -1);
 }
 
 static int
@@ -602,7 +495,6 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 	static const char *const modes[] = { "implicit", "starttls", "none",
 	    NULL };
 	static const char *const versions[] = { "1.2", "1.3", NULL };
-	const char	*title = cfg_title(sec);
 	int		 r;
 	size_t		 i;
 
@@ -611,10 +503,9 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 	a->tls = (enum tls_mode)r;
 	a->allow_plaintext = cfg_getbool(sec, "allow-plaintext");
 	if (a->tls == TLS_NONE && !a->allow_plaintext) {
-		conf_errorx(conf_line(sec, "tls"), "account \"%s\": tls = "
-		    "none sends the "
-		    "password and all mail in clear text; set allow-plaintext "
-		    "= yes if you really mean it", title);
+		conf_account_error(sec, "tls", "tls = none sends the password "
+		    "and all mail in clear text; set allow-plaintext = yes if "
+		    "you really mean it");
 		return (-1);
 	}
 	if ((r = conf_keyword(sec, "tls-min-version", versions)) == -1)
@@ -627,11 +518,11 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 			const char	*fp = cfg_getnstr(sec, "tls-fingerprint",
 					    i);
 
-			if (config_parse_fingerprint(fp, a->pins[i]) == -1) {
-				conf_errorx(conf_line(sec, "tls-fingerprint"),
-				    "account \"%s\": tls-fingerprint '%s' is not a SHA-256 "
+			if (parse_fingerprint(fp, a->pins[i]) == -1) {
+				conf_account_error(sec, "tls-fingerprint",
+				    "tls-fingerprint '%s' is not a SHA-256 "
 				    "fingerprint (sha256:AB:CD:... with 32 "
-				    "bytes)", title, fp);
+				    "bytes)", fp);
 				return (-1);
 			}
 		}
@@ -642,17 +533,15 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 	else
 		a->tls_verify = a->npins == 0;
 	if (!a->tls_verify && a->npins == 0) {
-		conf_errorx(conf_line(sec, "tls-verify"), "account \"%s\": "
-		    "tls-verify = no is only "
+		conf_account_error(sec, "tls-verify", "tls-verify = no is only "
 		    "allowed with a tls-fingerprint: maild never trusts an "
-		    "unverified server", title);
+		    "unverified server");
 		return (-1);
 	}
 	if (a->tls == TLS_NONE && (a->npins > 0 || cfg_size(sec, "ca-file") ||
 	    cfg_size(sec, "tls-cert-file"))) {
-		conf_errorx(conf_line(sec, "tls"), "account \"%s\": TLS "
-		    "options make no sense "
-		    "with tls = none", title);
+		conf_account_error(sec, "tls", "TLS options make no sense with "
+		    "tls = none");
 		return (-1);
 	}
 	if (conf_path(sec, "ca-file", &a->ca_file) == -1 ||
@@ -660,10 +549,9 @@ conf_account_tls(cfg_t *sec, struct account_conf *a)
 	    conf_path(sec, "tls-key-file", &a->tls_key_file) == -1)
 		return (-1);
 	if ((a->tls_cert_file == NULL) != (a->tls_key_file == NULL)) {
-		conf_errorx(conf_line(sec, a->tls_cert_file != NULL ?
-		    "tls-cert-file" : "tls-key-file"), "account \"%s\": "
-		    "tls-cert-file and "
-		    "tls-key-file go together", title);
+		conf_account_error(sec, a->tls_cert_file != NULL ?
+		    "tls-cert-file" : "tls-key-file", "tls-cert-file and "
+		    "tls-key-file go together");
 		return (-1);
 	}
 	return (0);
@@ -676,8 +564,7 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 	static const char *const auths[] = { "auto", "user", "apop", "plain",
 	    "login", "cram-md5", "xoauth2", "oauthbearer", NULL };
 	static const char *const pipes[] = { "auto", "no", NULL };
-	const char	*title = cfg_title(sec);
-	int		 line = conf_section_line(sec), r;
+	int		 r;
 	size_t		 i;
 
 	if ((r = conf_keyword(sec, "auth", auths)) == -1)
@@ -691,16 +578,14 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 	if (cfg_size(sec, "delete-after") > 0) {
 		a->delete_after = cfg_getint(sec, "delete-after");
 		if (!a->keep) {
-			conf_errorx(conf_line(sec, "delete-after"), "account "
-			    "\"%s\": delete-after needs "
-			    "keep = yes (without it, messages are deleted at "
-			    "once)", title);
+			conf_account_error(sec, "delete-after", "delete-after "
+			    "needs keep = yes (without it, messages are "
+			    "deleted at once)");
 			return (-1);
 		}
 		if (a->delete_after < 1) {
-			conf_errorx(conf_line(sec, "delete-after"), "account "
-			    "\"%s\": delete-after must "
-			    "be at least 1s", title);
+			conf_account_error(sec, "delete-after", "delete-after "
+			    "must be at least 1s");
 			return (-1);
 		}
 	}
@@ -723,40 +608,125 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 		else if (strcasecmp(h, "x-original-to") == 0)
 			a->add_headers |= HDR_X_ORIGINAL_TO;
 		else {
-			conf_errorx(conf_line(sec, "add-headers"), "account "
-			    "\"%s\": add-headers: '%s' "
-			    "is not yes, no, received, delivered-to or "
-			    "x-original-to", title, h);
+			conf_account_error(sec, "add-headers", "add-headers: "
+			    "'%s' is not yes, no, received, delivered-to or "
+			    "x-original-to", h);
 			return (-1);
 		}
 	}
 
 	if (cfg_size(sec, "maildir") == 0) {
-		conf_errorx(line, "account \"%s\": 'maildir' is required",
-		    title);
+		conf_account_error(sec, NULL, "'maildir' is required");
 		return (-1);
 	}
 	if (conf_path(sec, "maildir", &a->maildir) == -1)
 		return (-1);
+	a->maildir_line = conf_line(sec, "maildir");
 	a->poll_interval = conf->poll_interval;
 	if (cfg_size(sec, "poll-interval") > 0)
 		a->poll_interval = (int)cfg_getint(sec, "poll-interval");
 	if (a->poll_interval < 1) {
-		conf_errorx(conf_line(sec, "poll-interval"), "account \"%s\": "
-		    "poll-interval must be at least 1s", title);
+		conf_account_error(sec, "poll-interval", "poll-interval must "
+		    "be at least 1s");
 		return (-1);
 	}
 	return (0);
+}
+
+/*
+ * Is host a host name or an address maild can connect to, give as TLS
+ * SNI and put in an OAUTHBEARER message?  NULL if so, else why not.
+ */
+static const char *
+conf_host_problem(const char *host)
+{
+	unsigned char	 addr[16];
+	const char	*p, *zone;
+	char		 buf[64];
+	size_t		 label = 0;
+
+	if (inet_pton(AF_INET, host, addr) == 1 ||
+	    inet_pton(AF_INET6, host, addr) == 1)
+		return (NULL);
+	/* A link-local IPv6 address with its zone: fe80::1%eth0 */
+	if ((zone = strchr(host, '%')) != NULL && zone[1] != '\0' &&
+	    (size_t)(zone - host) < sizeof buf &&
+	    strspn(zone + 1, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW"
+	    "XYZ0123456789._-") == strlen(zone + 1)) {
+		memcpy(buf, host, zone - host);
+		buf[zone - host] = '\0';
+		if (inet_pton(AF_INET6, buf, addr) == 1)
+			return (NULL);
+	}
+	if (strlen(host) > HOST_NAME_MAX_LEN)
+		return ("a host name is at most 253 characters");
+	for (p = host; *p != '\0'; p++) {
+		if (*p == '.') {
+			if (label == 0 && !(p[1] == '\0' && p > host))
+				return ("it has an empty part between dots");
+			label = 0;
+		} else if (isalnum((unsigned char)*p) || *p == '-' ||
+		    *p == '_') {
+			if (++label > HOST_LABEL_MAX)
+				return ("a part between dots is at most 63 "
+				    "characters");
+		} else
+			return ("a host name has only letters, digits, '-', "
+			    "'_' and dots");
+	}
+	return (NULL);
+}
+
+/*
+ * What goes on the wire must fit it.  "USER <user>" and "APOP <user>
+ * <digest>" are POP3 commands, at most 255 octets with CRLF (RFC 2449):
+ * 248 bytes for the name with USER, 215 with APOP (auth = auto may end
+ * up with either).  The SASL methods send the name in base64 on a line of
+ * its own, where no such limit applies (RFC 5034: an initial response
+ * that would not fit goes there); USER_MAX is longer than any mail
+ * address.  The host goes out in the TLS SNI and in OAUTHBEARER.
+ */
+static int
+conf_account_wire(cfg_t *sec, const struct account_conf *a)
+{
+	const char	*why;
+	size_t		 len = strlen(a->user), max = USER_MAX;
+	const char	*cmd = NULL;
+
+	if ((why = conf_host_problem(a->host)) != NULL) {
+		conf_account_error(sec, "host", "host '%s' is not a host name "
+		    "or address: %s", a->host, why);
+		return (-1);
+	}
+	if (a->auth == AUTH_USER) {
+		cmd = "USER <user>";
+		max = POP3_COMMAND_MAX - strlen("USER ") - 2;
+	} else if (a->auth == AUTH_APOP || a->auth == AUTH_AUTO) {
+		cmd = "APOP <user> <digest>";
+		max = POP3_COMMAND_MAX - strlen("APOP  ") - 32 - 2;
+	}
+	if (len <= max)
+		return (0);
+	if (cmd == NULL)
+		conf_account_error(sec, "user", "user is %zu bytes long; at "
+		    "most %zu are allowed", len, max);
+	else
+		conf_account_error(sec, "user", "user is %zu bytes long, too "
+		    "long for POP3: \"%s\" must fit in 255 octets (RFC 2449), "
+		    "which leaves %zu for the name%s", len, cmd, max,
+		    a->auth == AUTH_AUTO ? " (auth = auto may log in with "
+		    "APOP; name a SASL method with auth for a longer one)" :
+		    "");
+	return (-1);
 }
 
 static int
 conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 {
 	const char	*title = cfg_title(sec);
-	int		 line = conf_section_line(sec);
 	size_t		 i;
 
-	a->line = line;
+	a->line = conf_section_line(sec);
 	a->name = xstrdup(title);
 	if (*title == '\0' || strlen(title) > ACCOUNT_NAME_MAX)
 		goto badname;
@@ -769,36 +739,31 @@ conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 	if (conf_string(sec, "host", 1, &a->host) == -1 ||
 	    conf_string(sec, "user", 1, &a->user) == -1)
 		return (-1);
-	if (strlen(a->host) > 253 || strchr(a->host, ' ') != NULL) {
-		conf_errorx(conf_line(sec, "host"), "account \"%s\": host "
-		    "'%s' is not a host "
-		    "name or address", title, a->host);
-		return (-1);
-	}
 	a->port = 995;
 	if (cfg_size(sec, "port") > 0) {
 		long	port = cfg_getint(sec, "port");
 
 		if (port < 1 || port > 65535) {
-			conf_errorx(conf_line(sec, "port"), "account \"%s\": "
-			    "port %ld is out of "
-			    "range (1-65535)", title, port);
+			conf_account_error(sec, "port", "port %ld is out of "
+			    "range (1-65535)", port);
 			return (-1);
 		}
 		a->port = (int)port;
+		a->port_line = conf_line(sec, "port");
 	}
 
 	if (conf_account_secret(sec, a) == -1 ||
 	    conf_account_tls(sec, a) == -1 ||
-	    conf_account_policy(sec, conf, a) == -1)
+	    conf_account_policy(sec, conf, a) == -1 ||
+	    conf_account_wire(sec, a) == -1)
 		return (-1);
 	if (a->tls != TLS_IMPLICIT && cfg_size(sec, "port") == 0)
 		a->port = 110;
 	return (0);
 
 badname:
-	conf_errorx(line, "account name \"%s\" must be 1 to %d letters, digits "
-	    "or ._@+-", title, ACCOUNT_NAME_MAX);
+	conf_errorx(a->line, "account name \"%s\" must be 1 to %d letters, "
+	    "digits or ._@+-", title, ACCOUNT_NAME_MAX);
 	return (-1);
 }
 
@@ -828,10 +793,11 @@ conf_default_state_dir(const char *conf_path)
 /*
  * The config file to use without -f: for a normal user their own
  * ${XDG_CONFIG_HOME:-~/.config}/maild/maild.conf if it exists, else the
- * system one.
+ * system one.  If neither exists, NULL and *cause says where maild looked
+ * and how to begin.
  */
 char *
-config_default_path(void)
+config_default_path(char **cause)
 {
 	const char	*home, *xdg;
 	char		*path = NULL;
@@ -843,71 +809,24 @@ config_default_path(void)
 			xasprintf(&path, "%s/.config/maild/maild.conf", home);
 		if (path != NULL && access(path, F_OK) == 0)
 			return (path);
+	}
+	if (access(SYSCONFDIR "/maild.conf", F_OK) == 0 || errno != ENOENT) {
 		free(path);
+		return (xstrdup(SYSCONFDIR "/maild.conf"));
 	}
-	return (xstrdup(SYSCONFDIR "/maild.conf"));
-}
-
-/*
- * Is p the start of a "//" comment as libconfuse's lexer sees one: two or
- * more slashes at the start of a word, and nothing after them that would
- * make them part of a longer word?
- */
-static int
-conf_slash_comment(const char *buf, const char *p)
-{
-	const char	*q;
-
-	if (p[0] != '/' || p[1] != '/')
-		return (0);
-	if (p > buf && strchr(" \t\r\n{}()=+,", p[-1]) == NULL)
-		return (0);
-	for (q = p; *q == '/'; q++)
-		;
-	return (*q == '\0' || strchr(" \t\r\n#\"'={}()+,", *q) != NULL);
-}
-
-/*
- * Blank out comments, keeping the line breaks: from "#" (outside quoted
- * strings; it cannot be part of an unquoted word) or from a "//" comment to
- * the end of the line, and C comments.  libconfuse 3.3 counts each comment line twice,
- * which would put every later error on the wrong line; without comments
- * its count is right.
- */
-void
-config_strip_comments(char *buf)
-{
-	char	*p, quote = 0;
-
-	for (p = buf; *p != '\0'; p++) {
-		if (quote != 0) {
-			if (*p == '\\' && p[1] != '\0')
-				p++;
-			else if (*p == quote)
-				quote = 0;
-			continue;
-		}
-		if (*p == '"' || *p == '\'')
-			quote = *p;
-		else if (p[0] == '/' && p[1] == '*' && (p == buf ||
-		    strchr(" \t\r\n{}()=+,", p[-1]) != NULL)) {
-			/* A C comment, at the start of a word. */
-			while (*p != '\0' && !(p[0] == '*' && p[1] == '/')) {
-				if (*p != '\n')
-					*p = ' ';
-				p++;
-			}
-			if (*p == '\0')
-				break;
-			p[0] = p[1] = ' ';
-			p++;
-		} else if (*p == '#' || conf_slash_comment(buf, p)) {
-			while (*p != '\0' && *p != '\n')
-				*p++ = ' ';
-			if (*p == '\0')
-				break;
-		}
-	}
+	if (path != NULL)
+		xasprintf(cause, "no configuration file: neither %s nor %s "
+		    "exists.\nTo begin, copy the example %s to %s, fill in "
+		    "your account and see maild.conf(5)", path,
+		    SYSCONFDIR "/maild.conf", DOCDIR "/examples/maild.conf",
+		    path);
+	else
+		xasprintf(cause, "no configuration file: %s does not exist.\n"
+		    "To begin, copy the example %s to it, fill in your account "
+		    "and see maild.conf(5)", SYSCONFDIR "/maild.conf",
+		    DOCDIR "/examples/maild.conf");
+	free(path);
+	return (NULL);
 }
 
 /*
@@ -967,7 +886,6 @@ conf_read(const char *path, int any_owner, char **cause)
 	if (len > 0 && buf[len - 1] != '\n')
 		buf[len++] = '\n';
 	buf[len] = '\0';
-	config_strip_comments(buf);
 	return (buf);
 }
 
@@ -987,11 +905,11 @@ conf_check_secrecy(const char *path, const struct config *conf)
 	if (stat(path, &sb) == -1)
 		return (0);	/* parsed already; nothing sensible to add */
 	if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-		xasprintf(&cp->error, "%s:%d: account \"%s\" has a password, "
-		    "but the file is readable by others (mode %04o); run "
-		    "'chmod 600 %s' or use password-file", path,
-		    conf->accounts[i].line, conf->accounts[i].name,
-		    (unsigned)(sb.st_mode & 07777), path);
+		conf_errorx(conf->accounts[i].line, "account \"%s\" has a "
+		    "password, but the file is readable by others (mode %04o); "
+		    "run 'chmod 600 %s' or use password-file",
+		    conf->accounts[i].name, (unsigned)(sb.st_mode & 07777),
+		    path);
 		return (-1);
 	}
 	return (0);
@@ -1018,15 +936,58 @@ config_load_readonly(const char *path, char **cause)
 	return (conf_load(path, 1, cause));
 }
 
+/* The global options. */
+static int
+conf_globals(cfg_t *cfg, struct config *conf)
+{
+	long	v;
+
+	conf->poll_interval = (int)cfg_getint(cfg, "poll-interval");
+	conf->timeout = (int)cfg_getint(cfg, "timeout");
+	conf->session_timeout = (int)cfg_getint(cfg, "session-timeout");
+	v = cfg_getint(cfg, "max-connections");
+	if (conf->poll_interval < 1) {
+		conf_account_error(cfg, "poll-interval", "poll-interval must "
+		    "be at least 1s");
+		return (-1);
+	}
+	if (conf->timeout < 1) {
+		conf_account_error(cfg, "timeout", "timeout must be at least "
+		    "1s");
+		return (-1);
+	}
+	if (conf->session_timeout < conf->timeout) {
+		conf_account_error(cfg, "session-timeout", "session-timeout "
+		    "must not be shorter than timeout");
+		return (-1);
+	}
+	if (v < 1 || v > 1000) {
+		conf_account_error(cfg, "max-connections", "max-connections "
+		    "must be between 1 and 1000");
+		return (-1);
+	}
+	conf->max_connections = (int)v;
+	if (cfg_size(cfg, "state-dir") > 0) {
+		if (conf_path(cfg, "state-dir", &conf->state_dir) == -1)
+			return (-1);
+		conf->state_dir_line = conf_line(cfg, "state-dir");
+	} else if ((conf->state_dir = conf_default_state_dir(cp->file)) ==
+	    NULL) {
+		xasprintf(&cp->error, "%s: no state-dir given and $HOME is "
+		    "not set", cp->file);
+		return (-1);
+	}
+	return (0);
+}
+
 static struct config *
 conf_load(const char *path, int any_owner, char **cause)
 {
 	struct conf_parse	 parse;
 	struct config		*conf;
 	cfg_t			*cfg;
+	char			*buf;
 	size_t			 i, j;
-	long			 v;
-	int			 r;
 
 	memset(&parse, 0, sizeof parse);
 	parse.file = path;
@@ -1035,62 +996,14 @@ conf_load(const char *path, int any_owner, char **cause)
 	conf->refs = 1;
 	conf->path = xstrdup(path);
 
-	cfg = cfg_init(global_opts, CFGF_NONE);
-	cfg_set_error_function(cfg, conf_error_cb);
-	for (i = 0; global_opts[i].type != CFGT_NONE; i++) {
-		if (global_opts[i].type != CFGT_SEC)
-			cfg_set_validate_func(cfg, global_opts[i].name,
-			    conf_validate_opt);
-	}
-	for (i = 0; account_opts[i].type != CFGT_NONE; i++) {
-		char	name[64];
-
-		snprintf(name, sizeof name, "account|%s", account_opts[i].name);
-		cfg_set_validate_func(cfg, name, conf_validate_opt);
-	}
-
-	if ((parse.buf = conf_read(path, any_owner, &parse.error)) == NULL)
+	cfg = parse.cfg = cfg_init(global_opts, CFGF_NONE);
+	if ((buf = conf_read(path, any_owner, &parse.error)) == NULL)
 		goto fail;
-	r = cfg_parse_buf(cfg, parse.buf);
-	if (r != CFG_SUCCESS) {
-		if (parse.error == NULL)
-			xasprintf(&parse.error, "%s: parse error", path);
+	parse.compat = compat_parse(cfg, global_opts, path, buf,
+	    conf_value_problem, &parse.error);
+	freezero_str(buf);
+	if (parse.error != NULL || conf_globals(cfg, conf) == -1)
 		goto fail;
-	}
-
-	conf->poll_interval = (int)cfg_getint(cfg, "poll-interval");
-	conf->timeout = (int)cfg_getint(cfg, "timeout");
-	conf->session_timeout = (int)cfg_getint(cfg, "session-timeout");
-	v = cfg_getint(cfg, "max-connections");
-	if (conf->poll_interval < 1) {
-		conf_errorx(conf_line(cfg, "poll-interval"), "poll-interval "
-		    "must be at least 1s");
-		goto fail;
-	}
-	if (conf->timeout < 1) {
-		conf_errorx(conf_line(cfg, "timeout"), "timeout must be at "
-		    "least 1s");
-		goto fail;
-	}
-	if (conf->session_timeout < conf->timeout) {
-		conf_errorx(conf_line(cfg, "session-timeout"), "session-timeout "
-		    "must not be shorter than timeout");
-		goto fail;
-	}
-	if (v < 1 || v > 1000) {
-		conf_errorx(conf_line(cfg, "max-connections"), "max-connections "
-		    "must be between 1 and 1000");
-		goto fail;
-	}
-	conf->max_connections = (int)v;
-	if (cfg_size(cfg, "state-dir") > 0) {
-		if (conf_path(cfg, "state-dir", &conf->state_dir) == -1)
-			goto fail;
-	} else if ((conf->state_dir = conf_default_state_dir(path)) == NULL) {
-		xasprintf(&parse.error, "%s: no state-dir given and $HOME is "
-		    "not set", path);
-		goto fail;
-	}
 
 	conf->naccounts = cfg_size(cfg, "account");
 	if (conf->naccounts == 0) {
@@ -1099,6 +1012,7 @@ conf_load(const char *path, int any_owner, char **cause)
 	}
 	conf->accounts = xcalloc(conf->naccounts, sizeof *conf->accounts);
 	for (i = 0; i < conf->naccounts; i++) {
+		parse.account = i;
 		if (conf_account(cfg_getnsec(cfg, "account", i), conf,
 		    &conf->accounts[i]) == -1)
 			goto fail;
@@ -1122,17 +1036,13 @@ conf_load(const char *path, int any_owner, char **cause)
 		goto fail;
 
 	cfg_free(cfg);
-	free(parse.seen);
-	free(parse.seclines);
-	freezero_str(parse.buf);
+	compat_free(parse.compat);
 	cp = NULL;
 	return (conf);
 
 fail:
 	cfg_free(cfg);
-	free(parse.seen);
-	free(parse.seclines);
-	freezero_str(parse.buf);
+	compat_free(parse.compat);
 	*cause = parse.error;
 	cp = NULL;
 	config_free(conf);
@@ -1209,6 +1119,18 @@ str_equal(const char *a, const char *b)
 	return (strcmp(a, b) == 0);
 }
 
+/* Every field of struct account_conf and how it compares (maild.h). */
+static const struct account_field {
+	size_t			offset;
+	size_t			size;
+	enum account_field_cmp	cmp;
+} account_fields[] = {
+#define ACCOUNT_CONF_FIELD(type, field, how)				\
+	{ offsetof(struct account_conf, field), sizeof(type), how },
+	ACCOUNT_CONF_FIELDS(ACCOUNT_CONF_FIELD)
+#undef ACCOUNT_CONF_FIELD
+};
+
 /*
  * Would two account configurations poll the same way?  A reload keeps
  * the schedule and the running session of an account that did not change.
@@ -1217,108 +1139,37 @@ int
 config_account_equal(const struct config *ca, const struct account_conf *a,
     const struct config *cb, const struct account_conf *b)
 {
-	return (str_equal(ca->state_dir, cb->state_dir) &&
-	    ca->timeout == cb->timeout &&
-	    ca->session_timeout == cb->session_timeout &&
-	    str_equal(a->name, b->name) && str_equal(a->host, b->host) &&
-	    a->port == b->port && str_equal(a->user, b->user) &&
-	    a->secret_source == b->secret_source &&
-	    str_equal(a->secret, b->secret) &&
-	    str_equal(a->maildir, b->maildir) && a->keep == b->keep &&
-	    a->delete_after == b->delete_after && a->max_size == b->max_size &&
-	    a->exact_sizes == b->exact_sizes &&
-	    a->add_headers == b->add_headers && a->tls == b->tls &&
-	    a->allow_plaintext == b->allow_plaintext &&
-	    str_equal(a->ca_file, b->ca_file) &&
-	    a->tls_verify == b->tls_verify && a->npins == b->npins &&
-	    (a->npins == 0 || memcmp(a->pins, b->pins, a->npins * 32) == 0) &&
-	    str_equal(a->tls_cert_file, b->tls_cert_file) &&
-	    str_equal(a->tls_key_file, b->tls_key_file) &&
-	    a->tls_min_version == b->tls_min_version && a->auth == b->auth &&
-	    a->pipelining == b->pipelining &&
-	    a->poll_interval == b->poll_interval);
-}
+	const struct account_field	*f;
+	const char			*pa, *pb;
+	size_t				 i;
 
-/* Is path a writable directory, or could one be created there? */
-static int
-conf_check_dir(const char *what, const char *name, const char *path)
-{
-	char		 buf[PATH_MAX], *slash;
-	struct stat	 sb;
-
-	if (strlen(path) >= sizeof buf)
-		return (-1);
-	snprintf(buf, sizeof buf, "%s", path);
-	for (;;) {
-		if (stat(buf, &sb) == 0) {
-			if (!S_ISDIR(sb.st_mode)) {
-				fprintf(stderr, "maild: %s%s%s: %s: %s is not a "
-				    "directory\n", name ? "account \"" : "",
-				    name ? name : "", name ? "\"" : "", what, buf);
-				return (-1);
-			}
-			if (access(buf, W_OK | X_OK) == -1) {
-				fprintf(stderr, "maild: %s%s%s: %s: %s is not "
-				    "writable: %s\n", name ? "account \"" : "",
-				    name ? name : "", name ? "\"" : "", what, buf,
-				    strerror(errno));
-				return (-1);
-			}
-			return (0);
-		}
-		if ((slash = strrchr(buf, '/')) == NULL || slash == buf)
-			return (0);
-		*slash = '\0';
-	}
-}
-
-/*
- * The offline part of "maild -n": can the files the config names be used?
- * Prints each problem to stderr; returns -1 if there was one.
- */
-int
-config_check_paths(const struct config *conf)
-{
-	struct stat	 sb;
-	char		 sub[PATH_MAX], *cause = NULL;
-	size_t		 i;
-	int		 bad = 0;
-	const char	*dirs[] = { "cur", "new", "tmp" };
-
-	if (conf_check_dir("state-dir", NULL, conf->state_dir) == -1)
-		bad = 1;
-	for (i = 0; i < conf->naccounts; i++) {
-		const struct account_conf	*a = &conf->accounts[i];
-		size_t				 d;
-
-		if (conf_check_dir("maildir", a->name, a->maildir) == -1)
-			bad = 1;
-		for (d = 0; d < 3; d++) {
-			snprintf(sub, sizeof sub, "%s/%s", a->maildir, dirs[d]);
-			if (stat(sub, &sb) == 0 &&
-			    conf_check_dir("maildir", a->name, sub) == -1)
-				bad = 1;
-		}
-		if (a->ca_file != NULL && access(a->ca_file, R_OK) == -1) {
-			fprintf(stderr, "maild: account \"%s\": ca-file %s: "
-			    "%s\n", a->name, a->ca_file, strerror(errno));
-			bad = 1;
-		}
-		if (a->secret_source == SECRET_FILE &&
-		    private_path("password-file", a->secret, &cause) == -1) {
-			fprintf(stderr, "maild: account \"%s\": %s\n", a->name,
-			    cause);
-			free(cause);
-			bad = 1;
-		}
-		if (a->tls_key_file != NULL &&
-		    private_path("tls-key-file", a->tls_key_file,
-		    &cause) == -1) {
-			fprintf(stderr, "maild: account \"%s\": %s\n", a->name,
-			    cause);
-			free(cause);
-			bad = 1;
+	if (!str_equal(ca->state_dir, cb->state_dir) ||
+	    ca->timeout != cb->timeout ||
+	    ca->session_timeout != cb->session_timeout)
+		return (0);
+	for (i = 0; i < sizeof account_fields / sizeof account_fields[0];
+	    i++) {
+		f = &account_fields[i];
+		pa = (const char *)a + f->offset;
+		pb = (const char *)b + f->offset;
+		switch (f->cmp) {
+		case ACF_STR:
+			if (!str_equal(*(char *const *)pa, *(char *const *)pb))
+				return (0);
+			break;
+		case ACF_VALUE:
+			if (memcmp(pa, pb, f->size) != 0)
+				return (0);
+			break;
+		case ACF_PINS:
+			if (a->npins != b->npins || (a->npins > 0 &&
+			    memcmp(a->pins, b->pins, a->npins *
+			    sizeof *a->pins) != 0))
+				return (0);
+			break;
+		case ACF_NONE:
+			break;
 		}
 	}
-	return (bad ? -1 : 0);
+	return (1);
 }

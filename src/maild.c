@@ -235,8 +235,11 @@ main(int argc, char **argv)
 		check_name = argv[optind++];
 	if (optind != argc || once + online + status + check > 1)
 		usage();
-	if (conf_path == NULL)
-		conf_path = config_default_path();
+	if (conf_path == NULL && (conf_path = config_default_path(&cause)) ==
+	    NULL) {
+		fprintf(stderr, "maild: %s\n", cause);
+		exit(EXIT_CONFIG);
+	}
 
 	if (check || status)
 		conf = config_load_readonly(conf_path, &cause);
@@ -247,7 +250,7 @@ main(int argc, char **argv)
 		exit(EXIT_CONFIG);
 	}
 	if (check) {
-		if (config_check_paths(conf) == -1)
+		if (check_config(conf) == -1)
 			exit(EXIT_CONFIG);
 		printf("maild: %s: configuration OK (%zu account%s)\n",
 		    conf_path, conf->naccounts, conf->naccounts == 1 ? "" : "s");
@@ -272,6 +275,8 @@ main(int argc, char **argv)
 	if (run_mode != ACCOUNTS_DAEMON)
 		foreground = 1;
 	log_init(foreground, online && verbose == 0 ? -1 : verbose);
+	if (run_mode == ACCOUNTS_DAEMON && check_start(conf) == -1)
+		exit(EXIT_IOERR);
 	if (!foreground && daemon(0, 0) == -1)
 		fatal("daemon");
 	signal(SIGPIPE, SIG_IGN);

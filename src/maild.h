@@ -86,36 +86,68 @@ enum auth_method {
 	AUTH_OAUTHBEARER
 };
 
+/*
+ * An account's settings.  Each field is listed once, here, with how a
+ * reload compares it to decide whether the account changed
+ * (config_account_equal()): ACF_STR (strings, or both NULL), ACF_VALUE
+ * (byte for byte), ACF_PINS (npins SHA-256 pins) or ACF_NONE (where it
+ * was written, not how the account polls).  A new field cannot be left out
+ * of that comparison by mistake: it has to say how it compares.
+ */
+enum account_field_cmp { ACF_STR, ACF_VALUE, ACF_PINS, ACF_NONE };
+typedef uint8_t tls_pin[32];
+#define ACCOUNT_CONF_FIELDS(F)						\
+	F(char *,		name,		ACF_STR)		\
+	F(char *,		host,		ACF_STR)		\
+	F(int,			port,		ACF_VALUE)		\
+	F(char *,		user,		ACF_STR)		\
+	F(enum secret_source,	secret_source,	ACF_VALUE)		\
+	/* the password, or a path or command giving it */		\
+	F(char *,		secret,		ACF_STR)		\
+	/* absolute, expanded */					\
+	F(char *,		maildir,	ACF_STR)		\
+	/* leave messages on the server */				\
+	F(int,			keep,		ACF_VALUE)		\
+	/* keep mode: delete after this many seconds */			\
+	F(long,			delete_after,	ACF_VALUE)		\
+	/* larger messages stay; 0: no limit */				\
+	F(uint64_t,		max_size,	ACF_VALUE)		\
+	/* LIST sizes must match what comes */				\
+	F(int,			exact_sizes,	ACF_VALUE)		\
+	/* HDR_* */							\
+	F(int,			add_headers,	ACF_VALUE)		\
+	F(enum tls_mode,	tls,		ACF_VALUE)		\
+	F(int,			allow_plaintext, ACF_VALUE)		\
+	/* NULL: the system trust store */				\
+	F(char *,		ca_file,	ACF_STR)		\
+	/* check the chain and the name */				\
+	F(int,			tls_verify,	ACF_VALUE)		\
+	/* SHA-256 of acceptable certificates */			\
+	F(tls_pin *,		pins,		ACF_PINS)		\
+	F(size_t,		npins,		ACF_VALUE)		\
+	/* client certificate and key */				\
+	F(char *,		tls_cert_file,	ACF_STR)		\
+	F(char *,		tls_key_file,	ACF_STR)		\
+	/* 12 or 13 */							\
+	F(int,			tls_min_version, ACF_VALUE)		\
+	F(enum auth_method,	auth,		ACF_VALUE)		\
+	/* 0: never pipeline */						\
+	F(int,			pipelining,	ACF_VALUE)		\
+	/* seconds */							\
+	F(int,			poll_interval,	ACF_VALUE)		\
+	/* where the account block and some options are in the file */	\
+	F(int,			line,		ACF_NONE)		\
+	F(int,			port_line,	ACF_NONE)		\
+	F(int,			maildir_line,	ACF_NONE)
+
 struct account_conf {
-	char		*name;
-	char		*host;
-	int		 port;
-	char		*user;
-	enum secret_source secret_source;
-	char		*secret;	/* password, path or command */
-	char		*maildir;	/* absolute, expanded */
-	int		 keep;		/* leave messages on the server */
-	long		 delete_after;	/* keep mode: delete after (seconds) */
-	uint64_t	 max_size;	/* larger messages stay; 0: no limit */
-	int		 exact_sizes;	/* LIST sizes must match what comes */
-	int		 add_headers;
+#define ACCOUNT_CONF_MEMBER(type, field, cmp)	type field;
+	ACCOUNT_CONF_FIELDS(ACCOUNT_CONF_MEMBER)
+#undef ACCOUNT_CONF_MEMBER
+};
 #define HDR_RECEIVED		0x1
 #define HDR_DELIVERED_TO	0x2
 #define HDR_X_ORIGINAL_TO	0x4
-	enum tls_mode	 tls;
-	int		 allow_plaintext;
-	char		*ca_file;	/* NULL: system trust store */
-	int		 tls_verify;	/* check the chain and the name */
-	uint8_t		(*pins)[32];	/* SHA-256 of acceptable certificates */
-	size_t		 npins;
-	char		*tls_cert_file;	/* client certificate */
-	char		*tls_key_file;
-	int		 tls_min_version;	/* 12 or 13 */
-	enum auth_method auth;
-	int		 pipelining;	/* 0: never pipeline */
-	int		 poll_interval;	/* seconds */
-	int		 line;		/* where the section starts */
-};
 
 struct config {
 	int		 refs;
@@ -125,6 +157,7 @@ struct config {
 	int		 session_timeout;	/* seconds per session */
 	int		 max_connections;
 	char		*state_dir;
+	int		 state_dir_line;	/* 0: the default */
 	struct account_conf *accounts;
 	size_t		 naccounts;
 };
@@ -137,13 +170,14 @@ void		 config_free(struct config *);
 int		 config_account_equal(const struct config *,
 		     const struct account_conf *, const struct config *,
 		     const struct account_conf *);
-int		 config_check_paths(const struct config *);
-char		*config_default_path(void);
-int		 config_parse_duration(const char *, long *);
-void		 config_strip_comments(char *);
-int		 config_parse_size(const char *, long *);
-int		 config_parse_fingerprint(const char *, uint8_t[32]);
+char		*config_default_path(char **);
 char		*config_expand_path(const char *, char **);
+
+/* check.c */
+int		 check_config(const struct config *);
+int		 check_start(const struct config *);
+int		 check_account_report(const struct config *,
+		     const struct account_conf *);
 
 /* log.c */
 void		 log_init(int, int);
@@ -178,6 +212,7 @@ int		 private_path(const char *, const char *, char **);
 uint64_t	 siphash24(const uint8_t[16], const void *, size_t);
 void		 random_bytes(void *, size_t);
 void		 wipe(void *, size_t);
+size_t		 edit_distance(const char *, const char *);
 
 /* parse.c: pure parsers for what the server sends; fuzzed. */
 enum reply_status {
@@ -216,6 +251,17 @@ struct pop3_capa {
 	char		 sasl[POP3_LINE_MAX];	/* mechanisms, spaces */
 };
 void		 parse_capa_line(struct pop3_capa *, const char *, size_t);
+
+/* maild.conf values: durations in seconds, sizes in bytes. */
+#define PARSE_DURATION_MAX	(30L * 86400)	/* poll-interval, timeout */
+#define PARSE_LONG_DURATION_MAX	(3650L * 86400)	/* delete-after */
+#define PARSE_SIZE_MAX		(1L << 40)
+int		 parse_duration(const char *, long, long *);
+int		 parse_duration_hint(const char *, long, char *, size_t);
+int		 parse_size(const char *, long *);
+int		 parse_size_hint(const char *, char *, size_t);
+int		 parse_hexdigit(int);
+int		 parse_fingerprint(const char *, uint8_t[32]);
 
 /*
  * Undo POP3 framing of a multi-line body as it streams by: remove the

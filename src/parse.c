@@ -15,15 +15,20 @@
  */
 
 /*
- * parse.c: pure parsers for everything a POP3 server sends.  Nothing here
- * allocates, logs or trusts its input: each function takes a pointer and a
- * length, range-checks every number and reports failure instead of
- * guessing.  The fuzzers in tests/fuzz drive these functions directly.
+ * parse.c: pure parsers for everything a POP3 server sends, and for the
+ * values of maild.conf (durations, sizes, fingerprints).  Nothing here
+ * allocates, logs or trusts its input, and nothing calls the rest of
+ * maild: each function range-checks every number and reports failure
+ * instead of guessing.  The fuzzers in tests/fuzz drive these functions
+ * directly.
  */
 
 #include "config.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -405,4 +410,186 @@ body_decode(struct body_decoder *d, const char *in, size_t len, char *out,
 	}
 	*outlen = o - out;
 	return (p - in);
+}
+
+/* ---------------------------------------------------------------------- */
+/* maild.conf values */
+
+/* A number's unit suffix and what it multiplies by. */
+struct unit {
+	const char	*suffix;
+	long		 mult;
+};
+
+static const struct unit duration_units[] = {
+	{ "s", 1 }, { "m", 60 }, { "h", 3600 }, { "d", 86400 }, { NULL, 0 }
+};
+
+static const struct unit size_units[] = {
+	{ "k", 1L << 10 }, { "K", 1L << 10 }, { "M", 1L << 20 },
+	{ "G", 1L << 30 }, { "kB", 1L << 10 }, { "KB", 1L << 10 },
+	{ "MB", 1L << 20 }, { "GB", 1L << 30 }, { NULL, 0 }
+};
+
+/* Parse digits with an optional unit suffix; the result is at most max. */
+static int
+parse_scaled(const char *s, const struct unit *units, long max, long *out)
+{
+	char	*end;
+	long	 v, mult = 1;
+
+	if (!isdigit((unsigned char)*s))
+		return (-1);
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno != 0)
+		return (-1);
+	if (*end != '\0') {
+		for (; units->suffix != NULL; units++)
+			if (strcmp(end, units->suffix) == 0)
+				break;
+		if (units->suffix == NULL)
+			return (-1);
+		mult = units->mult;
+	}
+	if (v > max / mult)
+		return (-1);
+	*out = v * mult;
+	return (0);
+}
+
+/*
+ * Parse a duration: a number of seconds, or a number with one of the
+ * suffixes s, m, h, d.  At most max seconds.
+ */
+int
+parse_duration(const char *s, long max, long *out)
+{
+	return (parse_scaled(s, duration_units, max, out));
+}
+
+/*
+ * Parse a size: a number of bytes, or a number with one of the suffixes
+ * k, M, G (powers of 1024, optionally followed by B).  At most 1 TiB.
+ */
+int
+parse_size(const char *s, long *out)
+{
+	return (parse_scaled(s, size_units, PARSE_SIZE_MAX, out));
+}
+
+/* A unit as people write it in words, and maild's suffix for it. */
+struct unit_word {
+	const char	*word;
+	const char	*suffix;
+};
+
+static const struct unit_word duration_words[] = {
+	{ "s", "s" }, { "sec", "s" }, { "secs", "s" }, { "second", "s" },
+	{ "seconds", "s" }, { "m", "m" }, { "min", "m" }, { "mins", "m" },
+	{ "minute", "m" }, { "minutes", "m" }, { "h", "h" }, { "hr", "h" },
+	{ "hrs", "h" }, { "hour", "h" }, { "hours", "h" }, { "d", "d" },
+	{ "day", "d" }, { "days", "d" }, { NULL, NULL }
+};
+
+static const struct unit_word size_words[] = {
+	{ "b", "" }, { "byte", "" }, { "bytes", "" }, { "k", "k" },
+	{ "kb", "k" }, { "kib", "k" }, { "m", "M" }, { "mb", "M" },
+	{ "mib", "M" }, { "g", "G" }, { "gb", "G" }, { "gib", "G" },
+	{ NULL, NULL }
+};
+
+/*
+ * "5 min" or "20 mb": digits, optional blanks, a unit in words.  Writes
+ * the same in maild's notation ("5m", "20M") to buf, if that is valid.
+ */
+static int
+parse_hint(const char *s, const struct unit_word *words, char *buf,
+    size_t size)
+{
+	const char	*unit;
+	size_t		 digits, n;
+
+	for (digits = 0; isdigit((unsigned char)s[digits]); digits++)
+		;
+	if (digits == 0 || digits > 20)
+		return (-1);
+	for (unit = s + digits; *unit == ' ' || *unit == '\t'; unit++)
+		;
+	for (; words->word != NULL; words++) {
+		if (strcasecmp(unit, words->word) == 0)
+			break;
+	}
+	if (words->word == NULL)
+		return (-1);
+	n = (size_t)snprintf(buf, size, "%.*s%s", (int)digits, s,
+	    words->suffix);
+	return (n < size && strcmp(buf, s) != 0 ? 0 : -1);
+}
+
+/*
+ * What someone who wrote "5 min" or "10 minutes" meant, as a duration maild
+ * reads ("5m"), if there is one and it is at most max; else -1.
+ */
+int
+parse_duration_hint(const char *s, long max, char *buf, size_t size)
+{
+	long	v;
+
+	if (parse_hint(s, duration_words, buf, size) == -1 ||
+	    parse_duration(buf, max, &v) == -1)
+		return (-1);
+	return (0);
+}
+
+/* The same for sizes: "20 MB" is "20M". */
+int
+parse_size_hint(const char *s, char *buf, size_t size)
+{
+	long	v;
+
+	if (parse_hint(s, size_words, buf, size) == -1 ||
+	    parse_size(buf, &v) == -1)
+		return (-1);
+	return (0);
+}
+
+/* The value of a hexadecimal digit, or -1. */
+int
+parse_hexdigit(int c)
+{
+	if (c >= '0' && c <= '9')
+		return (c - '0');
+	if (c >= 'a' && c <= 'f')
+		return (c - 'a' + 10);
+	if (c >= 'A' && c <= 'F')
+		return (c - 'A' + 10);
+	return (-1);
+}
+
+/* Parse "sha256:AB:CD:..." (or plain hex) into 32 bytes. */
+int
+parse_fingerprint(const char *s, uint8_t out[32])
+{
+	size_t	n = 0;
+	int	hi = -1, v;
+
+	if (strncasecmp(s, "sha256:", 7) == 0 ||
+	    strncasecmp(s, "sha256/", 7) == 0)
+		s += 7;
+	for (; *s != '\0'; s++) {
+		if (*s == ':' && hi == -1)
+			continue;
+		if ((v = parse_hexdigit((unsigned char)*s)) == -1)
+			return (-1);
+		if (hi == -1)
+			hi = v;
+		else {
+			if (n == 32)
+				return (-1);
+			out[n++] = (uint8_t)(hi << 4 | v);
+			hi = -1;
+		}
+	}
+	return (n == 32 && hi == -1 ? 0 : -1);
 }

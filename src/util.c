@@ -16,7 +16,7 @@
 
 /*
  * util.c: small helpers with no better home: clocks, directories, full
- * writes, a keyed hash and randomness.
+ * writes, a keyed hash, randomness and an edit distance.
  */
 
 #include "config.h"
@@ -273,4 +273,46 @@ wipe(void *p, size_t len)
 	while (len-- > 0)
 		*vp++ = 0;
 #endif
+}
+
+/*
+ * How many single-character insertions, deletions, substitutions and
+ * swaps of neighbours turn a into b (the optimal string alignment
+ * distance): "kep" is 1 from "keep", "hsot" 1 from "host".
+ */
+size_t
+edit_distance(const char *a, const char *b)
+{
+	size_t	 la = strlen(a), lb = strlen(b), i, j, cost, d;
+	size_t	*prev2, *prev, *cur, *t;
+
+	prev2 = xcalloc(lb + 1, sizeof *prev2);
+	prev = xcalloc(lb + 1, sizeof *prev);
+	cur = xcalloc(lb + 1, sizeof *cur);
+	for (j = 0; j <= lb; j++)
+		prev[j] = j;
+	for (i = 1; i <= la; i++) {
+		cur[0] = i;
+		for (j = 1; j <= lb; j++) {
+			cost = a[i - 1] != b[j - 1];
+			d = prev[j - 1] + cost;
+			if (prev[j] + 1 < d)
+				d = prev[j] + 1;
+			if (cur[j - 1] + 1 < d)
+				d = cur[j - 1] + 1;
+			if (i > 1 && j > 1 && a[i - 1] == b[j - 2] &&
+			    a[i - 2] == b[j - 1] && prev2[j - 2] + 1 < d)
+				d = prev2[j - 2] + 1;
+			cur[j] = d;
+		}
+		t = prev2;
+		prev2 = prev;
+		prev = cur;
+		cur = t;
+	}
+	d = prev[lb];
+	free(prev2);
+	free(prev);
+	free(cur);
+	return (d);
 }

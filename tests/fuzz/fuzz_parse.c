@@ -1,7 +1,8 @@
 /*
  * fuzz_parse.c: every parser of a line a server sends (status, response
  * code, UIDL, LIST, CAPA, STAT, APOP timestamp, base64 challenge), and the
- * configuration's value parsers, on each line of the input.
+ * configuration's value parsers (and their hints, which must parse), on
+ * each line of the input.
  */
 
 #include <stdint.h>
@@ -56,9 +57,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				abort();
 			free(dec);
 		}
-		config_parse_duration(buf, &v);
-		config_parse_size(buf, &v);
-		config_parse_fingerprint(buf, fp);
+		parse_duration(buf, PARSE_LONG_DURATION_MAX, &v);
+		parse_size(buf, &v);
+		parse_fingerprint(buf, fp);
+		if (parse_duration_hint(buf, PARSE_DURATION_MAX, ts,
+		    sizeof ts) == 0 && parse_duration(ts, PARSE_DURATION_MAX,
+		    &v) == -1)
+			abort();
+		if (parse_size_hint(buf, ts, sizeof ts) == 0 &&
+		    parse_size(ts, &v) == -1)
+			abort();
 		p += len + (nl != NULL);
 	}
 	return (0);

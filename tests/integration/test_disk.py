@@ -23,7 +23,6 @@ import errno
 import os
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "lib"))
@@ -77,18 +76,6 @@ def _run(cmd):
         raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
 
 
-def umount(path):
-    """Unmount path, whatever it takes (lazily as a last resort)."""
-    for _ in range(50):
-        r = subprocess.run(["umount", str(path)], capture_output=True,
-                           timeout=30)
-        if r.returncode == 0 or not os.path.ismount(path):
-            return
-        time.sleep(0.1)
-    subprocess.run(["umount", "-l", str(path)], capture_output=True,
-                   timeout=30)
-
-
 def tmpfs(t, path, size="2m", inodes=None):
     """Mount a tmpfs of size on path (created); unmounted when t ends."""
     path.mkdir(parents=True, exist_ok=True)
@@ -96,7 +83,7 @@ def tmpfs(t, path, size="2m", inodes=None):
     if inodes:
         opts += f",nr_inodes={inodes}"
     _run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)])
-    t.defer(umount, path)
+    t.defer(mt.umount, path)
     t.note(f"mounted tmpfs {opts} on {path}")
     return path
 

@@ -567,6 +567,18 @@ def unescape_state(s):
                   lambda m: bytes([int(m.group(1), 16)]), s.encode())
 
 
+def umount(path):
+    """Unmount path, whatever it takes (lazily as a last resort)."""
+    for _ in range(50):
+        r = subprocess.run(["umount", str(path)], capture_output=True,
+                           timeout=30)
+        if r.returncode == 0 or not os.path.ismount(path):
+            return
+        time.sleep(0.1)
+    subprocess.run(["umount", "-l", str(path)], capture_output=True,
+                   timeout=30)
+
+
 def fs_snapshot(root):
     """Set of all paths below root (for "nothing outside" checks)."""
     root = Path(root)

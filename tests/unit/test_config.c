@@ -5,9 +5,10 @@
  *
  * Each bad config is checked three ways: it is refused, the message says
  * what is wrong, and the line number is that of the offending option (or,
- * for errors about a whole account section, of the section's first
- * option, as config.c documents).  The line is a separate check so that a
- * wrong line shows up on its own.
+ * for errors about a whole account section, of its "account" line).  The
+ * line is a separate check so that a wrong line shows up on its own.
+ * Syntax mistakes that libconfuse would misreport (confuse_compat.c) are
+ * checked for the exact message a user sees.
  */
 
 #include "config.h"
@@ -130,8 +131,32 @@ bad(const char *what, const char *text, mode_t mode, int line,
 	free(cause);
 }
 
+/* A config that must be refused with exactly "path:line: msg". */
+static void
+bad_exact(const char *what, const char *text, int line, const char *msg)
+{
+	struct config	*conf;
+	char		*path, *cause, *want;
+
+	conf = load(text, 0600, &path, &cause);
+	ok(conf == NULL, tap_fmt("bad config %s: refused", what));
+	xasprintf(&want, "%s:%d: %s", path, line, msg);
+	is_str(cause, want, tap_fmt("bad config %s: the message", what));
+	config_free(conf);
+	free(want);
+	free(path);
+	free(cause);
+}
+
 /* ---------------------------------------------------------------------- */
-/* config_parse_duration, config_parse_size */
+/* parse_duration, parse_size (parse.c, for maild.conf) */
+
+/* The durations of poll-interval and timeout: at most 30 days. */
+static int
+duration(const char *s, long *v)
+{
+	return (parse_duration(s, PARSE_DURATION_MAX, v));
+}
 
 struct scaled {
 	const char	*s;
@@ -193,7 +218,7 @@ test_duration(void)
 		"5\tm",
 	};
 
-	check_scaled("duration", config_parse_duration, goods,
+	check_scaled("duration", duration, goods,
 	    sizeof goods / sizeof goods[0], bads, sizeof bads / sizeof bads[0]);
 }
 
@@ -214,8 +239,85 @@ test_size(void)
 		"99999999999999999999", "9223372036854775807k", "1M\n",
 	};
 
-	check_scaled("size", config_parse_size, goods,
+	check_scaled("size", parse_size, goods,
 	    sizeof goods / sizeof goods[0], bads, sizeof bads / sizeof bads[0]);
+}
+
+struct hint {
+	const char	*in;
+	const char	*out;	/* NULL: no hint */
+};
+
+static void
+test_hints(void)
+{
+	static const struct hint durations[] = {
+		{ "5 min", "5m" }, { "10 minutes", "10m" }, { "5min", "5m" },
+		{ "5 MIN", "5m" }, { "5M", "5m" }, { "2 hours", "2h" },
+		{ "1 hr", "1h" }, { "1 day", "1d" }, { "30 days", "30d" },
+		{ "30 sec", "30s" }, { "90 seconds", "90s" }, { "5\tm", "5m" },
+		{ "31 days", NULL }, { "5", NULL }, { "5m", NULL },
+		{ "five min", NULL }, { "1.5 h", NULL }, { "5 mon", NULL },
+		{ "min", NULL }, { "", NULL }, { "-5 min", NULL },
+		{ "99999999999999999999999 s", NULL },
+	};
+	static const struct hint sizes[] = {
+		{ "20 MB", "20M" }, { "20mb", "20M" }, { "20 m", "20M" },
+		{ "800 kB", "800k" }, { "800 KiB", "800k" }, { "1 GiB", "1G" },
+		{ "500 bytes", "500" }, { "2 TB", NULL }, { "1025 GB", NULL },
+		{ "20M", NULL }, { "twenty MB", NULL },
+	};
+	char	buf[32];
+	size_t	i;
+	int	r;
+
+	for (i = 0; i < sizeof durations / sizeof durations[0]; i++) {
+		r = parse_duration_hint(durations[i].in, PARSE_DURATION_MAX,
+		    buf, sizeof buf);
+		if (durations[i].out == NULL)
+			ok(r == -1, tap_fmt("duration hint: none for \"%s\"",
+			    shown(durations[i].in)));
+		else
+			is_str(r == 0 ? buf : NULL, durations[i].out,
+			    tap_fmt("duration hint: \"%s\" is %s",
+			    shown(durations[i].in), durations[i].out));
+	}
+	ok(parse_duration_hint("45 days", PARSE_LONG_DURATION_MAX, buf,
+	    sizeof buf) == 0 && strcmp(buf, "45d") == 0,
+	    "duration hint: \"45 days\" is 45d where 3650d are allowed");
+	ok(parse_duration_hint("5 min", PARSE_DURATION_MAX, buf, 2) == -1,
+	    "duration hint: none if it does not fit the buffer");
+	for (i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+		r = parse_size_hint(sizes[i].in, buf, sizeof buf);
+		if (sizes[i].out == NULL)
+			ok(r == -1, tap_fmt("size hint: none for \"%s\"",
+			    sizes[i].in));
+		else
+			is_str(r == 0 ? buf : NULL, sizes[i].out,
+			    tap_fmt("size hint: \"%s\" is %s", sizes[i].in,
+			    sizes[i].out));
+	}
+}
+
+static void
+test_edit_distance(void)
+{
+	static const struct {
+		const char	*a, *b;
+		size_t		 d;
+	} cases[] = {
+		{ "kep", "keep", 1 }, { "hsot", "host", 1 },
+		{ "host", "host", 0 }, { "", "abc", 3 }, { "abc", "", 3 },
+		{ "kitten", "sitting", 3 }, { "ca", "ac", 1 },
+		{ "Host", "host", 1 }, { "pasword", "password", 1 },
+		{ "colour", "tls", 5 },
+	};
+	size_t	i;
+
+	for (i = 0; i < sizeof cases / sizeof cases[0]; i++)
+		is_int(edit_distance(cases[i].a, cases[i].b), cases[i].d,
+		    tap_fmt("edit distance \"%s\" \"%s\"", cases[i].a,
+		    cases[i].b));
 }
 
 /* ---------------------------------------------------------------------- */
@@ -561,7 +663,7 @@ test_bad(void)
 	bad("duplicate account title",
 	    HEAD HOST USER PASS MDIR TAIL
 	    "account a {\n" HOST "  user = \"other\"\n" PASS MDIR TAIL, 0600, 8,
-	    "duplicate title 'a'");
+	    "account \"a\" is defined twice (lines 2 and 8)");
 	bad("port not a number",
 	    HEAD HOST "  port = pop3s\n" USER PASS MDIR TAIL, 0600, 4,
 	    "port");
@@ -570,7 +672,7 @@ test_bad(void)
 	    "keep");
 	bad("stray closing brace",
 	    HEAD HOST USER PASS MDIR TAIL TAIL, 0600, 8,
-	    "unexpected closing brace");
+	    "unexpected '}': no account block is open here");
 	bad("missing equal sign",
 	    HEAD HOST USER "  password \"p\"\n" MDIR TAIL, 0600, 5,
 	    "missing equal sign");
@@ -692,7 +794,7 @@ test_bad(void)
 	    " {\n" HOST USER PASS MDIR TAIL, 0600, 2, "must be 1 to 64");
 	bad("account name with a control character",
 	    "state-dir = \"/s\"\naccount \"a\\tb\" {\n" HOST USER PASS MDIR
-	    TAIL, 0600, 3, "must be 1 to 64");
+	    TAIL, 0600, 2, "must be 1 to 64");
 
 	/* Global values, checked after parsing. */
 	bad("max-connections 0",
@@ -759,6 +861,546 @@ test_bad(void)
 	}
 }
 
+/* ---------------------------------------------------------------------- */
+/* Syntax mistakes libconfuse misreports (confuse_compat.c) */
+
+#define ACCT(name, host)						\
+	"account \"" name "\" {\n"					\
+	"    host = \"" host "\"\n"					\
+	"    user = \"u\"\n"						\
+	"    password = \"p\"\n"					\
+	"    maildir = \"/m\"\n"
+
+static void
+test_syntax(void)
+{
+	setenv("HOME", topdir, 1);
+
+	bad_exact("missing '}' before the next account",
+	    "state-dir = \"/s\"\n"			/* 1 */
+	    "\n"					/* 2 */
+	    ACCT("home", "h1")				/* 3-7 */
+	    "\n"					/* 8 */
+	    ACCT("work", "h2")				/* 9-13 */
+	    "}\n", 9,
+	    "missing '}' for account \"home\" opened at line 3");
+	bad_exact("missing final '}'",
+	    "state-dir = \"/s\"\n"
+	    ACCT("home", "h1"), 6,
+	    "missing '}' for account \"home\" opened at line 2");
+	bad_exact("missing final '}', comments and blank lines after",
+	    "state-dir = \"/s\"\n"
+	    ACCT("home", "h1")
+	    "\n# the end\n\n", 6,
+	    "missing '}' for account \"home\" opened at line 2");
+	bad_exact("unterminated string",
+	    "state-dir = \"/s\"\n"
+	    "account \"home\" {\n"
+	    "    host = \"h\"\n"
+	    "    user = \"u\"\n"
+	    "    password-file = \"/path/to/pass\n"
+	    "    maildir = \"/m\"\n"
+	    "}\n", 5, "account \"home\": unterminated string: the \" opened "
+	    "on this line is not closed before the end of the line");
+	bad_exact("unterminated single-quoted string",
+	    "state-dir = '/s\n"
+	    ACCT("home", "h1") "}\n", 1, "unterminated string: the ' opened "
+	    "on this line is not closed before the end of the line");
+	bad_exact("unterminated string at the end of the file",
+	    "state-dir = \"/s\"\n"
+	    ACCT("home", "h1") "}\nmax-connections = \"3", 8,
+	    "unterminated string: the \" opened on this line is not closed "
+	    "before the end of the line");
+	bad_exact("poll-interval = 5 min",
+	    "state-dir = \"/s\"\n"
+	    "poll-interval = 5 min\n"
+	    ACCT("a", "h") "}\n", 2,
+	    "poll-interval: '5 min' is not a duration (write 5m)");
+	bad_exact("poll-interval = \"5 min\" (quoted)",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    poll-interval = \"5 min\"\n"
+	    "}\n", 7, "account \"a\": poll-interval: '5 min' is not a "
+	    "duration (write 5m)");
+	bad_exact("timeout = 10 minutes, last in the file",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h") "}\n"
+	    "timeout = 10 minutes\n", 8,
+	    "timeout: '10 minutes' is not a duration (write 10m)");
+	bad_exact("poll-interval = 45 days (too long for a hint)",
+	    "state-dir = \"/s\"\n"
+	    "poll-interval = 45 days\n"
+	    ACCT("a", "h") "}\n", 2,
+	    "poll-interval: '45 days' is not a duration (like 90, 30s, 5m, "
+	    "2h or 1d; at most 30d)");
+	bad_exact("max-size = 20 MB",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    max-size = 20 MB\n"
+	    "}\n", 7, "account \"a\": max-size: '20 MB' is not a size "
+	    "(write 20M)");
+	bad_exact("delete-after = 30 days",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    keep = yes\n"
+	    "    delete-after = 30 days\n"
+	    "}\n", 8, "account \"a\": delete-after: '30 days' is not a "
+	    "duration (write 30d)");
+	bad_exact("an unquoted command",
+	    "state-dir = \"/s\"\n"
+	    "account \"a\" {\n"
+	    "    host = \"h\"\n"
+	    "    user = \"u\"\n"
+	    "    password-command = pass show mail/home\n"
+	    "    maildir = \"/m\"\n"
+	    "}\n", 5, "account \"a\": password-command: put the value in "
+	    "quotes: password-command = \"pass show mail/home\"");
+	bad_exact("${HOME}/Mail unquoted",
+	    "state-dir = \"/s\"\n"
+	    "account \"a\" {\n"
+	    "    host = \"h\"\n"
+	    "    user = \"u\"\n"
+	    "    password = \"p\"\n"
+	    "    maildir = ${HOME}/Mail\n"
+	    "}\n", 6, "account \"a\": maildir: put the value in quotes: "
+	    "maildir = \"${HOME}/Mail\"");
+	bad_exact("a boolean with a second word",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    keep = yes please\n"
+	    "}\n", 7, "account \"a\": keep: unexpected 'please' after the "
+	    "value");
+	bad_exact("a word after a quoted value",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    ca-file = \"/etc/ca.pem\" /etc/other.pem\n"
+	    "}\n", 7, "account \"a\": ca-file: unexpected '/etc/other.pem' "
+	    "after the value");
+	bad_exact("host outside any account",
+	    "state-dir = \"/s\"\n"
+	    "host = \"h\"\n"
+	    "account \"a\" {\n"
+	    "    user = \"u\"\n"
+	    "    password = \"p\"\n"
+	    "    maildir = \"/m\"\n"
+	    "}\n", 2, "host belongs inside an account block");
+	bad_exact("an option after the account's '}'",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "}\n"
+	    "    keep = yes\n", 8, "keep belongs inside an account block");
+	bad_exact("a global option inside an account",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    timeout = 30\n"
+	    "}\n", 7, "account \"a\": timeout is a global option: move it "
+	    "out of the account block");
+	bad_exact("account defined twice",
+	    "state-dir = \"/s\"\n"
+	    "\n"
+	    ACCT("a", "h1") "}\n"
+	    "\n"
+	    ACCT("a", "h2") "}\n", 10,
+	    "account \"a\" is defined twice (lines 3 and 10)");
+	bad_exact("account defined twice, quoted and not",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h1") "}\n"
+	    "account a {\n host = \"h2\"\n}\n", 8,
+	    "account \"a\" is defined twice (lines 2 and 8)");
+	bad_exact("typo: kep",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    kep = yes\n"
+	    "}\n", 7, "account \"a\": no such option 'kep'; did you mean "
+	    "'keep'?");
+	bad_exact("typo: hsot",
+	    "state-dir = \"/s\"\n"
+	    "account \"a\" {\n"
+	    "    hsot = \"h\"\n"
+	    "}\n", 3, "account \"a\": no such option 'hsot'; did you mean "
+	    "'host'?");
+	bad_exact("typo: Host",
+	    "state-dir = \"/s\"\n"
+	    "account \"a\" {\n"
+	    "    Host = \"h\"\n"
+	    "}\n", 3, "account \"a\": no such option 'Host'; did you mean "
+	    "'host'?");
+	bad_exact("typo: acount",
+	    "state-dir = \"/s\"\n"
+	    "acount \"a\" {\n"
+	    "}\n", 2, "no such option 'acount'; did you mean 'account'?");
+	bad_exact("typo of a global option: stat-dir",
+	    "stat-dir = \"/s\"\n", 1,
+	    "no such option 'stat-dir'; did you mean 'state-dir'?");
+	bad_exact("no suggestion when nothing is close",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    colour = \"blue\"\n"
+	    "}\n", 7, "account \"a\": no such option 'colour'");
+	bad_exact("no suggestion for a short word",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    ab = 1\n"
+	    "}\n", 7, "account \"a\": no such option 'ab'");
+	bad_exact("option set twice",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    user = \"v\"\n"
+	    "}\n", 7, "account \"a\": 'user' is set twice (lines 4 and 7)");
+	bad_exact("an error before a structural one is reported first",
+	    "state-dir = \"/s\"\n"
+	    "timeout = 31d\n"
+	    ACCT("a", "h"), 2, "timeout: '31d' is not a duration (like 90, "
+	    "30s, 5m, 2h or 1d; at most 30d)");
+	bad_exact("a structural mistake before a value error",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    ACCT("b", "h2")
+	    "    poll-interval = 5x\n"
+	    "}\n", 7, "missing '}' for account \"a\" opened at line 2");
+
+	/* What is fine. */
+	good("two options on one line",
+	    "state-dir = \"/s\" timeout = 30\n"
+	    "account \"a\" { host = \"h\" user = \"u\"\n"
+	    "password = \"p\" maildir = \"/m\" }\n", 0600);
+	good("lists, += and an empty list",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    add-headers = {\"received\", \"delivered-to\"}\n"
+	    "    add-headers += {\"x-original-to\"}\n"
+	    "    tls-fingerprint = {}\n"
+	    "}\n", 0600);
+	good("a list over several lines",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    add-headers = {\n"
+	    "        \"received\",\n"
+	    "        \"delivered-to\"\n"
+	    "    }\n"
+	    "}\n", 0600);
+	good("'#', '//' and '{' inside quotes; braces on their own lines",
+	    "state-dir = \"/s\"\n"
+	    "account \"a\"\n"
+	    "{\n"
+	    "    host = \"h\"\n"
+	    "    user = \"u#1//x{\"\n"
+	    "    password = 'p#}'\n"
+	    "    maildir = \"/m\"   // comment with a \" quote\n"
+	    "}\n", 0600);
+	good("a string continued on the next line",
+	    "state-dir = \"/s\"\n"
+	    "account \"a\" {\n"
+	    "    host = \"h\"\n"
+	    "    user = \"u\"\n"
+	    "    password-command = \"echo \\\n"
+	    "secret\"\n"
+	    "    maildir = \"/m\"\n"
+	    "}\n", 0600);
+	bad("line numbers after a continued string",
+	    "state-dir = \"/s\"\n"
+	    "account \"a\" {\n"
+	    "    host = \"h\"\n"
+	    "    user = \"u\"\n"
+	    "    password-command = \"echo \\\n"
+	    "secret\"\n"
+	    "    maildir = \"/m\"\n"
+	    "    bogus = 1\n"
+	    "}\n", 0600, 8, "no such option 'bogus'");
+	good("unquoted words and ${VAR}",
+	    "state-dir = /s\n"
+	    "account a {\n"
+	    "    host = pop.example.com\n"
+	    "    user = me@example.com\n"
+	    "    password = p\n"
+	    "    maildir = ${HOME}\n"
+	    "    poll-interval = 5m\n"
+	    "}\n", 0600);
+}
+
+/* ---------------------------------------------------------------------- */
+/* What goes on the wire (config.c: conf_account_wire) */
+
+/* An account with this user, auth and host; 0 = the default. */
+static char *
+wire_conf(const char *user, size_t userlen, const char *auth,
+    const char *host)
+{
+	char	*text, *u;
+
+	u = xmalloc(userlen + 1);
+	memset(u, user[0], userlen);
+	memcpy(u, user, strlen(user) < userlen ? strlen(user) : userlen);
+	u[userlen] = '\0';
+	xasprintf(&text, "state-dir = \"/s\"\n"
+	    "account \"a\" {\n"
+	    "    host = \"%s\"\n"
+	    "    user = \"%s\"\n"
+	    "    password = \"p\"\n"
+	    "    maildir = \"/m\"\n"
+	    "%s%s%s"
+	    "}\n", host, u, auth != NULL ? "    auth = " : "",
+	    auth != NULL ? auth : "", auth != NULL ? "\n" : "");
+	free(u);
+	return (text);
+}
+
+/* Loads if msg is NULL, else is refused with msg at line. */
+static void
+wire_case(const char *what, size_t userlen, const char *auth,
+    const char *host, int line, const char *msg)
+{
+	char	*text = wire_conf("u", userlen, auth, host);
+
+	if (msg == NULL)
+		good(what, text, 0600);
+	else
+		bad_exact(what, text, line, msg);
+	free(text);
+}
+
+#define wire_good(what, userlen, auth, host)				\
+	wire_case((what), (userlen), (auth), (host), 0, NULL)
+#define wire_bad(what, userlen, auth, host, line, msg)			\
+	wire_case((what), (userlen), (auth), (host), (line), (msg))
+
+#define A64	"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" \
+		"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+
+static void
+test_wire(void)
+{
+	char	host[300], *msg;
+	size_t	i;
+
+	wire_good("auth = user, a user of 248 bytes", 248, "user", "h");
+	wire_bad("auth = user, a user of 249 bytes", 249, "user", "h", 4,
+	    "account \"a\": user is 249 bytes long, too long for POP3: "
+	    "\"USER <user>\" must fit in 255 octets (RFC 2449), which leaves "
+	    "248 for the name");
+	wire_good("auth = apop, a user of 215 bytes", 215, "apop", "h");
+	wire_bad("auth = apop, a user of 216 bytes", 216, "apop", "h", 4,
+	    "account \"a\": user is 216 bytes long, too long for POP3: "
+	    "\"APOP <user> <digest>\" must fit in 255 octets (RFC 2449), "
+	    "which leaves 215 for the name");
+	wire_good("auth = auto, a user of 215 bytes", 215, NULL, "h");
+	wire_bad("auth = auto, a user of 216 bytes", 216, NULL, "h", 4,
+	    "account \"a\": user is 216 bytes long, too long for POP3: "
+	    "\"APOP <user> <digest>\" must fit in 255 octets (RFC 2449), "
+	    "which leaves 215 for the name (auth = auto may log in with "
+	    "APOP; name a SASL method with auth for a longer one)");
+	wire_good("auth = plain, a user of 255 bytes", 255, "plain", "h");
+	wire_good("auth = oauthbearer, a user of 255 bytes", 255,
+	    "oauthbearer", "h");
+	wire_bad("auth = xoauth2, a user of 256 bytes", 256, "xoauth2", "h", 4,
+	    "account \"a\": user is 256 bytes long; at most 255 are allowed");
+
+	wire_good("host: an IPv6 address", 1, NULL, "::1");
+	wire_good("host: an IPv6 address with a zone", 1, NULL, "fe80::1%eth0");
+	wire_good("host: a name with a final dot", 1, NULL, "pop.example.com.");
+	wire_good("host: a name with '_' and digits", 1, NULL, "my_pop-3.lan");
+	wire_bad("host: an empty label", 1, NULL, "pop..example.com", 3,
+	    "account \"a\": host 'pop..example.com' is not a host name or "
+	    "address: it has an empty part between dots");
+	wire_bad("host: a leading dot", 1, NULL, ".example.com", 3,
+	    "account \"a\": host '.example.com' is not a host name or "
+	    "address: it has an empty part between dots");
+	wire_bad("host: an address in brackets", 1, NULL, "[::1]", 3,
+	    "account \"a\": host '[::1]' is not a host name or address: a "
+	    "host name has only letters, digits, '-', '_' and dots");
+	wire_bad("host: a URL", 1, NULL, "pop3s://pop.example.com", 3,
+	    "account \"a\": host 'pop3s://pop.example.com' is not a host "
+	    "name or address: a host name has only letters, digits, '-', "
+	    "'_' and dots");
+	snprintf(host, sizeof host, "%.64s.example.com", A64);
+	xasprintf(&msg, "account \"a\": host '%s' is not a host name or "
+	    "address: a part between dots is at most 63 characters", host);
+	wire_bad("host: a label of 64", 1, NULL, host, 3, msg);
+	free(msg);
+	snprintf(host, sizeof host, "%.63s.example.com", A64);
+	wire_good("host: a label of 63", 1, NULL, host);
+	memset(host, 'a', sizeof host);
+	for (i = 50; i < 254; i += 50)
+		host[i] = '.';
+	host[253] = '\0';
+	wire_good("host: a name of 253 characters", 1, NULL, host);
+	host[253] = 'a';
+	host[254] = '\0';
+	xasprintf(&msg, "account \"a\": host '%s' is not a host name or "
+	    "address: a host name is at most 253 characters", host);
+	wire_bad("host: a name of 254 characters", 1, NULL, host, 3, msg);
+	free(msg);
+}
+
+/* ---------------------------------------------------------------------- */
+/* config_account_equal: every setting counts, where it is written not */
+
+#define FP_A	"sha256:" FP_HALF FP_HALF
+#define FP_B	"sha256:" FP_HALF "CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:" \
+		"CD:CD"
+#define FP_HALF	"AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:"
+
+#define EQ_BASE_GLOBAL	"state-dir = \"/s\"\ntimeout = 30\n" \
+			"session-timeout = 1h\n"
+#define EQ_BASE_ACCOUNT \
+	"account \"a\" {\n"						\
+	"    host = \"h\"\n"						\
+	"    user = \"u\"\n"						\
+	"    password = \"p\"\n"					\
+	"    maildir = \"/m\"\n"
+
+static int
+accounts_equal(const char *ta, const char *tb)
+{
+	struct config	*a, *b;
+	char		*cause;
+	int		 r = -1;
+
+	a = load(ta, 0600, NULL, &cause);
+	if (a == NULL)
+		diag("%s", cause);
+	free(cause);
+	b = load(tb, 0600, NULL, &cause);
+	if (b == NULL)
+		diag("%s", cause);
+	free(cause);
+	if (a != NULL && b != NULL)
+		r = config_account_equal(a, &a->accounts[0], b,
+		    &b->accounts[0]);
+	config_free(a);
+	config_free(b);
+	return (r);
+}
+
+static void
+test_account_equal(void)
+{
+	static const char *const changes[] = {
+		"    port = 1995\n", "    keep = yes\n",
+		"    keep = yes\n    delete-after = 2d\n",
+		"    max-size = 1M\n", "    exact-sizes = no\n",
+		"    add-headers = {\"delivered-to\"}\n",
+		"    tls = starttls\n",
+		"    tls = none\n    allow-plaintext = yes\n",
+		"    ca-file = \"/ca.pem\"\n",
+		"    tls-fingerprint = \"" FP_A "\"\n",
+		"    tls-fingerprint = \"" FP_A "\"\n    tls-verify = yes\n",
+		"    tls-cert-file = \"/c.pem\"\n"
+		"    tls-key-file = \"/k.pem\"\n",
+		"    tls-min-version = 1.3\n", "    auth = plain\n",
+		"    pipelining = no\n", "    poll-interval = 1m\n",
+	};
+	const char	*base = EQ_BASE_GLOBAL EQ_BASE_ACCOUNT "}\n";
+	char		*text;
+	size_t		 i;
+
+	is_int(accounts_equal(base, base), 1, "account equal: to itself");
+	is_int(accounts_equal(base, "\n# moved down\n" EQ_BASE_GLOBAL
+	    EQ_BASE_ACCOUNT "\n\n}\n"), 1,
+	    "account equal: other line numbers do not count");
+	for (i = 0; i < sizeof changes / sizeof changes[0]; i++) {
+		xasprintf(&text, "%s%s}\n", EQ_BASE_GLOBAL EQ_BASE_ACCOUNT,
+		    changes[i]);
+		is_int(accounts_equal(base, text), 0, tap_fmt("account "
+		    "equal: not with %s", shown(changes[i])));
+		free(text);
+	}
+	is_int(accounts_equal(
+	    EQ_BASE_GLOBAL EQ_BASE_ACCOUNT
+	    "tls-fingerprint = \"" FP_A "\"\n}\n",
+	    EQ_BASE_GLOBAL EQ_BASE_ACCOUNT
+	    "tls-fingerprint = \"" FP_B "\"\n}\n"),
+	    0, "account equal: not with another pin");
+	is_int(accounts_equal(base, EQ_BASE_GLOBAL
+	    "account \"a\" {\n    host = \"h2\"\n    user = \"u\"\n"
+	    "    password = \"p\"\n    maildir = \"/m\"\n}\n"), 0,
+	    "account equal: not with another host");
+	is_int(accounts_equal(base, EQ_BASE_GLOBAL
+	    "account \"a\" {\n    host = \"h\"\n    user = \"u2\"\n"
+	    "    password = \"p\"\n    maildir = \"/m\"\n}\n"), 0,
+	    "account equal: not with another user");
+	is_int(accounts_equal(base, EQ_BASE_GLOBAL
+	    "account \"a\" {\n    host = \"h\"\n    user = \"u\"\n"
+	    "    password = \"p2\"\n    maildir = \"/m\"\n}\n"), 0,
+	    "account equal: not with another password");
+	is_int(accounts_equal(base, EQ_BASE_GLOBAL
+	    "account \"a\" {\n    host = \"h\"\n    user = \"u\"\n"
+	    "    password-command = \"p\"\n    maildir = \"/m\"\n}\n"), 0,
+	    "account equal: not with another password source");
+	is_int(accounts_equal(base, EQ_BASE_GLOBAL
+	    "account \"a\" {\n    host = \"h\"\n    user = \"u\"\n"
+	    "    password = \"p\"\n    maildir = \"/m2\"\n}\n"), 0,
+	    "account equal: not with another maildir");
+	is_int(accounts_equal(base, "state-dir = \"/s2\"\ntimeout = 30\n"
+	    "session-timeout = 1h\n" EQ_BASE_ACCOUNT "}\n"), 0,
+	    "account equal: not with another state-dir");
+	is_int(accounts_equal(base, "state-dir = \"/s\"\ntimeout = 31\n"
+	    "session-timeout = 1h\n" EQ_BASE_ACCOUNT "}\n"), 0,
+	    "account equal: not with another timeout");
+	is_int(accounts_equal(base, "state-dir = \"/s\"\ntimeout = 30\n"
+	    "session-timeout = 2h\n" EQ_BASE_ACCOUNT "}\n"), 0,
+	    "account equal: not with another session-timeout");
+}
+
+/* ---------------------------------------------------------------------- */
+/* config_default_path */
+
+static void
+test_default_path(void)
+{
+	char	*home, *path, *cause = NULL, *want, *dir;
+
+	if (access(SYSCONFDIR "/maild.conf", F_OK) == 0) {
+		ok(1, "default path # SKIP " SYSCONFDIR "/maild.conf exists");
+		return;
+	}
+	xasprintf(&home, "%s/home", topdir);
+	setenv("HOME", home, 1);
+	unsetenv("XDG_CONFIG_HOME");
+	path = config_default_path(&cause);
+	ok(path == NULL, "default path: none without a file");
+	if (getuid() == 0)
+		xasprintf(&want, "no configuration file: %s does not exist.\n"
+		    "To begin, copy the example %s to it, fill in your account "
+		    "and see maild.conf(5)", SYSCONFDIR "/maild.conf",
+		    DOCDIR "/examples/maild.conf");
+	else
+		xasprintf(&want, "no configuration file: neither "
+		    "%s/.config/maild/maild.conf nor %s exists.\nTo begin, "
+		    "copy the example %s to %s/.config/maild/maild.conf, fill "
+		    "in your account and see maild.conf(5)", home,
+		    SYSCONFDIR "/maild.conf", DOCDIR "/examples/maild.conf",
+		    home);
+	is_str(cause, want, "default path: says where it looked and what to "
+	    "do");
+	free(want);
+	free(cause);
+	free(path);
+
+	if (getuid() != 0) {
+		xasprintf(&dir, "%s/.config/maild", home);
+		mkdir_p(dir, 0700);
+		xasprintf(&want, "%s/maild.conf", dir);
+		write_file(want, "x\n", 2);
+		path = config_default_path(&cause);
+		is_str(path, want, "default path: ~/.config/maild/maild.conf");
+		free(path);
+		setenv("XDG_CONFIG_HOME", dir, 1);
+		path = config_default_path(&cause);
+		ok(path == NULL, "default path: "
+		    "$XDG_CONFIG_HOME/maild/maild.conf is looked for, not "
+		    "~/.config");
+		like(cause, tap_fmt("neither %s/maild/maild.conf nor", dir),
+		    "default path: names $XDG_CONFIG_HOME's file");
+		free(cause);
+		free(path);
+		unsetenv("XDG_CONFIG_HOME");
+		free(want);
+		free(dir);
+	}
+	free(home);
+}
+
 int
 main(void)
 {
@@ -768,8 +1410,14 @@ main(void)
 	test_duration();
 	test_size();
 	test_expand();
+	test_hints();
+	test_edit_distance();
 	test_good();
 	test_bad();
+	test_syntax();
+	test_wire();
+	test_account_equal();
+	test_default_path();
 	r = done();
 	rm_rf(topdir);
 	free(topdir);
