@@ -234,7 +234,6 @@ int		 parse_list_line(const char *, size_t, uint32_t *, uint64_t *);
 int		 parse_stat(const char *, size_t, uint64_t *, uint64_t *);
 int		 parse_retr_octets(const char *, size_t, uint64_t *);
 int		 parse_u64(const char *, uint64_t, uint64_t *);
-int		 parse_hexdigit(int);
 
 #define CAPA_PIPELINING		0x0001
 #define CAPA_UIDL		0x0002

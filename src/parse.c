@@ -229,19 +229,6 @@ parse_u64(const char *s, uint64_t max, uint64_t *out)
 	return (0);
 }
 
-/* The value of a hexadecimal digit, or -1. */
-int
-parse_hexdigit(int c)
-{
-	if (c >= '0' && c <= '9')
-		return (c - '0');
-	if (c >= 'A' && c <= 'F')
-		return (c - 'A' + 10);
-	if (c >= 'a' && c <= 'f')
-		return (c - 'a' + 10);
-	return (-1);
-}
-
 /* Note what one line of a CAPA response announces. */
 void
 parse_capa_line(struct pop3_capa *capa, const char *line, size_t len)
