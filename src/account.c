@@ -66,6 +66,7 @@ struct account {
 	struct config		*next_conf;	/* to switch to (reload) */
 	const struct account_conf *next_ac;
 	int			 removed;	/* gone from the config */
+	int			 readded;	/* and back, while it ran */
 	SSL_CTX			*ctx;
 	struct session		*session;
 	struct event		*timer;
@@ -204,6 +205,13 @@ accounts_reload(struct config *conf)
 	TAILQ_FOREACH_SAFE(a, &accounts, entry, next) {
 		if (a->removed)
 			continue;
+		/*
+		 * Certificates are read anew at the next poll: the system
+		 * trust store or a ca-file may have changed under the same
+		 * name.  (A running session keeps its own reference.)
+		 */
+		SSL_CTX_free(a->ctx);
+		a->ctx = NULL;
 		nac = NULL;
 		for (i = 0; i < conf->naccounts; i++) {
 			if (strcmp(conf->accounts[i].name, a->ac->name) == 0)
@@ -248,9 +256,25 @@ accounts_reload(struct config *conf)
 	}
 	for (i = 0; i < conf->naccounts; i++) {
 		TAILQ_FOREACH(a, &accounts, entry) {
-			if (!a->removed &&
-			    strcmp(a->ac->name, conf->accounts[i].name) == 0)
+			if (strcmp(a->ac->name, conf->accounts[i].name) == 0)
 				break;
+		}
+		if (a != NULL && a->removed) {
+			/*
+			 * Back before its old session ended: that session keeps
+			 * the account (and its lock) until it ends; then the
+			 * account starts again, as a changed one does.
+			 */
+			log_info("account=%s added to the configuration again; "
+			    "it starts when its previous session has ended",
+			    a->ac->name);
+			changes++;
+			a->removed = 0;
+			a->readded = 1;
+			config_free(a->next_conf);
+			a->next_conf = config_ref(conf);
+			a->next_ac = &conf->accounts[i];
+			continue;
 		}
 		if (a != NULL)
 			continue;
@@ -470,9 +494,11 @@ account_done_cb(struct session_result *r, void *arg)
 	}
 	if (a->removed)
 		account_free(a);
-	else if (a->next_conf != NULL && a->next_ac != NULL &&
-	    !config_account_equal(a->conf, a->ac, a->next_conf, a->next_ac))
+	else if (a->next_conf != NULL && a->next_ac != NULL && (a->readded ||
+	    !config_account_equal(a->conf, a->ac, a->next_conf, a->next_ac))) {
+		a->readded = 0;
 		account_switch(a);
+	}
 	else {
 		if (a->next_conf != NULL) {
 			config_free(a->conf);

@@ -75,6 +75,13 @@ log_init(int foreground, int verbose)
 	event_set_log_callback(log_libevent_cb);
 }
 
+/* Do log lines go to standard error (rather than syslog)? */
+int
+log_to_stderr(void)
+{
+	return (log_foreground);
+}
+
 void
 log_setverbose(int verbose)
 {

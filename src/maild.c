@@ -21,6 +21,8 @@
 
 #include "config.h"
 
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <errno.h>
@@ -53,6 +55,8 @@ static __dead void	help(void);
 static void		signal_cb(evutil_socket_t, short, void *);
 static void		grace_cb(evutil_socket_t, short, void *);
 static int		show_status(const struct config *);
+static void		no_core_dumps(void);
+static int		daemon_lock(const struct config *);
 
 /* The SYNOPSIS of maild(8) says the same, to the character. */
 #define USAGE	"usage: maild [-dhnvV] [-f file] [--once | --check [account] " \
@@ -86,11 +90,67 @@ help(void)
 	    "nothing\n"
 	    "  --status           show what the daemon last did, per "
 	    "account\n"
+	    "  --core-dumps       allow core dumps (for debugging: they hold "
+	    "passwords)\n"
 	    "\n"
 	    "Without --once, --check or --status, maild runs as a daemon.  "
 	    "See maild(8)\n"
 	    "and maild.conf(5).\n", stdout);
 	exit(0);
+}
+
+/*
+ * Passwords and tokens live in memory: no core file may show them, and no
+ * other process of the user may read them through /proc or ptrace.
+ * LeakSanitizer stops the process with ptrace, which that forbids.
+ */
+static void
+no_core_dumps(void)
+{
+	struct rlimit	rl = { 0, 0 };
+
+	if (setrlimit(RLIMIT_CORE, &rl) == -1)
+		fatal("setrlimit");
+#ifndef __SANITIZE_ADDRESS__
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == -1)
+		fatal("prctl");
+#endif
+}
+
+/*
+ * One daemon per state directory: a second one would collide with the
+ * first whenever two polls of an account overlap.  (maild --once beside
+ * a daemon is fine: each account's own lock keeps them apart.)
+ */
+static int
+daemon_lock(const struct config *conf)
+{
+	char	path[PATH_MAX];
+	long	pid;
+	int	fd;
+
+	if (mkdir_p(conf->state_dir, 0700) == -1) {
+		fprintf(stderr, "maild: state-dir %s: %s\n", conf->state_dir,
+		    strerror(errno));
+		exit(EXIT_IOERR);
+	}
+	snprintf(path, sizeof path, "%s/maild.pid", conf->state_dir);
+	switch (lock_file(path, &fd, &pid)) {
+	case 0:
+		return (fd);
+	case -1:
+		log_warnx("maild (pid %ld) is already running with state "
+		    "directory %s", pid, conf->state_dir);
+		if (!log_to_stderr())
+			fprintf(stderr, "maild: maild (pid %ld) is already "
+			    "running with state directory %s\n", pid,
+			    conf->state_dir);
+		exit(EXIT_TEMPFAIL);
+	default:
+		fprintf(stderr, "maild: cannot lock %s: %s\n", path,
+		    strerror(errno));
+		exit(EXIT_IOERR);
+	}
 }
 
 /* SIGHUP: load the file again; switch only if all of it is valid. */
@@ -110,6 +170,8 @@ reload(void)
 		sdnotify("READY=1");
 		return;
 	}
+	/* The trust store is read again, like the rest of the setup. */
+	tls_shutdown();
 	changes = accounts_reload(conf);
 	config_free(conf);
 	log_info("reloaded %s: %d account%s added, removed or changed",
@@ -186,6 +248,7 @@ main(int argc, char **argv)
 		{ "status", no_argument, NULL, 's' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
+		{ "core-dumps", no_argument, NULL, 'C' },
 		{ NULL, 0, NULL, 0 }
 	};
 	struct config		*conf;
@@ -196,6 +259,7 @@ main(int argc, char **argv)
 	const char		*check_name = NULL;
 	int			 ch, foreground = 0, verbose = 0, check = 0;
 	int			 once = 0, online = 0, status = 0, code, i;
+	int			 cores = 0, lockfd = -1;
 
 	umask(077);
 	while ((ch = getopt_long(argc, argv, "df:hnvV", longopts, NULL)) != -1) {
@@ -227,6 +291,9 @@ main(int argc, char **argv)
 			exit(0);
 		case 'h':
 			help();
+		case 'C':
+			cores = 1;
+			break;
 		default:
 			usage();
 		}
@@ -235,6 +302,8 @@ main(int argc, char **argv)
 		check_name = argv[optind++];
 	if (optind != argc || once + online + status + check > 1)
 		usage();
+	if (!cores)
+		no_core_dumps();
 	if (conf_path == NULL && (conf_path = config_default_path(&cause)) ==
 	    NULL) {
 		fprintf(stderr, "maild: %s\n", cause);
@@ -277,8 +346,12 @@ main(int argc, char **argv)
 	log_init(foreground, online && verbose == 0 ? -1 : verbose);
 	if (run_mode == ACCOUNTS_DAEMON && check_start(conf) == -1)
 		exit(EXIT_IOERR);
+	if (run_mode == ACCOUNTS_DAEMON)
+		lockfd = daemon_lock(conf);
 	if (!foreground && daemon(0, 0) == -1)
 		fatal("daemon");
+	if (lockfd != -1)
+		lock_file_pid(lockfd);	/* the lock went with the fd */
 	signal(SIGPIPE, SIG_IGN);
 
 	if ((base = event_base_new()) == NULL)
@@ -311,6 +384,8 @@ main(int argc, char **argv)
 	tls_shutdown();
 	config_free(conf);
 	free(conf_path);
+	if (lockfd != -1)
+		close(lockfd);
 	return (code);
 }
 

@@ -182,6 +182,7 @@ int		 check_account_report(const struct config *,
 /* log.c */
 void		 log_init(int, int);
 void		 log_setverbose(int);
+int		 log_to_stderr(void);
 void		 log_warn(const char *, ...) PRINTFLIKE(1, 2);
 void		 log_warnx(const char *, ...) PRINTFLIKE(1, 2);
 void		 log_info(const char *, ...) PRINTFLIKE(1, 2);
@@ -206,6 +207,8 @@ void		 freezero_str(char *);
 double		 now_mono(void);
 int		 mkdir_p(const char *, mode_t);
 int		 fsync_dir(const char *);
+int		 lock_file(const char *, int *, long *);
+void		 lock_file_pid(int);
 int		 write_full(int, const void *, size_t);
 int		 private_file(int, const char *, const char *, char **);
 int		 private_path(const char *, const char *, char **);

@@ -267,6 +267,8 @@ secret_run(struct secret_job *job, char **cause)
 		if ((devnull = open("/dev/null", O_RDONLY)) != -1)
 			dup2(devnull, STDIN_FILENO);
 		dup2(p[1], STDOUT_FILENO);
+		/* Nothing of maild's but the three standard descriptors. */
+		closefrom(STDERR_FILENO + 1);
 		execl("/bin/sh", "sh", "-c", job->ac->secret, (char *)NULL);
 		_exit(127);
 	}

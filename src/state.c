@@ -1027,44 +1027,23 @@ state_load(struct state *st, const char *path, const char *journal,
 int
 state_lock(const char *path, int *fdp, char **cause)
 {
-	struct flock	fl;
-	char		buf[32];
-	ssize_t		n;
-	long		pid;
-	int		fd;
+	long	pid;
 
-	if ((fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1) {
-		xasprintf(cause, "cannot create the lock file %s: %s", path,
-		    strerror(errno));
+	switch (lock_file(path, fdp, &pid)) {
+	case 0:
+		return (0);
+	case -2:
+		xasprintf(cause, "cannot lock %s: %s", path, strerror(errno));
 		return (-2);
 	}
-	memset(&fl, 0, sizeof fl);
-	fl.l_type = F_WRLCK;
-	fl.l_whence = SEEK_SET;
-	if (fcntl(fd, F_OFD_SETLK, &fl) == 0) {
-		n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
-		if (ftruncate(fd, 0) == 0)
-			(void)pwrite(fd, buf, n, 0);
-		*fdp = fd;
-		return (0);
-	}
-	if (errno == EACCES || errno == EAGAIN) {
-		n = pread(fd, buf, sizeof buf - 1, 0);
-		buf[n > 0 ? n : 0] = '\0';
-		pid = strtol(buf, NULL, 10);
-		if (pid == (long)getpid())
-			xasprintf(cause, "%s is locked by this maild: a session "
-			    "of an account of that name is still running",
-			    path);
-		else if (pid > 0)
-			xasprintf(cause, "%s is locked by process %ld: another "
-			    "maild is working on this account", path, pid);
-		else
-			xasprintf(cause, "%s is locked by another process",
-			    path);
-	} else
-		xasprintf(cause, "%s: cannot lock: %s", path, strerror(errno));
-	close(fd);
+	if (pid == (long)getpid())
+		xasprintf(cause, "%s is locked by this maild: a session of an "
+		    "account of that name is still running", path);
+	else if (pid > 0)
+		xasprintf(cause, "%s is locked by process %ld: another maild is "
+		    "working on this account", path, pid);
+	else
+		xasprintf(cause, "%s is locked by another process", path);
 	return (-1);
 }
 

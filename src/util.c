@@ -163,6 +163,57 @@ private_path(const char *what, const char *path, char **cause)
 	return (r);
 }
 
+/*
+ * Lock a file with an open-file-description lock (which, unlike a POSIX
+ * record lock, conflicts within one process too, and goes with the fd
+ * across fork()), and write our pid into it.  Returns 0 with *fdp, -1 if
+ * another holds it (*holder: its pid, or 0 if unknown), -2 with errno set
+ * if the file cannot be opened or locked.
+ */
+int
+lock_file(const char *path, int *fdp, long *holder)
+{
+	struct flock	fl;
+	char		buf[32];
+	ssize_t		n;
+	int		fd;
+
+	*holder = 0;
+	if ((fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1)
+		return (-2);
+	memset(&fl, 0, sizeof fl);
+	fl.l_type = F_WRLCK;
+	fl.l_whence = SEEK_SET;
+	if (fcntl(fd, F_OFD_SETLK, &fl) == 0) {
+		lock_file_pid(fd);
+		*fdp = fd;
+		return (0);
+	}
+	if (errno != EACCES && errno != EAGAIN) {
+		n = errno;
+		close(fd);
+		errno = (int)n;
+		return (-2);
+	}
+	n = pread(fd, buf, sizeof buf - 1, 0);
+	buf[n > 0 ? n : 0] = '\0';
+	*holder = strtol(buf, NULL, 10);
+	close(fd);
+	return (-1);
+}
+
+/* (Re)write our pid into a lock file we hold (after fork(), say). */
+void
+lock_file_pid(int fd)
+{
+	char	buf[32];
+	int	n;
+
+	n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+	if (ftruncate(fd, 0) == 0)
+		(void)pwrite(fd, buf, n, 0);
+}
+
 /* write(2) all of buf, retrying short writes. */
 int
 write_full(int fd, const void *buf, size_t len)
