@@ -82,6 +82,7 @@ static char	*conf_read(const char *, int, char **);
 static int	conf_keyword(cfg_t *, const char *, const char *const *);
 static int	conf_account_secret(cfg_t *, struct account_conf *);
 static int	conf_account_tls(cfg_t *, struct account_conf *);
+static int	conf_account_protocol(cfg_t *, struct account_conf *);
 static int	conf_account_policy(cfg_t *, struct config *,
 		    struct account_conf *);
 static int	conf_account_wire(cfg_t *, const struct account_conf *);
@@ -113,6 +114,13 @@ static cfg_opt_t account_opts[] = {
 	CFG_STR("auth", "auto", CFGF_NONE),
 	CFG_STR("pipelining", "auto", CFGF_NONE),
 	CFG_INT_CB("poll-interval", 0, CFGF_NODEFAULT, conf_number_cb),
+	CFG_STR("protocol", "pop3", CFGF_NONE),
+	CFG_STR_LIST("folders", NULL, CFGF_NODEFAULT),
+	CFG_BOOL("folder-subdirs", cfg_false, CFGF_NODEFAULT),
+	CFG_STR("move-to", NULL, CFGF_NODEFAULT),
+	CFG_BOOL("mark-seen", cfg_false, CFGF_NODEFAULT),
+	CFG_STR("idle", NULL, CFGF_NODEFAULT),
+	CFG_INT_CB("idle-refresh", 0, CFGF_NODEFAULT, conf_number_cb),
 	CFG_END()
 };
 
@@ -145,6 +153,8 @@ static const struct conf_number {
 	{ "delete-after", 0, PARSE_LONG_DURATION_MAX,
 	    "like 12h, 30d; at most 3650d" },
 	{ "max-size", 1, PARSE_SIZE_MAX, "like 500000, 800k, 20M, 1G" },
+	{ "idle-refresh", 0, PARSE_DURATION_MAX,
+	    "like 25m, 600s; between 10s and 29m" },
 };
 
 /* Record the first error; later ones are usually consequences of it. */
@@ -387,6 +397,96 @@ conf_path(cfg_t *sec, const char *opt, char **out)
 		return (-1);
 	}
 	*out = path;
+	return (0);
+}
+
+/*
+ * The protocol, and the options only IMAP has: folders (default INBOX),
+ * folder-subdirs, move-to, mark-seen, idle and idle-refresh.
+ */
+static int
+conf_account_protocol(cfg_t *sec, struct account_conf *a)
+{
+	static const char *const protocols[] = { "pop3", "imap", NULL };
+	static const char *const idles[] = { "no", "yes", "auto", NULL };
+	static const char *const imap_only[] = { "folders", "folder-subdirs",
+	    "move-to", "mark-seen", "idle", "idle-refresh", NULL };
+	const char	*f;
+	size_t		 i, n, j;
+	int		 r;
+
+	if ((r = conf_keyword(sec, "protocol", protocols)) == -1)
+		return (-1);
+	a->protocol = (enum protocol)r;
+	if (a->protocol != PROTOCOL_IMAP) {
+		for (i = 0; imap_only[i] != NULL; i++) {
+			if (cfg_size(sec, imap_only[i]) > 0) {
+				conf_account_error(sec, imap_only[i], "%s is "
+				    "for IMAP accounts (protocol = imap)",
+				    imap_only[i]);
+				return (-1);
+			}
+		}
+		return (0);
+	}
+	n = cfg_size(sec, "folders");
+	a->folders = xcalloc(n + 2, sizeof *a->folders);
+	for (i = 0; i < n; i++) {
+		f = cfg_getnstr(sec, "folders", i);
+		if (f == NULL || *f == '\0' || strlen(f) > 512) {
+			conf_account_error(sec, "folders", "a folder name must "
+			    "be 1 to 512 bytes");
+			return (-1);
+		}
+		for (j = 0; f[j] != '\0'; j++) {
+			if ((unsigned char)f[j] < 0x20 || f[j] == 0x7f) {
+				conf_account_error(sec, "folders", "folder "
+				    "\"%s\" holds a control character", f);
+				return (-1);
+			}
+		}
+		for (j = 0; j < i; j++) {
+			if (strcmp(a->folders[j], f) == 0) {
+				conf_account_error(sec, "folders", "folder "
+				    "\"%s\" is listed twice", f);
+				return (-1);
+			}
+		}
+		a->folders[i] = xstrdup(f);
+	}
+	if (n == 0)
+		a->folders[n++] = xstrdup("INBOX");
+	a->nfolders = n;
+	if (cfg_size(sec, "folder-subdirs") > 0)
+		a->folder_subdirs = cfg_getbool(sec, "folder-subdirs");
+	if (cfg_size(sec, "move-to") > 0) {
+		f = cfg_getstr(sec, "move-to");
+		if (f == NULL || *f == '\0' || strlen(f) > 512 ||
+		    strpbrk(f, "\r\n") != NULL) {
+			conf_account_error(sec, "move-to", "move-to must name a "
+			    "folder");
+			return (-1);
+		}
+		a->move_to = xstrdup(f);
+	}
+	if (cfg_size(sec, "mark-seen") > 0)
+		a->mark_seen = cfg_getbool(sec, "mark-seen");
+	a->idle = IDLE_AUTO;
+	if (cfg_size(sec, "idle") > 0) {
+		if ((r = conf_keyword(sec, "idle", idles)) == -1)
+			return (-1);
+		a->idle = r;
+	}
+	a->idle_refresh = 25 * 60;
+	if (cfg_size(sec, "idle-refresh") > 0) {
+		a->idle_refresh = (int)cfg_getint(sec, "idle-refresh");
+		if (a->idle_refresh < 10 || a->idle_refresh > 29 * 60) {
+			conf_account_error(sec, "idle-refresh", "idle-refresh "
+			    "must be between 10s and 29m (RFC 2177: servers may "
+			    "drop an IDLE after 30 minutes)");
+			return (-1);
+		}
+	}
 	return (0);
 }
 
@@ -698,10 +798,13 @@ conf_account_wire(cfg_t *sec, const struct account_conf *a)
 		    "or address: %s", a->host, why);
 		return (-1);
 	}
-	if (a->auth == AUTH_USER) {
+	if (a->protocol == PROTOCOL_IMAP)
+		max = USER_MAX;
+	else if (a->auth == AUTH_USER) {
 		cmd = "USER <user>";
 		max = POP3_COMMAND_MAX - strlen("USER ") - 2;
-	} else if (a->auth == AUTH_APOP || a->auth == AUTH_AUTO) {
+	} else if (a->protocol == PROTOCOL_POP3 && (a->auth == AUTH_APOP ||
+	    a->auth == AUTH_AUTO)) {
 		cmd = "APOP <user> <digest>";
 		max = POP3_COMMAND_MAX - strlen("APOP  ") - 32 - 2;
 	}
@@ -739,7 +842,6 @@ conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 	if (conf_string(sec, "host", 1, &a->host) == -1 ||
 	    conf_string(sec, "user", 1, &a->user) == -1)
 		return (-1);
-	a->port = 995;
 	if (cfg_size(sec, "port") > 0) {
 		long	port = cfg_getint(sec, "port");
 
@@ -752,13 +854,28 @@ conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 		a->port_line = conf_line(sec, "port");
 	}
 
-	if (conf_account_secret(sec, a) == -1 ||
+	if (conf_account_protocol(sec, a) == -1 ||
+	    conf_account_secret(sec, a) == -1 ||
 	    conf_account_tls(sec, a) == -1 ||
 	    conf_account_policy(sec, conf, a) == -1 ||
 	    conf_account_wire(sec, a) == -1)
 		return (-1);
-	if (a->tls != TLS_IMPLICIT && cfg_size(sec, "port") == 0)
-		a->port = 110;
+	if (a->move_to != NULL && a->keep) {
+		conf_account_error(sec, "move-to", "move-to moves fetched "
+		    "messages away, which keep = yes says not to do");
+		return (-1);
+	}
+	if (a->mark_seen && !a->keep) {
+		conf_account_error(sec, "mark-seen", "mark-seen is for keep = "
+		    "yes (otherwise the messages are deleted or moved)");
+		return (-1);
+	}
+	if (cfg_size(sec, "port") == 0) {
+		if (a->protocol == PROTOCOL_IMAP)
+			a->port = a->tls == TLS_IMPLICIT ? 993 : 143;
+		else
+			a->port = a->tls == TLS_IMPLICIT ? 995 : 110;
+	}
 	return (0);
 
 badname:
@@ -1064,6 +1181,14 @@ conf_account_free(struct account_conf *a)
 	free(a->tls_cert_file);
 	free(a->tls_key_file);
 	free(a->pins);
+	free(a->move_to);
+	if (a->folders != NULL) {
+		char	**f;
+
+		for (f = a->folders; *f != NULL; f++)
+			free(*f);
+		free(a->folders);
+	}
 }
 
 /* Keep only the named account (maild --check name); -1 if there is none. */
@@ -1131,6 +1256,19 @@ static const struct account_field {
 #undef ACCOUNT_CONF_FIELD
 };
 
+/* Two NULL-terminated lists of strings (or NULLs) alike? */
+static int
+strv_equal(char *const *a, char *const *b)
+{
+	if (a == NULL || b == NULL)
+		return (a == b);
+	for (; *a != NULL && *b != NULL; a++, b++) {
+		if (strcmp(*a, *b) != 0)
+			return (0);
+	}
+	return (*a == *b);
+}
+
 /*
  * Would two account configurations poll the same way?  A reload keeps
  * the schedule and the running session of an account that did not change.
@@ -1165,6 +1303,11 @@ config_account_equal(const struct config *ca, const struct account_conf *a,
 			if (a->npins != b->npins || (a->npins > 0 &&
 			    memcmp(a->pins, b->pins, a->npins *
 			    sizeof *a->pins) != 0))
+				return (0);
+			break;
+		case ACF_STRV:
+			if (!strv_equal(*(char **const *)pa,
+			    *(char **const *)pb))
 				return (0);
 			break;
 		case ACF_NONE:

@@ -67,6 +67,12 @@
  *    without them, so that one empty or partial listing (a server glitch)
  *    does not make every message new again.
  *
+ * Sessions of one account share its state (deliver_open() of an account
+ * already open in this process takes another reference): an IMAP account
+ * may hold one connection per folder.  Each session has its own batch.
+ * Messages of an IMAP folder may go to a Maildir++ folder (".Name") of
+ * the account's Maildir; a PENDING record then names "<.Name>/<file>".
+ *
  * A POP3 server without UIDL gives no key: then (delete mode only) the key
  * is the SHA-256 of the message's content, known once it is received.
  * Such a record only serves the next session, to recognise messages that
@@ -79,6 +85,9 @@
 
 #include "config.h"
 
+#include <sys/queue.h>
+
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,27 +109,54 @@
 /* The flags deliver.c keeps on records (state_set_flags). */
 #define REC_LISTED		0x01	/* in this session's listing */
 #define REC_REMOVED		0x02	/* the server acknowledged removal */
+/* Maildir++ folders an account may deliver to at once. */
+#define SUBDIRS_MAX		256
+
+/* A Maildir of the account: the main one (name NULL) or a ".Folder". */
+struct dir {
+	char		*name;
+	struct maildir	 md;
+};
+
+/* What the sessions of one account share: its state and its Maildirs. */
+struct store {
+	LIST_ENTRY(store)	 entry;
+	char			*id;		/* <state-dir>/<account> */
+	char			*mailbox;
+	char			*maildir;
+	char			*account;	/* for logs */
+	int			 refs;
+	struct state		*st;
+	uint32_t		 tmptag;	/* marks the account's tmp/ files */
+	struct dir		*dirs;		/* [0]: the main Maildir */
+	size_t			 ndirs;
+	int			 suspect;	/* a commit failed */
+	int			 digests;	/* keys are content digests */
+	struct state		*tags;		/* tag -> record, on demand */
+	uint64_t		 tags_epoch;	/* of the record ids in it */
+};
+static LIST_HEAD(, store) stores = LIST_HEAD_INITIALIZER(stores);
 
 /* A message received and durable in tmp/, waiting for its commit. */
 struct batch_item {
+	size_t		 dir;		/* in the store's dirs */
 	char		 final[MAILDIR_NAME_MAX];	/* its name in new/ */
 	char		*key;
 	size_t		 keylen;
 	uint32_t	 ordinal;
+	char		*tag;
 	uint64_t	 listed;	/* the size the server listed */
 	uint64_t	 size;		/* the size of the file */
 	void		*cookie;
 };
 
+/* One session's handle on its account's store, with its own batch. */
 struct deliver {
 	const struct account_conf *ac;
-	struct state		*st;
-	struct maildir		 md;
-	int			 md_open;
-	int			 suspect;	/* a commit failed */
-	int			 digests;	/* keys are content digests */
+	struct store		*s;
 	struct state		*seen;		/* digests of this session */
 	EVP_MD_CTX		*mdctx;
+	int			 hash;		/* digest every message */
 	deliver_committed_cb	 committed;
 	void			*arg;
 
@@ -130,15 +166,189 @@ struct deliver {
 	double			 batch_started;
 };
 
-static int	deliver_recover(struct deliver *, char **);
+static int	store_recover(struct store *, char **);
+static void	store_close(struct store *);
 static void	deliver_clear_batch(struct deliver *);
 
 /*
- * Open an account's delivery: lock and load its state, open its Maildir,
- * finish what a crash interrupted and remove partial files.  mailbox
- * names what the state's keys belong to ("user@host"): a state kept for
- * another mailbox is not used.  committed is called for each message of
- * a batch once it is delivered.  On failure, *code is the exit status.
+ * Open (or create) a Maildir of the store: NULL the main one, else a
+ * Maildir++ folder ".Name".  Returns its index in dirs (which may move
+ * when another is added), or -1.
+ */
+static long
+store_dir(struct store *s, const char *name, char **cause)
+{
+	struct dir	*dir;
+	char		*path;
+	size_t		 i;
+
+	if (name == NULL)
+		return (0);
+	for (i = 1; i < s->ndirs; i++) {
+		if (strcmp(s->dirs[i].name, name) == 0)
+			return ((long)i);
+	}
+	if (s->ndirs > SUBDIRS_MAX) {
+		xasprintf(cause, "maildir %s: more than %d folders", s->maildir,
+		    SUBDIRS_MAX);
+		return (-1);
+	}
+	xasprintf(&path, "%s/%s", s->maildir, name);
+	s->dirs = xreallocarray(s->dirs, s->ndirs + 1, sizeof *s->dirs);
+	dir = &s->dirs[s->ndirs];
+	if (maildir_open(&dir->md, path, s->tmptag, s->account, cause) == -1) {
+		free(path);
+		return (-1);
+	}
+	free(path);
+	dir->name = xstrdup(name);
+	return ((long)s->ndirs++);
+}
+
+/*
+ * Remove the account's partial files from tmp/ of its Maildir and of the
+ * Maildir++ folders in it (whichever a session may have written to).
+ */
+static void
+store_cleanup(struct store *s)
+{
+	DIR		*d;
+	struct dirent	*de;
+	struct maildir	 md;
+	char		*path, *cause = NULL;
+	int		 n, total;
+
+	total = maildir_cleanup_tmp(&s->dirs[0].md);
+	if ((d = opendir(s->maildir)) != NULL) {
+		while ((de = readdir(d)) != NULL) {
+			if (de->d_name[0] != '.' || strcmp(de->d_name, ".") == 0 ||
+			    strcmp(de->d_name, "..") == 0)
+				continue;
+			xasprintf(&path, "%s/%s/tmp", s->maildir, de->d_name);
+			n = access(path, F_OK);
+			free(path);
+			if (n == -1)
+				continue;
+			xasprintf(&path, "%s/%s", s->maildir, de->d_name);
+			if (maildir_open(&md, path, s->tmptag, s->account,
+			    &cause) == 0) {
+				if ((n = maildir_cleanup_tmp(&md)) > 0)
+					total += n;
+				maildir_close(&md);
+			}
+			free(cause);
+			cause = NULL;
+			free(path);
+		}
+		closedir(d);
+	}
+	if (total > 0)
+		log_info("account=%s removed %d partial file%s an interrupted "
+		    "fetch left in %s", s->account, total, total == 1 ? "" :
+		    "s", s->maildir);
+}
+
+/* Open an account's store: lock and load the state, recover, clean up. */
+static struct store *
+store_open(const struct account_conf *ac, const char *state_dir,
+    const char *id, const char *mailbox, int *code, char **cause)
+{
+	struct store	*s;
+	const char	*old;
+	char		 path[PATH_MAX];
+
+	s = xcalloc(1, sizeof *s);
+	s->id = xstrdup(id);
+	s->mailbox = xstrdup(mailbox);
+	s->maildir = xstrdup(ac->maildir);
+	s->account = xstrdup(ac->name);
+	s->refs = 1;
+	if (mkdir_p(state_dir, 0700) == -1) {
+		xasprintf(cause, "state-dir %s: %s", state_dir,
+		    strerror(errno));
+		*code = EXIT_IOERR;
+		goto fail;
+	}
+	if ((s->st = state_open(state_dir, ac->name, code, cause)) == NULL)
+		goto fail;
+	/* Partial files in tmp/ carry a tag that says whose they are. */
+	snprintf(path, sizeof path, "%s/%s.state", state_dir, ac->name);
+	s->tmptag = (uint32_t)siphash24((const uint8_t *)"maild tmp tag 01",
+	    path, strlen(path));
+	*code = EXIT_IOERR;
+	s->dirs = xcalloc(1, sizeof *s->dirs);
+	if (maildir_open(&s->dirs[0].md, ac->maildir, s->tmptag, s->account,
+	    cause) == -1) {
+		free(s->dirs);
+		s->dirs = NULL;
+		goto fail;
+	}
+	s->ndirs = 1;
+
+	old = state_meta(s->st, "mailbox");
+	if (old != NULL && strcmp(old, mailbox) != 0) {
+		log_warnx("account=%s the state file was kept for mailbox %s, "
+		    "but the account is now %s: starting afresh", ac->name,
+		    old, mailbox);
+		/* Recovery first: a pending delivery is still a delivery. */
+		if (store_recover(s, cause) == -1)
+			goto fail;
+		state_forget_all(s->st);
+	}
+	state_set_meta(s->st, "mailbox", mailbox);
+	if (store_recover(s, cause) == -1)
+		goto fail;
+	state_set_meta(s->st, "maildir", ac->maildir);
+	store_cleanup(s);
+	if (state_meta(s->st, "digest-quit") != NULL) {
+		if (state_count(s->st) > 0)
+			log_info("account=%s the last session said QUIT without "
+			    "hearing back: the messages it recognised by their "
+			    "content may be gone from the server, so their "
+			    "digests are not used", ac->name);
+		state_forget_all(s->st);
+		state_set_meta(s->st, "digest-quit", NULL);
+	}
+	s->digests = state_meta(s->st, "records") != NULL &&
+	    strcmp(state_meta(s->st, "records"), "digests") == 0;
+	if (state_dirty(s->st) && state_sync(s->st, cause) == -1)
+		goto fail;
+	LIST_INSERT_HEAD(&stores, s, entry);
+	return (s);
+
+fail:
+	store_close(s);
+	return (NULL);
+}
+
+/* Free a store (out of the list of open ones). */
+static void
+store_close(struct store *s)
+{
+	size_t	i;
+
+	for (i = 0; i < s->ndirs; i++) {
+		maildir_close(&s->dirs[i].md);
+		free(s->dirs[i].name);
+	}
+	free(s->dirs);
+	state_close(s->st);
+	state_close(s->tags);
+	free(s->id);
+	free(s->mailbox);
+	free(s->maildir);
+	free(s->account);
+	free(s);
+}
+
+/*
+ * Open a session's delivery for an account: its store is opened (state
+ * locked and loaded, Maildir opened, interrupted deliveries finished,
+ * partial files removed), or shared with the account's other sessions.
+ * mailbox names what the state's keys belong to ("user@host"): a state
+ * kept for another mailbox is not used.  committed is called for each
+ * message of this session's batches once it is delivered.  On failure,
+ * *code is the exit status.
  */
 struct deliver *
 deliver_open(const struct account_conf *ac, const char *state_dir,
@@ -146,68 +356,37 @@ deliver_open(const struct account_conf *ac, const char *state_dir,
     char **cause)
 {
 	struct deliver	*d;
-	const char	*old;
-	char		 path[PATH_MAX];
-	uint32_t	 tag;
-	int		 n;
+	struct store	*s;
+	char		*id;
 
+	xasprintf(&id, "%s/%s", state_dir, ac->name);
+	LIST_FOREACH(s, &stores, entry) {
+		if (strcmp(s->id, id) == 0)
+			break;
+	}
+	if (s != NULL) {
+		if (strcmp(s->mailbox, mailbox) != 0 ||
+		    strcmp(s->maildir, ac->maildir) != 0) {
+			xasprintf(cause, "the account's state is in use by a "
+			    "session with other settings; it will be tried "
+			    "again when that has ended");
+			*code = EXIT_TEMPFAIL;
+			free(id);
+			return (NULL);
+		}
+		s->refs++;
+	} else if ((s = store_open(ac, state_dir, id, mailbox, code,
+	    cause)) == NULL) {
+		free(id);
+		return (NULL);
+	}
+	free(id);
 	d = xcalloc(1, sizeof *d);
 	d->ac = ac;
+	d->s = s;
 	d->committed = committed;
 	d->arg = arg;
-	if (mkdir_p(state_dir, 0700) == -1) {
-		xasprintf(cause, "state-dir %s: %s", state_dir,
-		    strerror(errno));
-		*code = EXIT_IOERR;
-		goto fail;
-	}
-	if ((d->st = state_open(state_dir, ac->name, code, cause)) == NULL)
-		goto fail;
-	/* Partial files in tmp/ carry a tag that says whose they are. */
-	snprintf(path, sizeof path, "%s/%s.state", state_dir, ac->name);
-	tag = (uint32_t)siphash24((const uint8_t *)"maild tmp tag 01", path,
-	    strlen(path));
-	*code = EXIT_IOERR;
-	if (maildir_open(&d->md, ac->maildir, tag, ac->name, cause) == -1)
-		goto fail;
-	d->md_open = 1;
-
-	old = state_meta(d->st, "mailbox");
-	if (old != NULL && strcmp(old, mailbox) != 0) {
-		log_warnx("account=%s the state file was kept for mailbox %s, "
-		    "but the account is now %s: starting afresh", ac->name,
-		    old, mailbox);
-		/* Recovery first: a pending delivery is still a delivery. */
-		if (deliver_recover(d, cause) == -1)
-			goto fail;
-		state_forget_all(d->st);
-	}
-	state_set_meta(d->st, "mailbox", mailbox);
-	if (deliver_recover(d, cause) == -1)
-		goto fail;
-	state_set_meta(d->st, "maildir", ac->maildir);
-	if ((n = maildir_cleanup_tmp(&d->md)) > 0)
-		log_info("account=%s removed %d partial file%s an interrupted "
-		    "fetch left in %s/tmp", ac->name, n, n == 1 ? "" : "s",
-		    ac->maildir);
-	if (state_meta(d->st, "digest-quit") != NULL) {
-		if (state_count(d->st) > 0)
-			log_info("account=%s the last session said QUIT without "
-			    "hearing back: the messages it recognised by their "
-			    "content may be gone from the server, so their "
-			    "digests are not used", ac->name);
-		state_forget_all(d->st);
-		state_set_meta(d->st, "digest-quit", NULL);
-	}
-	d->digests = state_meta(d->st, "records") != NULL &&
-	    strcmp(state_meta(d->st, "records"), "digests") == 0;
-	if (state_dirty(d->st) && state_sync(d->st, cause) == -1)
-		goto fail;
 	return (d);
-
-fail:
-	deliver_close(d);
-	return (NULL);
 }
 
 /*
@@ -215,58 +394,69 @@ fail:
  * The maildir recorded is the one the files are in.
  */
 static int
-deliver_recover(struct deliver *d, char **cause)
+store_recover(struct store *s, char **cause)
 {
 	const struct state_rec	*r;
-	struct maildir		 other, *md = &d->md;
-	const char		*dir, *file;
+	struct maildir		 md;
+	const char		*dir, *file, *slash;
+	char			*path, *sub;
 	uint32_t		 it = 0, id;
-	unsigned		 done = 0, lost = 0, moved = 0;
+	unsigned		 done = 0, moved = 0;
 	int			 x;
 
-	dir = state_meta(d->st, "maildir");
-	if (dir != NULL && strcmp(dir, d->ac->maildir) != 0) {
-		/* Still the Maildir the pending files went to. */
-		if (maildir_open(&other, dir, d->md.tag, d->ac->name,
-		    cause) == -1)
-			return (-1);
-		md = &other;
-	}
-	while ((r = state_next(d->st, &it)) != NULL) {
+	dir = state_meta(s->st, "maildir");
+	if (dir == NULL)
+		dir = s->maildir;
+	while ((r = state_next(s->st, &it)) != NULL) {
 		if (r->kind != STATE_PENDING)
 			continue;
-		id = state_rec_id(d->st, r);
-		file = state_rec_file(d->st, r);
-		if ((x = maildir_recover(md, file, cause)) == -1)
-			goto fail;
+		id = state_rec_id(s->st, r);
+		file = state_rec_file(s->st, r);
+		/* A Maildir++ folder: "<.Folder>/<name>". */
+		if ((slash = strchr(file, '/')) != NULL) {
+			sub = xstrndup(file, slash - file);
+			xasprintf(&path, "%s/%s", dir, sub);
+			free(sub);
+			file = slash + 1;
+		} else
+			path = xstrdup(dir);
+		if (access(path, F_OK) == -1)
+			x = MAILDIR_MISSING;
+		else if (maildir_open(&md, path, s->tmptag, s->account,
+		    cause) == -1) {
+			free(path);
+			return (-1);
+		} else {
+			x = maildir_recover(&md, file, cause);
+			/* The moves before the crash may not be durable. */
+			if (x != -1 && x != MAILDIR_MISSING &&
+			    maildir_sync_new(&md, cause) == -1)
+				x = -1;
+			maildir_close(&md);
+		}
+		if (x == -1) {
+			free(path);
+			return (-1);
+		}
 		if (x == MAILDIR_MISSING) {
 			log_warnx("account=%s the message of an interrupted "
 			    "delivery (%s) is in neither tmp/, new/ nor cur/ "
-			    "of %s: it will be fetched again", d->ac->name,
-			    file, md->path);
-			state_forget(d->st, id);
-			lost++;
-			continue;
+			    "of %s: it will be fetched again", s->account,
+			    file, path);
+			state_forget(s->st, id);
+		} else {
+			if (x == MAILDIR_MOVED)
+				moved++;
+			state_delivered(s->st, id);
+			done++;
 		}
-		if (x == MAILDIR_MOVED)
-			moved++;
-		state_delivered(d->st, id);
-		done++;
+		free(path);
 	}
-	/* The moves before the crash may not have reached the disk. */
-	if (done > 0 && maildir_sync_new(md, cause) == -1)
-		goto fail;
 	if (done > 0)
 		log_info("account=%s finished %u deliver%s a crash had "
-		    "interrupted (%u moved into new/ now)", d->ac->name, done,
+		    "interrupted (%u moved into new/ now)", s->account, done,
 		    done == 1 ? "y" : "ies", moved);
-	if (md != &d->md)
-		maildir_close(&other);
 	return (0);
-fail:
-	if (md != &d->md)
-		maildir_close(&other);
-	return (-1);
 }
 
 /* Close; unsynced changes to the state are dropped (deliver_sync first). */
@@ -277,9 +467,10 @@ deliver_close(struct deliver *d)
 		return;
 	deliver_clear_batch(d);
 	free(d->batch);
-	if (d->md_open)
-		maildir_close(&d->md);
-	state_close(d->st);
+	if (--d->s->refs == 0) {
+		LIST_REMOVE(d->s, entry);
+		store_close(d->s);
+	}
 	state_close(d->seen);
 	EVP_MD_CTX_free(d->mdctx);
 	free(d);
@@ -289,9 +480,9 @@ deliver_close(struct deliver *d)
 int
 deliver_sync(struct deliver *d, char **cause)
 {
-	if (d->suspect || !state_dirty(d->st))
+	if (d->s->suspect || !state_dirty(d->s->st))
 		return (0);
-	return (state_sync(d->st, cause));
+	return (state_sync(d->s->st, cause));
 }
 
 /*
@@ -301,12 +492,12 @@ deliver_sync(struct deliver *d, char **cause)
 int
 deliver_use_digests(struct deliver *d)
 {
-	if (d->digests)
+	if (d->s->digests)
 		return (0);
-	if (state_count(d->st) > 0)
+	if (state_count(d->s->st) > 0)
 		return (-1);
-	d->digests = 1;
-	state_set_meta(d->st, "records", "digests");
+	d->s->digests = 1;
+	state_set_meta(d->s->st, "records", "digests");
 	return (0);
 }
 
@@ -314,22 +505,39 @@ deliver_use_digests(struct deliver *d)
 void
 deliver_use_keys(struct deliver *d)
 {
-	if (!d->digests)
+	if (!d->s->digests)
 		return;
-	d->digests = 0;
-	state_forget_all(d->st);
-	state_set_meta(d->st, "records", NULL);
+	d->s->digests = 0;
+	state_forget_all(d->s->st);
+	state_set_meta(d->s->st, "records", NULL);
 }
 
-/* A listing starts: no record is listed yet. */
+/* Does a record's key start with prefix? */
+static int
+rec_in(struct state *st, const struct state_rec *r, const char *prefix,
+    size_t plen)
+{
+	size_t		 len;
+	const char	*key = state_rec_key(st, r, &len);
+
+	return (len >= plen && memcmp(key, prefix, plen) == 0);
+}
+
+/*
+ * A listing of the records whose key starts with prefix (all of them
+ * with "", 0; an IMAP folder's otherwise) starts: none is listed yet.
+ */
 void
-deliver_listing_start(struct deliver *d)
+deliver_listing_start(struct deliver *d, const char *prefix, size_t plen)
 {
 	const struct state_rec	*r;
 	uint32_t		 it = 0;
 
-	while ((r = state_next(d->st, &it)) != NULL)
-		state_set_flags(d->st, state_rec_id(d->st, r), 0, REC_LISTED);
+	while ((r = state_next(d->s->st, &it)) != NULL) {
+		if (rec_in(d->s->st, r, prefix, plen))
+			state_set_flags(d->s->st, state_rec_id(d->s->st, r), 0,
+			    REC_LISTED);
+	}
 }
 
 /*
@@ -341,13 +549,14 @@ int
 deliver_listed(struct deliver *d, const char *key, size_t len,
     uint32_t ordinal, uint64_t size, int64_t *first)
 {
+	struct state		*st = d->s->st;
 	const struct state_rec	*r;
 	uint32_t		 id;
 	char			 esc[LOG_ESCAPE_MAX];
 
-	if ((id = state_find(d->st, key, len, ordinal)) == STATE_NONE)
+	if ((id = state_find(st, key, len, ordinal)) == STATE_NONE)
 		return (DELIVER_NEW);
-	r = state_rec(d->st, id);
+	r = state_rec(st, id);
 	if (d->ac->exact_sizes && size != 0 && r->size != 0 &&
 	    size != r->size) {
 		/* Not listed: the old record goes if it stays unlisted. */
@@ -359,35 +568,38 @@ deliver_listed(struct deliver *d, const char *key, size_t len,
 		    (unsigned long long)r->size);
 		return (DELIVER_NEW);
 	}
-	state_set_flags(d->st, id, REC_LISTED, 0);
+	state_set_flags(st, id, REC_LISTED, 0);
 	if (r->missed != 0 || r->absent != 0)
-		state_set_absence(d->st, id, 0, 0);
+		state_set_absence(st, id, 0, 0);
 	if (first != NULL)
 		*first = r->first;
 	return (DELIVER_DONE);
 }
 
 /*
- * The listing was complete: count a miss for every record it did not
- * mention, and forget those missing long enough (see the top).
+ * The listing (of the records under prefix) was complete: count a miss
+ * for every record it did not mention, and forget those missing long
+ * enough (see the top).
  */
 void
-deliver_listing_end(struct deliver *d)
+deliver_listing_end(struct deliver *d, const char *prefix, size_t plen)
 {
+	struct state		*st = d->s->st;
 	const struct state_rec	*r;
 	uint32_t		 it = 0, id;
 	time_t			 now = time(NULL);
 	unsigned		 forgot = 0, missing = 0;
 
-	while ((r = state_next(d->st, &it)) != NULL) {
-		if ((r->flags & REC_LISTED) || r->kind != STATE_DELIVERED)
+	while ((r = state_next(st, &it)) != NULL) {
+		if ((r->flags & REC_LISTED) || r->kind != STATE_DELIVERED ||
+		    !rec_in(st, r, prefix, plen))
 			continue;
-		id = state_rec_id(d->st, r);
-		state_set_absence(d->st, id, r->missed + 1,
+		id = state_rec_id(st, r);
+		state_set_absence(st, id, r->missed + 1,
 		    r->absent != 0 ? r->absent : now);
 		if (r->missed >= FORGET_LISTINGS &&
 		    now - r->absent >= FORGET_SECONDS) {
-			state_forget(d->st, id);
+			state_forget(st, id);
 			forgot++;
 		} else
 			missing++;
@@ -399,6 +611,138 @@ deliver_listing_end(struct deliver *d)
 }
 
 /*
+ * Call fn for every record whose key starts with prefix, with its key,
+ * ordinal and tag (NULL if none): to find the records of an IMAP folder
+ * under another UIDVALIDITY, say.
+ */
+void
+deliver_scan(struct deliver *d, const char *prefix, size_t plen,
+    void (*fn)(const char *, size_t, uint32_t, const char *, void *),
+    void *arg)
+{
+	struct state		*st = d->s->st;
+	const struct state_rec	*r;
+	const char		*key;
+	size_t			 len;
+	uint32_t		 it = 0;
+
+	while ((r = state_next(st, &it)) != NULL) {
+		if (!rec_in(st, r, prefix, plen) || r->kind != STATE_DELIVERED)
+			continue;
+		key = state_rec_key(st, r, &len);
+		fn(key, len, r->ordinal, state_rec_tag(st, r), arg);
+	}
+}
+
+/* The tag index, built when first asked for. */
+static struct state *
+store_tags(struct store *s)
+{
+	const struct state_rec	*r;
+	const char		*tag;
+	uint32_t		 it = 0, n;
+
+	/* Record ids change when the state is compacted. */
+	if (s->tags != NULL && s->tags_epoch == state_epoch(s->st))
+		return (s->tags);
+	state_close(s->tags);
+	s->tags = state_new();
+	s->tags_epoch = state_epoch(s->st);
+	while ((r = state_next(s->st, &it)) != NULL) {
+		if ((tag = state_rec_tag(s->st, r)) == NULL)
+			continue;
+		for (n = 1; state_find(s->tags, tag, strlen(tag), n) !=
+		    STATE_NONE; n++)
+			;
+		state_put(s->tags, tag, strlen(tag), n,
+		    state_rec_id(s->st, r), 0, NULL, NULL);
+	}
+	return (s->tags);
+}
+
+/*
+ * Is there a delivered message with this tag whose key starts with
+ * prefix?  (A Gmail X-GM-MSGID in any folder; a Message-ID digest under
+ * a folder's old UIDVALIDITY.)  With key non-NULL, the first such
+ * record's key is copied there (at most *keylen bytes; *keylen set).
+ */
+int
+deliver_find_tag(struct deliver *d, const char *tag, const char *prefix,
+    size_t plen, char *key, size_t *keylen)
+{
+	struct state		*tags = store_tags(d->s), *st = d->s->st;
+	const struct state_rec	*t, *r;
+	const char		*rt, *k;
+	uint32_t		 n, id;
+	size_t			 len;
+
+	for (n = 1; (id = state_find(tags, tag, strlen(tag), n)) !=
+	    STATE_NONE; n++) {
+		t = state_rec(tags, id);
+		if ((uint64_t)t->first >= UINT32_MAX)
+			continue;
+		r = state_rec(st, (uint32_t)t->first);
+		/* The index may hold records forgotten since. */
+		if (r->kind != STATE_DELIVERED ||
+		    (rt = state_rec_tag(st, r)) == NULL ||
+		    strcmp(rt, tag) != 0 || !rec_in(st, r, prefix, plen))
+			continue;
+		if (key != NULL) {
+			k = state_rec_key(st, r, &len);
+			if (len > *keylen)
+				continue;
+			memcpy(key, k, len);
+			*keylen = len;
+		}
+		return (1);
+	}
+	return (0);
+}
+
+/* Put a record's tag into the index, if it is built. */
+static void
+store_index_tag(struct store *s, uint32_t id, const char *tag)
+{
+	uint32_t	n;
+
+	if (s->tags == NULL || tag == NULL ||
+	    s->tags_epoch != state_epoch(s->st))
+		return;
+	for (n = 1; state_find(s->tags, tag, strlen(tag), n) != STATE_NONE;
+	    n++)
+		;
+	state_put(s->tags, tag, strlen(tag), n, id, 0, NULL, NULL);
+}
+
+/*
+ * Record a message as delivered without delivering anything: it is the
+ * same as one delivered before (under an old UIDVALIDITY, or in another
+ * Gmail label).
+ */
+void
+deliver_record(struct deliver *d, const char *key, size_t len,
+    uint32_t ordinal, uint64_t size, const char *tag)
+{
+	uint32_t	id;
+
+	id = state_put(d->s->st, key, len, ordinal, time(NULL), size, tag,
+	    NULL);
+	state_set_flags(d->s->st, id, REC_LISTED, 0);
+	store_index_tag(d->s, id, tag);
+}
+
+/* Forget a record: its message is gone from the server for good. */
+void
+deliver_forget(struct deliver *d, const char *key, size_t len,
+    uint32_t ordinal)
+{
+	uint32_t	id;
+
+	if ((id = state_find(d->s->st, key, len, ordinal)) != STATE_NONE)
+		state_forget(d->s->st, id);
+}
+
+/*
  * Note how many messages the server keeps for their size (max-size);
  * returns how many it kept at the poll before, so that a warning is only
  * given when there are more.
@@ -406,41 +750,59 @@ deliver_listing_end(struct deliver *d)
 unsigned
 deliver_too_big(struct deliver *d, unsigned n)
 {
-	const char	*v = state_meta(d->st, "too-big");
+	const char	*v = state_meta(d->s->st, "too-big");
 	uint64_t	 before = 0;
 	char		 buf[16];
 
 	if (v != NULL && parse_u64(v, UINT32_MAX, &before) == -1)
 		before = 0;
 	snprintf(buf, sizeof buf, "%u", n);
-	state_set_meta(d->st, "too-big", n > 0 ? buf : NULL);
+	state_set_meta(d->s->st, "too-big", n > 0 ? buf : NULL);
 	return ((unsigned)before);
 }
 
-/* Start receiving a message; prefix (trace headers) goes first. */
+/*
+ * Start receiving a message, into the main Maildir (folder NULL) or a
+ * Maildir++ folder (".Name"); prefix (trace headers) goes first.
+ */
 int
-deliver_begin(struct deliver *d, struct deliver_msg *m, const char *prefix,
-    size_t prefixlen, char **cause)
+deliver_begin(struct deliver *d, struct deliver_msg *m, const char *folder,
+    const char *prefix, size_t prefixlen, char **cause)
 {
+	struct dir	*dir;
+	long		 i;
+
 	memset(m, 0, sizeof *m);
-	if (maildir_create(&d->md, &m->file, cause) == -1) {
+	m->file.fd = -1;
+	if ((i = store_dir(d->s, folder, cause)) == -1)
+		return (-1);
+	dir = &d->s->dirs[i];
+	if (maildir_create(&dir->md, &m->file, cause) == -1) {
 		m->file.fd = -1;
 		return (-1);
 	}
+	m->dir = (size_t)i;
 	m->open = 1;
 	if (prefixlen > 0 && maildir_write(&m->file, prefix, prefixlen) == -1) {
-		xasprintf(cause, "cannot write to %s/tmp: %s", d->md.path,
+		xasprintf(cause, "cannot write to %s/tmp: %s", dir->md.path,
 		    strerror(errno));
 		deliver_discard(d, m);
 		return (-1);
 	}
-	if (d->digests) {
+	if (d->s->digests || d->hash) {
 		if (d->mdctx == NULL && (d->mdctx = EVP_MD_CTX_new()) == NULL)
 			fatalx("EVP_MD_CTX_new");
 		if (EVP_DigestInit_ex(d->mdctx, EVP_sha256(), NULL) != 1)
 			fatalx("SHA-256 unavailable");
 	}
 	return (0);
+}
+
+/* Digest every message (deliver_end() with tag "" uses it). */
+void
+deliver_want_digests(struct deliver *d)
+{
+	d->hash = 1;
 }
 
 /* Append to the message; -1 with errno on failure. */
@@ -452,7 +814,7 @@ deliver_write(struct deliver *d, struct deliver_msg *m, const void *buf,
 		return (0);
 	if (maildir_write(&m->file, buf, len) == -1)
 		return (-1);
-	if (d->digests)
+	if (d->mdctx != NULL)
 		EVP_DigestUpdate(d->mdctx, buf, len);
 	m->body += len;
 	return (0);
@@ -463,7 +825,7 @@ void
 deliver_discard(struct deliver *d, struct deliver_msg *m)
 {
 	if (m->open)
-		maildir_abort(&d->md, &m->file);
+		maildir_abort(&d->s->dirs[m->dir].md, &m->file);
 	m->open = 0;
 }
 
@@ -474,26 +836,35 @@ deliver_receiving(const struct deliver_msg *m)
 	return (m->open);
 }
 
-/* Without UIDL: the content's digest, numbered among this session's. */
+/* The SHA-256 of what was written, "sha256:<hex>"; returns its length. */
 static size_t
-deliver_digest_key(struct deliver *d, char *key, size_t size,
-    uint32_t *ordinal)
+deliver_digest(struct deliver *d, char *key, size_t size)
 {
 	unsigned char	md[EVP_MAX_MD_SIZE];
 	unsigned int	mdlen, i;
 	size_t		o;
-	uint32_t	n = 1;
 
 	if (EVP_DigestFinal_ex(d->mdctx, md, &mdlen) != 1)
 		fatalx("SHA-256 failed");
 	o = snprintf(key, size, "sha256:");
 	for (i = 0; i < mdlen && o + 3 <= size; i++)
 		o += snprintf(key + o, size - o, "%02x", md[i]);
+	return (o);
+}
+
+/* Without UIDL: the content's digest, numbered among this session's. */
+static size_t
+deliver_digest_key(struct deliver *d, char *key, size_t size,
+    uint32_t *ordinal)
+{
+	size_t		o = deliver_digest(d, key, size);
+	uint32_t	n = 1;
+
 	if (d->seen == NULL)
 		d->seen = state_new();
 	while (state_find(d->seen, key, o, n) != STATE_NONE)
 		n++;
-	state_put(d->seen, key, o, n, 0, 0, NULL);
+	state_put(d->seen, key, o, n, 0, 0, NULL, NULL);
 	*ordinal = n;
 	return (o);
 }
@@ -501,7 +872,8 @@ deliver_digest_key(struct deliver *d, char *key, size_t size,
 /*
  * The message is complete and good: add it to the batch, and commit the
  * batch if it is full or old.  key/ordinal name it (NULL with digests:
- * the content does), listed is the size the server gave (0 if none),
+ * the content does), listed is the size the server gave (0 if none), tag
+ * what else identifies it (NULL: none; "" with IMAP: its content digest),
  * cookie comes back in the committed callback.  Returns 0, or
  * DELIVER_DONE (no UIDL: delivered before, by a session that died before
  * QUIT; the file is dropped and the message may be removed), or -1 with
@@ -509,8 +881,8 @@ deliver_digest_key(struct deliver *d, char *key, size_t size,
  */
 int
 deliver_end(struct deliver *d, struct deliver_msg *m, const char *key,
-    size_t len, uint32_t ordinal, uint64_t listed, void *cookie,
-    char **cause)
+    size_t len, uint32_t ordinal, uint64_t listed, const char *tag,
+    void *cookie, char **cause)
 {
 	struct batch_item	*b;
 	char			 digest[80];
@@ -519,13 +891,16 @@ deliver_end(struct deliver *d, struct deliver_msg *m, const char *key,
 		deliver_discard(d, m);
 		return (-1);
 	}
-	if (d->digests) {
+	if (d->s->digests) {
 		len = deliver_digest_key(d, digest, sizeof digest, &ordinal);
 		key = digest;
-		if (state_find(d->st, key, len, ordinal) != STATE_NONE) {
+		if (state_find(d->s->st, key, len, ordinal) != STATE_NONE) {
 			deliver_discard(d, m);
 			return (DELIVER_DONE);
 		}
+	} else if (tag != NULL && *tag == '\0' && d->mdctx != NULL) {
+		deliver_digest(d, digest, sizeof digest);
+		tag = digest;
 	}
 	if (d->nbatch == 0) {
 		if (d->batch == NULL)
@@ -533,12 +908,14 @@ deliver_end(struct deliver *d, struct deliver_msg *m, const char *key,
 		d->batch_started = now_mono();
 	}
 	b = &d->batch[d->nbatch++];
+	b->dir = m->dir;
 	snprintf(b->final, sizeof b->final, "%s", m->file.final);
 	b->key = xmalloc(len + 1);
 	memcpy(b->key, key, len);
 	b->key[len] = '\0';
 	b->keylen = len;
 	b->ordinal = ordinal;
+	b->tag = tag != NULL && *tag != '\0' ? xstrdup(tag) : NULL;
 	b->listed = listed;
 	b->size = m->file.size;
 	b->cookie = cookie;
@@ -562,10 +939,34 @@ deliver_clear_batch(struct deliver *d)
 {
 	size_t	i;
 
-	for (i = 0; i < d->nbatch; i++)
+	for (i = 0; i < d->nbatch; i++) {
 		free(d->batch[i].key);
+		free(d->batch[i].tag);
+	}
 	d->nbatch = 0;
 	d->batch_bytes = 0;
+}
+
+/* Each Maildir the batch touches, once: fsync its tmp/ or its new/. */
+static int
+deliver_sync_dirs(struct deliver *d, int new, char **cause)
+{
+	struct maildir	*md;
+	size_t		 i, j;
+
+	for (i = 0; i < d->nbatch; i++) {
+		for (j = 0; j < i; j++) {
+			if (d->batch[j].dir == d->batch[i].dir)
+				break;
+		}
+		if (j < i)
+			continue;
+		md = &d->s->dirs[d->batch[i].dir].md;
+		if ((new ? maildir_sync_new(md, cause) :
+		    maildir_sync_tmp(md, cause)) == -1)
+			return (-1);
+	}
+	return (0);
 }
 
 /*
@@ -575,48 +976,61 @@ deliver_clear_batch(struct deliver *d)
 int
 deliver_commit(struct deliver *d, char **cause)
 {
+	struct state		*st = d->s->st;
 	struct batch_item	*b;
 	uint32_t		*ids;
 	time_t			 now = time(NULL);
 	size_t			 i;
+	char			*file;
 
 	if (d->nbatch == 0)
 		return (0);
-	if (d->suspect) {
+	if (d->s->suspect) {
 		xasprintf(cause, "an earlier commit failed");
 		goto discard;
 	}
 	for (i = 0; i < d->nbatch; i++) {
-		if (maildir_sync_file(&d->md, d->batch[i].final, cause) == -1)
+		b = &d->batch[i];
+		if (maildir_sync_file(&d->s->dirs[b->dir].md, b->final,
+		    cause) == -1)
 			goto discard;
 	}
-	if (maildir_sync_tmp(&d->md, cause) == -1)
+	if (deliver_sync_dirs(d, 0, cause) == -1)
 		goto discard;
 	ids = xcalloc(d->nbatch, sizeof *ids);
 	for (i = 0; i < d->nbatch; i++) {
 		b = &d->batch[i];
-		ids[i] = state_put(d->st, b->key, b->keylen, b->ordinal, now,
-		    b->listed, b->final);
+		if (d->s->dirs[b->dir].name != NULL)
+			xasprintf(&file, "%s/%s", d->s->dirs[b->dir].name,
+			    b->final);
+		else
+			file = xstrdup(b->final);
+		ids[i] = state_put(st, b->key, b->keylen, b->ordinal, now,
+		    b->listed, b->tag, file);
+		free(file);
 	}
 	/* From here on, a failure may have left records on disk. */
-	if (state_sync(d->st, cause) == -1) {
+	if (state_sync(st, cause) == -1) {
 		free(ids);
 		goto fail;
 	}
 	for (i = 0; i < d->nbatch; i++) {
-		if (maildir_move(&d->md, d->batch[i].final, cause) == -1) {
+		b = &d->batch[i];
+		if (maildir_move(&d->s->dirs[b->dir].md, b->final,
+		    cause) == -1) {
 			free(ids);
 			goto fail;
 		}
 	}
-	if (maildir_sync_new(&d->md, cause) == -1) {
+	if (deliver_sync_dirs(d, 1, cause) == -1) {
 		free(ids);
 		goto fail;
 	}
 	/* Delivered: the records say so at the next sync. */
 	for (i = 0; i < d->nbatch; i++) {
-		state_delivered(d->st, ids[i]);
-		state_set_flags(d->st, ids[i], REC_LISTED, 0);
+		state_delivered(st, ids[i]);
+		state_set_flags(st, ids[i], REC_LISTED, 0);
+		store_index_tag(d->s, ids[i], d->batch[i].tag);
 	}
 	free(ids);
 	log_debug("account=%s committed %zu messages", d->ac->name, d->nbatch);
@@ -628,7 +1042,8 @@ deliver_commit(struct deliver *d, char **cause)
 discard:
 	/* Nothing about this batch was recorded: it will be fetched again. */
 	for (i = 0; i < d->nbatch; i++)
-		maildir_unlink(&d->md, d->batch[i].final);
+		maildir_unlink(&d->s->dirs[d->batch[i].dir].md,
+		    d->batch[i].final);
 fail:
 	/*
 	 * Otherwise leave the batch's files where they are: whether they
@@ -636,7 +1051,7 @@ fail:
 	 * which only the next deliver_open() can tell for sure.
 	 */
 	deliver_clear_batch(d);
-	d->suspect = 1;
+	d->s->suspect = 1;
 	return (-1);
 }
 
@@ -647,9 +1062,9 @@ deliver_removal_acked(struct deliver *d, const char *key, size_t len,
 {
 	uint32_t	id;
 
-	if (!d->digests &&
-	    (id = state_find(d->st, key, len, ordinal)) != STATE_NONE)
-		state_set_flags(d->st, id, REC_REMOVED, 0);
+	if (!d->s->digests &&
+	    (id = state_find(d->s->st, key, len, ordinal)) != STATE_NONE)
+		state_set_flags(d->s->st, id, REC_REMOVED, 0);
 }
 
 /*
@@ -659,10 +1074,10 @@ deliver_removal_acked(struct deliver *d, const char *key, size_t len,
 int
 deliver_removing(struct deliver *d, char **cause)
 {
-	if (!d->digests || state_count(d->st) == 0 || d->suspect)
+	if (!d->s->digests || state_count(d->s->st) == 0 || d->s->suspect)
 		return (0);
-	state_set_meta(d->st, "digest-quit", "1");
-	return (state_sync(d->st, cause));
+	state_set_meta(d->s->st, "digest-quit", "1");
+	return (state_sync(d->s->st, cause));
 }
 
 /*
@@ -672,18 +1087,19 @@ deliver_removing(struct deliver *d, char **cause)
 void
 deliver_removed(struct deliver *d)
 {
+	struct state		*st = d->s->st;
 	const struct state_rec	*r;
 	uint32_t		 it = 0;
 	unsigned		 n = 0;
 
-	if (d->digests) {
-		state_forget_all(d->st);
-		state_set_meta(d->st, "digest-quit", NULL);
+	if (d->s->digests) {
+		state_forget_all(st);
+		state_set_meta(st, "digest-quit", NULL);
 		return;
 	}
-	while ((r = state_next(d->st, &it)) != NULL) {
+	while ((r = state_next(st, &it)) != NULL) {
 		if (r->flags & REC_REMOVED) {
-			state_forget(d->st, state_rec_id(d->st, r));
+			state_forget(st, state_rec_id(st, r));
 			n++;
 		}
 	}
@@ -743,5 +1159,5 @@ deliver_trace_headers(const struct account_conf *ac, const char *proto,
 const char *
 deliver_maildir(const struct deliver *d)
 {
-	return (d->md.path);
+	return (d->s->maildir);
 }

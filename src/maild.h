@@ -75,6 +75,14 @@ enum tls_mode {
 	TLS_NONE		/* clear text, only with allow-plaintext */
 };
 
+enum protocol {
+	PROTOCOL_POP3,
+	PROTOCOL_IMAP
+};
+#define IDLE_NO		0
+#define IDLE_YES	1
+#define IDLE_AUTO	2
+
 enum auth_method {
 	AUTH_AUTO,
 	AUTH_USER,
@@ -90,11 +98,12 @@ enum auth_method {
  * An account's settings.  Each field is listed once, here, with how a
  * reload compares it to decide whether the account changed
  * (config_account_equal()): ACF_STR (strings, or both NULL), ACF_VALUE
- * (byte for byte), ACF_PINS (npins SHA-256 pins) or ACF_NONE (where it
+ * (byte for byte), ACF_PINS (npins SHA-256 pins), ACF_STRV (a NULL-terminated
+ * list of strings) or ACF_NONE (where it
  * was written, not how the account polls).  A new field cannot be left out
  * of that comparison by mistake: it has to say how it compares.
  */
-enum account_field_cmp { ACF_STR, ACF_VALUE, ACF_PINS, ACF_NONE };
+enum account_field_cmp { ACF_STR, ACF_VALUE, ACF_PINS, ACF_STRV, ACF_NONE };
 typedef uint8_t tls_pin[32];
 #define ACCOUNT_CONF_FIELDS(F)						\
 	F(char *,		name,		ACF_STR)		\
@@ -135,6 +144,20 @@ typedef uint8_t tls_pin[32];
 	F(int,			pipelining,	ACF_VALUE)		\
 	/* seconds */							\
 	F(int,			poll_interval,	ACF_VALUE)		\
+	F(enum protocol,	protocol,	ACF_VALUE)		\
+	/* IMAP: the folders to fetch from, NULL-terminated */		\
+	F(char **,		folders,	ACF_STRV)		\
+	F(size_t,		nfolders,	ACF_VALUE)		\
+	/* IMAP: each folder into a Maildir++ folder of the maildir */	\
+	F(int,			folder_subdirs,	ACF_VALUE)		\
+	/* IMAP: move fetched messages there instead of deleting them */ \
+	F(char *,		move_to,	ACF_STR)		\
+	/* IMAP, keep mode: flag fetched messages \Seen */		\
+	F(int,			mark_seen,	ACF_VALUE)		\
+	/* IMAP: IDLE_NO, IDLE_YES or IDLE_AUTO (when offered) */	\
+	F(int,			idle,		ACF_VALUE)		\
+	/* IMAP: re-issue IDLE after this many seconds */		\
+	F(int,			idle_refresh,	ACF_VALUE)		\
 	/* where the account block and some options are in the file */	\
 	F(int,			line,		ACF_NONE)		\
 	F(int,			port_line,	ACF_NONE)		\
@@ -315,6 +338,7 @@ struct state_rec {
 	uint32_t	 key;		/* offsets in the state's arena */
 	uint32_t	 keylen;
 	uint32_t	 file;		/* PENDING: its name in new/ */
+	uint32_t	 tag;		/* what else is known of it; 0: none */
 	uint32_t	 ordinal;	/* nth message with this key */
 	uint8_t		 kind;		/* enum state_kind; 0: forgotten */
 	uint8_t		 missed;	/* listings in a row without it */
@@ -336,7 +360,8 @@ const char	*state_rec_key(const struct state *, const struct state_rec *,
 const char	*state_rec_file(const struct state *, const struct state_rec *);
 uint32_t	 state_count(const struct state *);
 uint32_t	 state_put(struct state *, const void *, size_t, uint32_t,
-		     int64_t, uint64_t, const char *);
+		     int64_t, uint64_t, const char *, const char *);
+const char	*state_rec_tag(const struct state *, const struct state_rec *);
 void		 state_delivered(struct state *, uint32_t);
 void		 state_set_absence(struct state *, uint32_t, unsigned, int64_t);
 void		 state_set_flags(struct state *, uint32_t, uint8_t, uint8_t);
@@ -347,6 +372,7 @@ void		 state_set_meta(struct state *, const char *, const char *);
 int		 state_dirty(const struct state *);
 int		 state_sync(struct state *, char **);
 const char	*state_path(const struct state *);
+uint64_t	 state_epoch(const struct state *);
 char		*state_escape(const char *, size_t);
 int		 state_unescape(const char *, size_t, char **, size_t *);
 
@@ -392,6 +418,7 @@ int		 maildir_name_tag(const char *, uint32_t *);
 struct deliver;
 struct deliver_msg {
 	struct maildir_file	 file;
+	size_t			 dir;	/* which Maildir of the account */
 	uint64_t		 body;	/* bytes written after the prefix */
 	int			 open;
 };
@@ -402,19 +429,29 @@ void		 deliver_close(struct deliver *);
 int		 deliver_sync(struct deliver *, char **);
 int		 deliver_use_digests(struct deliver *);
 void		 deliver_use_keys(struct deliver *);
-void		 deliver_listing_start(struct deliver *);
+void		 deliver_want_digests(struct deliver *);
+void		 deliver_listing_start(struct deliver *, const char *, size_t);
 int		 deliver_listed(struct deliver *, const char *, size_t, uint32_t,
 		     uint64_t, int64_t *);
-void		 deliver_listing_end(struct deliver *);
+void		 deliver_listing_end(struct deliver *, const char *, size_t);
+void		 deliver_scan(struct deliver *, const char *, size_t,
+		     void (*)(const char *, size_t, uint32_t, const char *,
+		     void *), void *);
+int		 deliver_find_tag(struct deliver *, const char *, const char *,
+		     size_t, char *, size_t *);
+void		 deliver_record(struct deliver *, const char *, size_t,
+		     uint32_t, uint64_t, const char *);
+void		 deliver_forget(struct deliver *, const char *, size_t,
+		     uint32_t);
 unsigned	 deliver_too_big(struct deliver *, unsigned);
 int		 deliver_begin(struct deliver *, struct deliver_msg *,
-		     const char *, size_t, char **);
+		     const char *, const char *, size_t, char **);
 int		 deliver_write(struct deliver *, struct deliver_msg *,
 		     const void *, size_t);
 void		 deliver_discard(struct deliver *, struct deliver_msg *);
 int		 deliver_receiving(const struct deliver_msg *);
 int		 deliver_end(struct deliver *, struct deliver_msg *, const char *,
-		     size_t, uint32_t, uint64_t, void *, char **);
+		     size_t, uint32_t, uint64_t, const char *, void *, char **);
 size_t		 deliver_batched(const struct deliver *);
 int		 deliver_commit(struct deliver *, char **);
 void		 deliver_removal_acked(struct deliver *, const char *, size_t,

@@ -1149,7 +1149,7 @@ pop3_plan(struct session *s)
 	}
 	deliver_use_keys(s->dl);
 	pop3_number_duplicates(s);
-	deliver_listing_start(s->dl);
+	deliver_listing_start(s->dl, "", 0);
 	for (i = 0; i < p->nmsgs; i++) {
 		m = &p->msgs[i];
 		if (deliver_listed(s->dl, p->arena + m->uidl, m->uidl_len,
@@ -1164,7 +1164,7 @@ pop3_plan(struct session *s)
 		if (!pop3_too_big(s, m))
 			p->want[p->nwant++] = i;
 	}
-	deliver_listing_end(s->dl);
+	deliver_listing_end(s->dl, "", 0);
 done:
 	s->result.too_big_before = deliver_too_big(s->dl, s->result.too_big);
 	log_debug("account=%s messages=%u new=%u known=%u too-big=%u%s",
@@ -1356,7 +1356,7 @@ retr_reply(struct session *s, struct pop3_reply *r)
 	body_decoder_init(&p->dec);
 	tlen = deliver_trace_headers(s->ac, "POP3", session_peer(s),
 	    s->result.tls, trace, sizeof trace);
-	if (deliver_begin(s->dl, &p->msg, trace, tlen, &cause) == -1) {
+	if (deliver_begin(s->dl, &p->msg, NULL, trace, tlen, &cause) == -1) {
 		session_fail(s, EXIT_IOERR, "%s", cause);
 		free(cause);
 		return;
@@ -1485,8 +1485,8 @@ pop3_message_done(struct session *s)
 		return;
 	}
 	r = deliver_end(s->dl, &p->msg, p->arena + m->uidl, m->uidl_len,
-	    m->ordinal, m->listed ? m->size : 0, (void *)(uintptr_t)pd.msg,
-	    &cause);
+	    m->ordinal, m->listed ? m->size : 0, NULL,
+	    (void *)(uintptr_t)pd.msg, &cause);
 	if (r == -1) {
 		session_fail(s, EXIT_IOERR, "cannot deliver: %s; nothing is "
 		    "deleted from the server", cause);

@@ -29,14 +29,16 @@
  *	maild-state 2				maild-journal 2 <generation>
  *	generation <g>				<record or meta lines>
  *	meta <name> <value>			C <lines> <checksum>
- *	D <first> <n> <size> <missed> <absent> <key>	(delivered)
- *	P <first> <n> <size> <missed> <absent> <key> <file>  (being moved)
+ *	D <first> <n> <size> <missed> <absent> <key> <tag>	(delivered)
+ *	P <first> <n> <size> <missed> <absent> <key> <tag> <file>  (moving)
  *	F <n> <key>				(journal: forget)
  *	end <lines> <checksum>
  *
  * <first> is when the message was delivered (unix time), <size> its size
  * as the server listed it (0: unknown), <missed> and <absent> how many
- * listings in a row did not have it and since when.  Keys, values and
+ * listings in a row did not have it and since when, <tag> what else the
+ * caller knows of the message ("-" if nothing; a Message-ID digest, say),
+ * <file> its name in new/, or "<.Folder>/<name>" in a Maildir++ folder.  Keys, values and
  * file names are escaped: bytes outside 0x21-0x7e and '%' become %XX.
  * The checksum (64-bit FNV-1a, in hex) covers every byte of the file (or
  * block) before its end line, so a truncated or damaged file is refused
@@ -93,6 +95,7 @@ struct state {
 	off_t		 journal_size;
 	off_t		 snapshot_size;
 	int		 compact;	/* write a snapshot at the next sync */
+	uint64_t	 epoch;		/* bumped when record ids change */
 
 	struct state_rec *recs;
 	uint32_t	 nrecs, caprecs, nlive;
@@ -306,6 +309,13 @@ state_rec_file(const struct state *st, const struct state_rec *r)
 	return (r->file != 0 ? st->arena + r->file : NULL);
 }
 
+/* A record's tag, or NULL. */
+const char *
+state_rec_tag(const struct state *st, const struct state_rec *r)
+{
+	return (r->tag != 0 ? st->arena + r->tag : NULL);
+}
+
 /* Iterate over the live records: *it starts at 0; NULL at the end. */
 const struct state_rec *
 state_next(const struct state *st, uint32_t *it)
@@ -367,17 +377,24 @@ state_log_rec(struct state *st, uint32_t id)
 	const struct state_rec	*r = &st->recs[id];
 	char			*k;
 
+	char			*t;
+
+	if (st->path == NULL)
+		return;
 	k = state_escape(st->arena + r->key, r->keylen);
+	t = r->tag != 0 ? state_escape(st->arena + r->tag,
+	    strlen(st->arena + r->tag)) : xstrdup("-");
 	if (r->kind == STATE_PENDING)
-		state_append(st, "P %lld %u %llu %u %lld %s %s\n",
+		state_append(st, "P %lld %u %llu %u %lld %s %s %s\n",
 		    (long long)r->first, r->ordinal,
 		    (unsigned long long)r->size, r->missed,
-		    (long long)r->absent, k, st->arena + r->file);
+		    (long long)r->absent, k, t, st->arena + r->file);
 	else
-		state_append(st, "D %lld %u %llu %u %lld %s\n",
+		state_append(st, "D %lld %u %llu %u %lld %s %s\n",
 		    (long long)r->first, r->ordinal,
 		    (unsigned long long)r->size, r->missed,
-		    (long long)r->absent, k);
+		    (long long)r->absent, k, t);
+	free(t);
 	free(k);
 }
 
@@ -427,7 +444,7 @@ state_slot(struct state *st, const void *key, size_t len, uint32_t ordinal)
  */
 uint32_t
 state_put(struct state *st, const void *key, size_t len, uint32_t ordinal,
-    int64_t first, uint64_t size, const char *file)
+    int64_t first, uint64_t size, const char *tag, const char *file)
 {
 	struct state_rec	*r;
 	uint32_t		 id;
@@ -440,6 +457,8 @@ state_put(struct state *st, const void *key, size_t len, uint32_t ordinal,
 	r->missed = 0;
 	r->absent = 0;
 	r->file = file != NULL ? state_store(st, file, strlen(file)) : 0;
+	r->tag = tag != NULL && *tag != '\0' ? state_store(st, tag,
+	    strlen(tag)) : 0;
 	state_log_rec(st, id);
 	return (id);
 }
@@ -509,6 +528,7 @@ state_forget_all(struct state *st)
 		st->recs[i].kind = 0;
 	st->nlive = 0;
 	st->nrecs = 0;
+	st->epoch++;
 	st->arenalen = 1;
 	state_index_rebuild(st);
 	/* Cheaper as a new snapshot than as a forget line for each. */
@@ -613,10 +633,23 @@ state_number(const char *s, int64_t min, int64_t max, int64_t *out)
 static int
 state_valid_file(const char *name)
 {
-	const char	*comma;
+	const char	*comma, *slash;
 	char		 base[256];
 	uint32_t	 tag;
+	size_t		 i;
 
+	/* A Maildir++ folder first: ".Name/", nothing that climbs. */
+	if ((slash = strchr(name, '/')) != NULL) {
+		if (name[0] != '.' || slash - name < 2 ||
+		    (slash - name == 2 && name[1] == '.'))
+			return (0);
+		for (i = 0; name + i < slash; i++) {
+			if ((unsigned char)name[i] <= 0x20 ||
+			    (unsigned char)name[i] >= 0x7f)
+				return (0);
+		}
+		name = slash + 1;
+	}
 	if (name[0] == '\0' || name[0] == '.' || strlen(name) > 255 ||
 	    strchr(name, '/') != NULL)
 		return (0);
@@ -633,7 +666,7 @@ static int
 state_apply(struct state *st, char **f, size_t n, int version)
 {
 	int64_t		 first, ord, size = 0, missed = 0, absent = 0;
-	char		*key, *val;
+	char		*key, *val, *tag = NULL;
 	size_t		 keylen, vlen, kf;
 	uint32_t	 id;
 	int		 kind;
@@ -676,30 +709,45 @@ state_apply(struct state *st, char **f, size_t n, int version)
 			return (-1);
 		kf = 3;
 	} else {
-		if (!((kind == 'D' && n == 7) || (kind == 'P' && n == 8)))
+		if (!((kind == 'D' && n == 8) || (kind == 'P' && n == 9)))
 			return (-1);
-		kf = 6;
+		kf = 8;		/* the file, after key and tag */
 		if (state_number(f[3], 0, INT64_MAX, &size) == -1 ||
 		    state_number(f[4], 0, 255, &missed) == -1 ||
 		    state_number(f[5], 0, INT64_MAX / 2, &absent) == -1)
 			return (-1);
 	}
-	if (kind == 'P' && !state_valid_file(f[kf + 1]))
+	if (version == 1)
+		kf++;		/* v1: the file right after the key */
+	if (kind == 'P' && !state_valid_file(f[kf]))
 		return (-1);
 	if (state_number(f[1], 0, INT64_MAX / 2, &first) == -1 ||
 	    state_number(f[2], 1, UINT32_MAX - 1, &ord) == -1)
 		return (-1);
-	if (state_unescape(f[kf], strlen(f[kf]), &key, &keylen) == -1)
+	if (version >= 2 && strcmp(f[7], "-") != 0) {
+		if (state_unescape(f[7], strlen(f[7]), &tag, &vlen) == -1)
+			return (-1);
+		if (vlen == 0 || strlen(tag) != vlen) {
+			free(tag);
+			return (-1);
+		}
+	}
+	if (state_unescape(f[version == 1 ? 3 : 6], strlen(f[version == 1 ?
+	    3 : 6]), &key, &keylen) == -1) {
+		free(tag);
 		return (-1);
+	}
 	if (keylen == 0) {
 		free(key);
+		free(tag);
 		return (-1);
 	}
 	id = state_put(st, key, keylen, (uint32_t)ord, first, (uint64_t)size,
-	    kind == 'P' ? f[kf + 1] : NULL);
+	    tag, kind == 'P' ? f[kf] : NULL);
 	st->recs[id].missed = (uint8_t)missed;
 	st->recs[id].absent = absent;
 	free(key);
+	free(tag);
 	return (0);
 }
 
@@ -751,7 +799,7 @@ static int
 state_load_snapshot(struct state *st, const char *path, char **cause)
 {
 	struct reader	 rd;
-	char		*line, *f[9];
+	char		*line, *f[10];
 	size_t		 n;
 	int64_t		 v, count, lines = 0;
 	uint64_t	 sum;
@@ -780,8 +828,8 @@ state_load_snapshot(struct state *st, const char *path, char **cause)
 			lines++;
 			continue;
 		}
-		n = split_fields(line, f, 8);
-		if (n > 8)
+		n = split_fields(line, f, 9);
+		if (n > 9)
 			goto bad;
 		if (version == 0) {
 			if (n != 2 || strcmp(f[0], "maild-state") != 0 ||
@@ -876,7 +924,7 @@ static int
 state_load_journal(struct state *st, const char *path, char **cause)
 {
 	struct reader	 rd;
-	char		*line, *f[9];
+	char		*line, *f[10];
 	size_t		 n;
 	int64_t		 v, count;
 	uint64_t	 blocksum = FNV_INIT;
@@ -968,8 +1016,8 @@ state_load_journal(struct state *st, const char *path, char **cause)
 	while (rd.next_offset < good && (line = reader_line(&rd)) != NULL) {
 		if (strncmp(line, "C ", 2) == 0)
 			continue;
-		n = split_fields(line, f, 8);
-		if (n > 8 || state_apply(st, f, n, 2) == -1) {
+		n = split_fields(line, f, 9);
+		if (n > 9 || state_apply(st, f, n, 2) == -1) {
 			xasprintf(cause, "%s:%d: corrupt record%s", path,
 			    rd.lineno, STATE_FIX_HINT);
 			goto fail;
@@ -1197,6 +1245,7 @@ state_write_snapshot(struct state *st, char **cause)
 	st->have_snapshot = 1;
 
 	/* Drop the forgotten records from memory too. */
+	st->epoch++;
 	for (i = o = 0; i < st->nrecs; i++) {
 		if (st->recs[i].kind != 0)
 			st->recs[o++] = st->recs[i];
@@ -1215,6 +1264,9 @@ state_write_snapshot(struct state *st, char **cause)
 			if (r->file != 0)
 				r->file = state_store(st, old + r->file,
 				    strlen(old + r->file));
+			if (r->tag != 0)
+				r->tag = state_store(st, old + r->tag,
+				    strlen(old + r->tag));
 		}
 		free(old);
 	}
@@ -1319,6 +1371,14 @@ state_sync(struct state *st, char **cause)
 	    st->journal_size + (off_t)st->pendlen > st->snapshot_size))
 		return (state_write_snapshot(st, cause));
 	return (state_append_journal(st, cause));
+}
+
+/* Changes whenever record ids change (compaction): ids kept elsewhere
+   are stale then. */
+uint64_t
+state_epoch(const struct state *st)
+{
+	return (st->epoch);
 }
 
 /* The snapshot's path, for messages. */

@@ -144,7 +144,8 @@ def dovecot_folders(t):
     assert all(r["message_id"] for r in arch), arch
     assert [r["uid"] for r in srv.messages(u)] == [1, 2]
     assert len(srv.messages(u, "Été/Sub")) == 3
-    assert srv.mailbox(u, "Archive") == [m.data for m in a]
+    # file names sort by time only roughly (M<usec> is not padded)
+    assert sorted(srv.mailbox(u, "Archive")) == sorted(m.data for m in a)
     c = srv.imap(u)
     try:
         typ, data = c.list()
@@ -301,8 +302,8 @@ def dovecot_lmtp_sieve(t):
     fresh = corpus.simple("lmtp/vnd")
     for _ in range(2):
         assert [c for c, _ in srv.lmtp_send([u], fresh.data)] == [250]
-    assert [corpus.test_id(m) for m in srv.mailbox(u)] == \
-        [plain.id, fresh.id]
+    assert sorted(corpus.test_id(m) for m in srv.mailbox(u)) == \
+        sorted([plain.id, fresh.id])
     assert [corpus.test_id(m) for m in srv.mailbox(u, "Dupes")] == \
         [fresh.id]
 

@@ -1497,7 +1497,7 @@ def test_log_lines_key_value(t):
     partial = f"{sec}.M{usec}P{pid}Q{int(seq) + 101}A{tag}.{host}"
     (md / "tmp" / partial).write_bytes(b"Subject: cut\n\nhalf a mess")
     mt.append_state_block(state, "good-1", [
-        f"P {int(time.time())} 1 0 0 0 pending-uidl "
+        f"P {int(time.time())} 1 0 0 0 pending-uidl - "
         f"{base},S={len(pending.data)}"])
     dm = Daemon(t, cfg, "-v")
     dm.wait_summaries("good-1", 1, timeout=10)

@@ -495,11 +495,17 @@ def remove_state(state_dir, name):
 
 def append_state_block(state_dir, name, lines):
     """Append lines (record lines of state format 2, e.g. "P <first> <n>
-    <size> 0 0 <key> <file>") to an account's journal as one block, as
+    <size> 0 0 <key> - <file>") to an account's journal as one block, as
     maild would: to plant what a crash leaves behind."""
     snap = state_path(state_dir, name).read_text()
     gen = int(re.search(r"^generation (\d+)$", snap, re.M).group(1))
-    body = "".join(ln + "\n" for ln in lines).encode()
+    def with_tag(ln):
+        # a record line without a tag field gets "-" (none)
+        f = ln.split(" ")
+        if (f[0] == "D" and len(f) == 7) or (f[0] == "P" and len(f) == 8):
+            f.insert(7, "-")
+        return " ".join(f)
+    body = "".join(with_tag(ln) + "\n" for ln in lines).encode()
     h = 0xcbf29ce484222325
     for b in body:
         h = ((h ^ b) * 0x100000001b3) & 0xffffffffffffffff
@@ -527,15 +533,18 @@ def state_entries(state_dir, name):
 
     def apply(f):
         if f[0] in ("D", "P"):
-            if len(f) >= 7:         # version 2
+            if len(f) >= 8:         # version 2
                 key = unescape_state(f[6])
                 extra = {"first": int(f[1]), "size": int(f[3]),
                          "missed": int(f[4]), "absent": int(f[5]),
-                         "file": f[7] if len(f) > 7 else None}
+                         "tag": None if f[7] == "-" else
+                         unescape_state(f[7]).decode(),
+                         "file": f[8] if len(f) > 8 else None}
             elif len(f) >= 4:       # version 1
                 key = unescape_state(f[3])
                 extra = {"first": int(f[1]), "size": 0, "missed": 0,
-                         "absent": 0, "file": f[4] if len(f) > 4 else None}
+                         "absent": 0, "tag": None,
+                         "file": f[4] if len(f) > 4 else None}
             else:
                 return
             k = (key, int(f[2]))

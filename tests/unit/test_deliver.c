@@ -100,13 +100,13 @@ receive(struct deliver *d, const char *key, uint32_t ord, uint64_t listed,
 	char			*cause = NULL;
 	int			 r;
 
-	if (deliver_begin(d, &m, NULL, 0, &cause) == -1 ||
+	if (deliver_begin(d, &m, NULL, NULL, 0, &cause) == -1 ||
 	    deliver_write(d, &m, body, strlen(body)) == -1) {
 		diag("receive: %s", cause);
 		exit(99);
 	}
 	r = deliver_end(d, &m, key, key != NULL ? strlen(key) : 0, ord, listed,
-	    cookie, &cause);
+	    NULL, cookie, &cause);
 	if (r == -1) {
 		diag("deliver_end: %s", cause);
 		exit(99);
@@ -216,8 +216,8 @@ pending_state(const char *file)
 	}
 	state_set_meta(st, "mailbox", "user@pop.example.com");
 	state_set_meta(st, "maildir", maildir);
-	state_put(st, S("k1"), 1, 100, 5, file);
-	state_put(st, S("k2"), 1, 100, 5, NULL);
+	state_put(st, S("k1"), 1, 100, 5, NULL, file);
+	state_put(st, S("k2"), 1, 100, 5, NULL, NULL);
 	if (state_sync(st, &cause) == -1) {
 		diag("%s", cause);
 		exit(99);
@@ -298,7 +298,7 @@ test_recover(void)
 		struct deliver_msg	 m;
 		char			*cause = NULL;
 
-		deliver_begin(d, &m, NULL, 0, &cause);
+		deliver_begin(d, &m, NULL, NULL, 0, &cause);
 		deliver_write(d, &m, "half", 4);
 		/* No end, no discard: as if killed here. */
 		close(m.file.fd);
@@ -353,7 +353,7 @@ test_reused_ids(void)
 	ac.exact_sizes = 1;
 
 	/* The server removes X (DELE +OK, QUIT +OK): its record goes. */
-	deliver_listing_start(d);
+	deliver_listing_start(d, "", 0);
 	listed(d, "X", 1, 100);
 	listed(d, "Y", 1, 0);
 	deliver_removal_acked(d, S("X"), 1);
@@ -385,8 +385,8 @@ absent_state(unsigned missed, int64_t absent)
 	mkdir_p(statedir, 0700);
 	st = state_open(statedir, "acct", &code, &cause);
 	state_set_meta(st, "mailbox", "user@pop.example.com");
-	state_put(st, S("old"), 1, 100, 5, NULL);
-	state_put(st, S("here"), 1, 100, 5, NULL);
+	state_put(st, S("old"), 1, 100, 5, NULL, NULL);
+	state_put(st, S("here"), 1, 100, 5, NULL, NULL);
 	state_set_absence(st, state_find(st, S("old"), 1), missed, absent);
 	if (state_sync(st, &cause) == -1) {
 		diag("%s", cause);
@@ -401,9 +401,9 @@ poll_here(void)
 {
 	struct deliver	*d = open_dl("user@pop.example.com");
 
-	deliver_listing_start(d);
+	deliver_listing_start(d, "", 0);
 	listed(d, "here", 1, 5);
-	deliver_listing_end(d);
+	deliver_listing_end(d, "", 0);
 	close_dl(d);
 }
 
@@ -448,10 +448,10 @@ test_forget(void)
 	{
 		struct deliver	*d = open_dl("user@pop.example.com");
 
-		deliver_listing_start(d);
+		deliver_listing_start(d, "", 0);
 		listed(d, "here", 1, 5);
 		listed(d, "old", 1, 5);
-		deliver_listing_end(d);
+		deliver_listing_end(d, "", 0);
 		close_dl(d);
 	}
 	poll_here();
@@ -533,6 +533,82 @@ test_too_big(void)
 	close_dl(d);
 }
 
+/* IMAP's needs: folders, tags, scoped listings, a shared store. */
+static void
+test_folders_tags(void)
+{
+	struct deliver		*d, *d2;
+	struct deliver_msg	 m;
+	char			*cause = NULL, key[64], path[PATH_MAX];
+	size_t			 klen;
+
+	fresh("folders");
+	d = open_dl("user@pop.example.com");
+	d2 = open_dl("user@pop.example.com");
+	ok(d2 != NULL, "a second session of the account shares the store");
+	deliver_want_digests(d);
+	if (deliver_begin(d, &m, ".Work", NULL, 0, &cause) == -1) {
+		diag("%s", cause);
+		exit(99);
+	}
+	deliver_write(d, &m, "work\n", 5);
+	is_int(deliver_end(d, &m, "Work\0001\0007", 9, 1, 5, "", NULL,
+	    &cause), 0, "a message for a Maildir++ folder");
+	is_int(receive(d2, "INBOX\0001\0003", 1, 5, "inbx\n", NULL), 0,
+	    "... and one of another session for the main Maildir");
+	commit(d);
+	commit(d2);
+	snprintf(path, sizeof path, "%s/.Work/new", maildir);
+	is_int(count_dir(path), 1, "the folder's message is in .Work/new");
+	is_int(count_sub("new"), 1, "the other in new/");
+	ok(deliver_find_tag(d, "sha256:f8b0a1d4d3de8ce7c3d4d67f76da3b1b7af"
+	    "5cc5b17b1ab0dc42fb6dd0e7e3b7c", "", 0, NULL, NULL) == 0,
+	    "find_tag: an unknown digest");
+	deliver_record(d, "Work\0002\0001", 9, 1, 5, "mid:abc");
+	klen = sizeof key;
+	ok(deliver_find_tag(d, "mid:abc", "Work\0002", 6, key, &klen) == 1 &&
+	    klen == 9 && memcmp(key, "Work\0002\0001", 9) == 0,
+	    "find_tag: a recorded tag, with its key");
+	ok(deliver_find_tag(d, "mid:abc", "Other", 5, NULL, NULL) == 0,
+	    "find_tag: not under another prefix");
+	/* A listing of the Work folder does not touch INBOX's records. */
+	deliver_listing_start(d, "Work\0", 5);
+	deliver_listing_end(d, "Work\0", 5);
+	close_dl(d2);
+	deliver_forget(d, "Work\0002\0001", 9, 1);
+	ok(deliver_find_tag(d, "mid:abc", "", 0, NULL, NULL) == 0,
+	    "forget: the tag is gone with its record");
+	close_dl(d);
+	d = open_dl("user@pop.example.com");
+	is_int(listed(d, "INBOX\0001\0003", 1, 5), DELIVER_DONE, "after a "
+	    "reopen: the main Maildir's record");
+	ok(deliver_find_tag(d, "sha256:", "Work", 4, NULL, NULL) == 0,
+	    "a partial tag finds nothing");
+	close_dl(d);
+	/* A pending delivery into a folder is recovered from the folder. */
+	fresh("folders2");
+	deliver_close(open_dl("user@pop.example.com"));
+	{
+		char	sub[PATH_MAX];
+
+		snprintf(sub, sizeof sub, "%s/.F", maildir);
+		mkdir(sub, 0700);
+		snprintf(sub, sizeof sub, "%s/.F/tmp", maildir);
+		mkdir(sub, 0700);
+		snprintf(sub, sizeof sub, "%s/.F/new", maildir);
+		mkdir(sub, 0700);
+		snprintf(sub, sizeof sub, "%s/.F/cur", maildir);
+		mkdir(sub, 0700);
+		pending_state(".F/1.M1P1Q1A0000abcd.host,S=5");
+		put_file(".F/tmp", "1.M1P1Q1A0000abcd.host");
+		d = open_dl("user@pop.example.com");
+		snprintf(sub, sizeof sub, "%s/.F/new", maildir);
+		is_int(count_dir(sub), 1, "recover: a PENDING file of a folder "
+		    "is moved into the folder's new/");
+		close_dl(d);
+	}
+}
+
 int
 main(void)
 {
@@ -545,6 +621,7 @@ main(void)
 	test_forget();
 	test_digests();
 	test_too_big();
+	test_folders_tags();
 	rm_rf(topdir);
 	free(topdir);
 	return (done());

@@ -273,11 +273,11 @@ test_roundtrip(void)
 	ok(state_find(st, S("x"), 1) == STATE_NONE, "state_find: nothing in "
 	    "an empty state");
 
-	state_put(st, S("uid1"), 1, 1000, 11, NULL);
-	state_put(st, S("uid1"), 2, 1001, 12, NULL);
-	state_put(st, S("weird uid\x01%\xff"), 1, 0, 0, NULL);
-	state_put(st, S("nul\0inside"), 1, 5, 99, NULL);
-	id = state_put(st, S("pend"), 1, 4102444800LL, 10, pf);
+	state_put(st, S("uid1"), 1, 1000, 11, NULL, NULL);
+	state_put(st, S("uid1"), 2, 1001, 12, NULL, NULL);
+	state_put(st, S("weird uid\x01%\xff"), 1, 0, 0, NULL, NULL);
+	state_put(st, S("nul\0inside"), 1, 5, 99, NULL, NULL);
+	id = state_put(st, S("pend"), 1, 4102444800LL, 10, NULL, pf);
 	state_set_meta(st, "mailbox", "u@h");
 	state_set_meta(st, "odd", "with space\nand newline");
 	is_int((int)state_count(st), 5, "state_put: 5 records");
@@ -295,7 +295,7 @@ test_roundtrip(void)
 	    "directory");
 
 	/* More changes go to the journal. */
-	state_put(st, S("later"), 1, 2000, 0, NULL);
+	state_put(st, S("later"), 1, 2000, 0, NULL, NULL);
 	state_forget(st, state_find(st, S("uid1"), 2));
 	state_delivered(st, id);
 	state_set_absence(st, state_find(st, S("uid1"), 1), 2, 1234);
@@ -339,7 +339,7 @@ test_roundtrip(void)
 	is_int(n, 5, "state_next: visits the 5 live records");
 
 	/* state_put over an existing record replaces it. */
-	state_put(st2, S("later"), 1, 3000, 77, NULL);
+	state_put(st2, S("later"), 1, 3000, 77, NULL, NULL);
 	is_int((int)state_count(st2), 5, "state_put on a live key: no new "
 	    "record");
 	ok(rec(st2, S("later"), 1)->first == 3000 &&
@@ -381,7 +381,7 @@ test_compaction(void)
 	st = must_open(dir);
 	for (i = 0; i < 20000; i++) {
 		snprintf(key, sizeof key, "message-%06d", i);
-		state_put(st, key, strlen(key), 1, 1000 + i, i, NULL);
+		state_put(st, key, strlen(key), 1, 1000 + i, i, NULL, NULL);
 		if (i % 100 == 99) {
 			char	*cause = NULL;
 
@@ -458,10 +458,10 @@ good_snapshot(void)
 
 	dir = subdir("goodsnap");
 	st = must_open(dir);
-	state_put(st, S("one"), 1, 100, 5, NULL);
+	state_put(st, S("one"), 1, 100, 5, NULL, NULL);
 	for (i = 0; i < 3; i++) {
 		state_forget_all(st);	/* each sync a new generation */
-		state_put(st, S("one"), 1, 100, 5, NULL);
+		state_put(st, S("one"), 1, 100, 5, NULL, NULL);
 		must_sync(st, "good_snapshot: sync");
 	}
 	state_close(st);
@@ -558,7 +558,7 @@ test_integrity(void)
 	*strstr(bad, "one") = 'x';
 	refused("a changed byte", bad, NULL, EXIT_DATAERR, "checksum");
 	free(bad);
-	xasprintf(&bad, "%sD 1 1 0 0 0 extra\n", snap);
+	xasprintf(&bad, "%sD 1 1 0 0 0 extra -\n", snap);
 	refused("a line after end", bad, NULL, EXIT_DATAERR, "truncated");
 	free(bad);
 	refused("not a state file", "hello\n", NULL, EXIT_DATAERR,
@@ -567,8 +567,8 @@ test_integrity(void)
 	    "newer");
 
 	/* The journal: good blocks apply, a torn last one is cut off. */
-	j1 = block("D 7 1 3 0 0 two\n");
-	j2 = block("F 1 one\nD 8 1 4 0 0 three\n");
+	j1 = block("D 7 1 3 0 0 two -\n");
+	j2 = block("F 1 one\nD 8 1 4 0 0 three -\n");
 	xasprintf(&jj, "maild-journal 2 3\n%s%s", j1, j2);
 	free(cause);
 	cause = NULL;
@@ -588,7 +588,7 @@ test_integrity(void)
 		ok(rec(st, S("one"), 1) != NULL && rec(st, S("two"), 1) != NULL &&
 		    rec(st, S("three"), 1) == NULL, "... it is ignored, the "
 		    "block before applies");
-		state_put(st, S("four"), 1, 9, 9, NULL);
+		state_put(st, S("four"), 1, 9, 9, NULL, NULL);
 		must_sync(st, "... and a sync after it");
 		state_close(st);
 		st = open_files("torn", NULL, NULL, &code, &cause);
@@ -629,11 +629,15 @@ test_integrity(void)
 	/* Corrupt records in an otherwise good file. */
 	{
 		const char *recs[] = {
-			"D 1 1 0 0 0\n", "D x 1 0 0 0 k\n", "D 1 0 0 0 0 k\n",
-			"D 1 1 0 256 0 k\n", "D 1 1 0 0 0 a%zz\n",
-			"D 1 1 0 0 0 k extra\n", "P 1 1 0 0 0 k ../../etc\n",
-			"P 1 1 0 0 0 k notours,S=1\n", "Q 1 1 0 0 0 k\n",
-			"D -1 1 0 0 0 k\n", "D 1 4294967296 0 0 0 k\n",
+			"D 1 1 0 0 0 -\n", "D x 1 0 0 0 k -\n",
+			"D 1 0 0 0 0 k -\n", "D 1 1 0 256 0 k -\n",
+			"D 1 1 0 0 0 a%zz -\n", "D 1 1 0 0 0 k - extra\n",
+			"P 1 1 0 0 0 k - ../../etc\n",
+			"P 1 1 0 0 0 k - notours,S=1\n",
+			"P 1 1 0 0 0 k - ../1.M1P1Q1A0000abcd.host,S=1\n",
+			"P 1 1 0 0 0 k - ./1.M1P1Q1A0000abcd.host,S=1\n",
+			"Q 1 1 0 0 0 k -\n", "D -1 1 0 0 0 k -\n",
+			"D 1 4294967296 0 0 0 k -\n", "D 1 1 0 0 0 k %zz\n",
 		};
 		size_t	i;
 
@@ -697,7 +701,7 @@ test_memory(void)
 
 	for (i = 0; i < 100000; i++) {
 		snprintf(key, sizeof key, "k%d", i);
-		state_put(st, key, strlen(key), 1 + i % 3, i, 0, NULL);
+		state_put(st, key, strlen(key), 1 + i % 3, i, 0, NULL, NULL);
 	}
 	for (i = 0; i < 100000; i++) {
 		snprintf(key, sizeof key, "k%d", i);
