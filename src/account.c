@@ -96,7 +96,7 @@ static int			 stopping;
 static int			 active;
 
 static void	account_timer_cb(evutil_socket_t, short, void *);
-static void	account_done_cb(struct session_result *, void *);
+static void	account_done_cb(struct session_result *, int, void *);
 static void	account_run(struct account *);
 static void	account_schedule(struct account *, long);
 static void	account_schedule_ms(struct account *, long);
@@ -168,7 +168,9 @@ accounts_poll_now(void)
 	if (stopping)
 		return;
 	TAILQ_FOREACH(a, &accounts, entry) {
-		if (a->session == NULL && !a->queued && !a->removed)
+		if (a->session != NULL)
+			session_poll_now(a->session);
+		else if (!a->queued && !a->removed)
 			account_schedule(a, 0);
 	}
 }
@@ -380,7 +382,8 @@ account_timer_cb(evutil_socket_t fd, short what, void *arg)
 static void
 account_run(struct account *a)
 {
-	char	*cause = NULL;
+	struct session_opts	 opts;
+	char			*cause = NULL;
 
 	active++;
 	a->started = now_mono();
@@ -393,15 +396,20 @@ account_run(struct account *a)
 		r.exitcode = EXIT_CONFIG;
 		r.error = cause;
 		r.stage = "init";
-		account_done_cb(&r, a);
+		account_done_cb(&r, 1, a);
 		free(cause);
 		return;
 	}
 	log_debug("account=%s polling %s:%d", a->ac->name, a->ac->host,
 	    a->ac->port);
-	a->session = session_start(env, a->conf, a->ac, a->ctx,
-	    mode == ACCOUNTS_CHECK ? SESSION_CHECK : SESSION_FETCH,
-	    a->nopipelining, account_done_cb, a);
+	memset(&opts, 0, sizeof opts);
+	opts.mode = mode == ACCOUNTS_CHECK ? SESSION_CHECK : SESSION_FETCH;
+	opts.nopipelining = a->nopipelining;
+	/* IMAP in the daemon: a session of one folder waits there. */
+	opts.idle = mode == ACCOUNTS_DAEMON &&
+	    a->ac->protocol == PROTOCOL_IMAP && a->ac->idle != IDLE_NO;
+	a->session = session_start(env, a->conf, a->ac, a->ctx, &opts,
+	    account_done_cb, a);
 }
 
 /* Log how a poll went, in one key=value line (and a word on what stays). */
@@ -413,7 +421,7 @@ account_log(struct account *a, const struct session_result *r, long next)
 
 	if (r->left > 0)
 		snprintf(left, sizeof left, " left=%u", r->left);
-	if (mode == ACCOUNTS_DAEMON && !stopping && !a->removed)
+	if (mode == ACCOUNTS_DAEMON && !stopping && !a->removed && next >= 0)
 		snprintf(tail, sizeof tail, " next=%lds%s", (next + 500) / 1000,
 		    left);
 	else
@@ -454,12 +462,33 @@ account_log(struct account *a, const struct session_result *r, long next)
 		    "s", r->too_big == 1 ? "s" : "");
 }
 
+/* A session that goes on (IMAP IDLE) fetched a round: log it. */
 static void
-account_done_cb(struct session_result *r, void *arg)
+account_cycle(struct account *a, const struct session_result *r)
+{
+	a->last_poll = time(NULL);
+	a->last_success = a->last_poll;
+	a->exitcode = 0;
+	a->failures = 0;
+	free(a->last_error);
+	a->last_error = NULL;
+	a->last_fetched = r->fetched;
+	a->fetched_total += r->fetched;
+	if (r->fetched > 0 || r->deleted > 0 || r->too_big > 0)
+		account_log(a, r, -1);
+	accounts_write_status();
+}
+
+static void
+account_done_cb(struct session_result *r, int final, void *arg)
 {
 	struct account	*a = arg, *b;
 	long		 next;
 
+	if (!final) {
+		account_cycle(a, r);
+		return;
+	}
 	a->session = NULL;
 	active--;
 	a->polls++;

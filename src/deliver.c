@@ -157,6 +157,10 @@ struct deliver {
 	struct state		*seen;		/* digests of this session */
 	EVP_MD_CTX		*mdctx;
 	int			 hash;		/* digest every message */
+	char			*reident;	/* folder prefix: match digests */
+	size_t			 reidentlen;
+	char			*current;	/* ... not under this prefix */
+	size_t			 currentlen;
 	deliver_committed_cb	 committed;
 	void			*arg;
 
@@ -473,6 +477,8 @@ deliver_close(struct deliver *d)
 	}
 	state_close(d->seen);
 	EVP_MD_CTX_free(d->mdctx);
+	free(d->reident);
+	free(d->current);
 	free(d);
 }
 
@@ -699,6 +705,75 @@ deliver_find_tag(struct deliver *d, const char *tag, const char *prefix,
 	return (0);
 }
 
+/*
+ * A folder's UIDVALIDITY changed (see imap.c): from now on a message
+ * whose content digest is the tag of a record under prefix (the folder)
+ * but not under current (the new UIDVALIDITY) is the same message; it is
+ * recorded under its new key and not delivered again (deliver_end()
+ * returns DELIVER_DONE), and the old record goes.
+ */
+void
+deliver_reident(struct deliver *d, const char *prefix, size_t plen,
+    const char *current, size_t clen)
+{
+	free(d->reident);
+	free(d->current);
+	d->reident = xmalloc(plen + 1);
+	memcpy(d->reident, prefix, plen);
+	d->reidentlen = plen;
+	d->current = xmalloc(clen + 1);
+	memcpy(d->current, current, clen);
+	d->currentlen = clen;
+}
+
+/*
+ * Every message of the folder was looked at: the records of the old
+ * UIDVALIDITY that matched nothing are of messages no longer there.
+ */
+void
+deliver_reident_done(struct deliver *d)
+{
+	struct state		*st = d->s->st;
+	const struct state_rec	*r;
+	uint32_t		 it = 0;
+
+	if (d->reident == NULL)
+		return;
+	while ((r = state_next(st, &it)) != NULL) {
+		if (rec_in(st, r, d->reident, d->reidentlen) &&
+		    !rec_in(st, r, d->current, d->currentlen))
+			state_forget(st, state_rec_id(st, r));
+	}
+	free(d->reident);
+	free(d->current);
+	d->reident = d->current = NULL;
+}
+
+/* A record under the re-identified folder's old UIDVALIDITY, by tag. */
+static uint32_t
+deliver_reident_find(struct deliver *d, const char *tag)
+{
+	struct state		*tags = store_tags(d->s), *st = d->s->st;
+	const struct state_rec	*t, *r;
+	const char		*rt;
+	uint32_t		 n, id;
+
+	for (n = 1; (id = state_find(tags, tag, strlen(tag), n)) !=
+	    STATE_NONE; n++) {
+		t = state_rec(tags, id);
+		if ((uint64_t)t->first >= UINT32_MAX)
+			continue;
+		r = state_rec(st, (uint32_t)t->first);
+		if (r->kind == STATE_DELIVERED &&
+		    (rt = state_rec_tag(st, r)) != NULL &&
+		    strcmp(rt, tag) == 0 &&
+		    rec_in(st, r, d->reident, d->reidentlen) &&
+		    !rec_in(st, r, d->current, d->currentlen))
+			return ((uint32_t)t->first);
+	}
+	return (STATE_NONE);
+}
+
 /* Put a record's tag into the index, if it is built. */
 static void
 store_index_tag(struct store *s, uint32_t id, const char *tag)
@@ -886,6 +961,7 @@ deliver_end(struct deliver *d, struct deliver_msg *m, const char *key,
 {
 	struct batch_item	*b;
 	char			 digest[80];
+	uint32_t		 old;
 
 	if (maildir_finish(&m->file, cause) == -1) {
 		deliver_discard(d, m);
@@ -901,6 +977,14 @@ deliver_end(struct deliver *d, struct deliver_msg *m, const char *key,
 	} else if (tag != NULL && *tag == '\0' && d->mdctx != NULL) {
 		deliver_digest(d, digest, sizeof digest);
 		tag = digest;
+		if (d->reident != NULL &&
+		    (old = deliver_reident_find(d, tag)) != STATE_NONE) {
+			/* Delivered before, under the old UIDVALIDITY. */
+			deliver_discard(d, m);
+			state_forget(d->s->st, old);
+			deliver_record(d, key, len, ordinal, listed, tag);
+			return (DELIVER_DONE);
+		}
 	}
 	if (d->nbatch == 0) {
 		if (d->batch == NULL)

@@ -304,6 +304,71 @@ void		 body_decoder_init(struct body_decoder *);
 size_t		 body_decode(struct body_decoder *, const char *, size_t, char *,
 		     size_t *);
 
+/* imap_parse.c: pure parsers for what an IMAP server sends; fuzzed. */
+#define IMAP_NONE		((size_t)-1)
+#define IMAP_LITERAL_LEN_MAX	(1ULL << 40)
+#define IMAP_TAG_MAX		32
+enum imap_type {
+	IMAP_ATOM,
+	IMAP_NUMBER,		/* an atom of digits; num holds it */
+	IMAP_STRING,		/* quoted (escapes kept) or literal */
+	IMAP_NIL,
+	IMAP_LIST		/* (...): child is its first element */
+};
+struct imap_node {
+	const char	*p;		/* into the response */
+	size_t		 len;
+	uint64_t	 num;
+	size_t		 next;		/* the next sibling, or IMAP_NONE */
+	size_t		 child;
+	uint8_t		 type;
+	uint8_t		 quoted;
+	uint8_t		 literal;
+};
+enum imap_kind {
+	IMAP_TAGGED,
+	IMAP_UNTAGGED,
+	IMAP_CONTINUATION
+};
+enum imap_cond {
+	IMAP_COND_NONE,		/* data, not a status response */
+	IMAP_COND_OK,
+	IMAP_COND_NO,
+	IMAP_COND_BAD,
+	IMAP_COND_BYE,
+	IMAP_COND_PREAUTH
+};
+struct imap_resp {
+	enum imap_kind	 kind;
+	const char	*tag;
+	size_t		 taglen;
+	enum imap_cond	 cond;
+	int		 has_num;	/* "* <num> EXISTS" and such */
+	uint32_t	 num;
+	char		 name[32];	/* OK, CAPABILITY, FETCH, EXISTS... */
+	const char	*code;		/* [CODE args] of a status response */
+	size_t		 codelen;
+	const char	*codeargs;
+	size_t		 codeargslen;
+	const char	*text;		/* its text, or a continuation's */
+	size_t		 textlen;
+	struct imap_node *nodes;
+	size_t		 nnodes;
+	size_t		 data;		/* the first value after name */
+};
+int		 imap_number(const char *, size_t, uint64_t, uint64_t *);
+int		 imap_parse(const char *, size_t, struct imap_node *, size_t,
+		     struct imap_resp *);
+int		 imap_literal_is_body(const char *, size_t, uint64_t *);
+size_t		 imap_fetch_att(const struct imap_resp *, const char *);
+int		 imap_node_number(const struct imap_resp *, size_t, uint64_t,
+		     uint64_t *);
+ssize_t		 imap_node_string(const struct imap_resp *, size_t, char *,
+		     size_t);
+int		 imap_has_word(const char *, size_t, const char *);
+ssize_t		 imap_quote(const char *, size_t, char *, size_t);
+ssize_t		 imap_utf7_encode(const char *, size_t, char *, size_t);
+
 /* auth.c */
 char		*auth_b64(const void *, size_t);
 unsigned char	*auth_unb64(const char *, size_t, size_t *);
@@ -443,6 +508,9 @@ void		 deliver_record(struct deliver *, const char *, size_t,
 		     uint32_t, uint64_t, const char *);
 void		 deliver_forget(struct deliver *, const char *, size_t,
 		     uint32_t);
+void		 deliver_reident(struct deliver *, const char *, size_t,
+		     const char *, size_t);
+void		 deliver_reident_done(struct deliver *);
 unsigned	 deliver_too_big(struct deliver *, unsigned);
 int		 deliver_begin(struct deliver *, struct deliver_msg *,
 		     const char *, const char *, size_t, char **);
@@ -507,17 +575,26 @@ struct session_result {
 	uint64_t	 messages;	/* STAT */
 	uint64_t	 octets;
 };
-typedef void (*session_done_cb)(struct session_result *, void *);
+/* final: the session ended; else a cycle of a session that goes on. */
+typedef void (*session_done_cb)(struct session_result *, int, void *);
 struct session_env {
 	struct event_base	*base;
 	struct evdns_base	*dns;
 };
 #define SESSION_FETCH	0
-#define SESSION_CHECK	1	/* log in, STAT, QUIT: --check */
+#define SESSION_CHECK	1	/* log in, look, log out: --check */
+struct session_opts {
+	int		 mode;		/* SESSION_* */
+	int		 nopipelining;
+	size_t		 first_folder;	/* IMAP: its folders */
+	size_t		 nfolders;	/* 0: all */
+	int		 idle;		/* IMAP: may wait in its folder */
+};
 struct session	*session_start(const struct session_env *, struct config *,
-		     const struct account_conf *, struct ssl_ctx_st *, int, int,
-		     session_done_cb, void *);
+		     const struct account_conf *, struct ssl_ctx_st *,
+		     const struct session_opts *, session_done_cb, void *);
 void		 session_stop(struct session *);
+void		 session_poll_now(struct session *);
 void		 session_abort(struct session *);
 
 /* sdnotify.c */

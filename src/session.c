@@ -94,8 +94,8 @@ session_peer(struct session *s)
  */
 struct session *
 session_start(const struct session_env *env, struct config *conf,
-    const struct account_conf *ac, SSL_CTX *ctx, int mode, int nopipelining,
-    session_done_cb done, void *arg)
+    const struct account_conf *ac, SSL_CTX *ctx,
+    const struct session_opts *opts, session_done_cb done, void *arg)
 {
 	struct session	*s;
 	struct timeval	 tv;
@@ -103,13 +103,16 @@ session_start(const struct session_env *env, struct config *conf,
 	int		 code;
 
 	s = xcalloc(1, sizeof *s);
-	s->proto = &pop3_proto;
+	s->proto = ac->protocol == PROTOCOL_IMAP ? &imap_proto : &pop3_proto;
 	s->ac = ac;
 	s->conf = config_ref(conf);
-	if (mode == SESSION_CHECK)
+	if (opts->mode == SESSION_CHECK)
 		s->flags |= S_CHECK;
-	if (nopipelining || !ac->pipelining)
+	if (opts->nopipelining || !ac->pipelining)
 		s->flags |= S_NO_PIPE;
+	s->first_folder = opts->first_folder;
+	s->nfolders = opts->nfolders != 0 ? opts->nfolders : ac->nfolders;
+	s->idle = opts->idle && opts->mode != SESSION_CHECK;
 	s->base = env->base;
 	s->dns = env->dns;
 	if ((s->ctx = ctx) != NULL)
@@ -128,7 +131,10 @@ session_start(const struct session_env *env, struct config *conf,
 	/* The state and the Maildir come first: no point connecting if
 	   nothing could be stored. */
 	if (!(s->flags & S_CHECK)) {
-		snprintf(mailbox, sizeof mailbox, "%s@%s", ac->user, ac->host);
+		/* POP3 UIDLs and IMAP UIDs of one mailbox are not alike. */
+		snprintf(mailbox, sizeof mailbox, "%s%s@%s",
+		    ac->protocol == PROTOCOL_IMAP ? "imap:" : "", ac->user,
+		    ac->host);
 		s->dl = deliver_open(ac, s->conf->state_dir, mailbox,
 		    session_committed_cb, s, &code, &cause);
 		if (s->dl == NULL) {
@@ -160,6 +166,51 @@ session_stop(struct session *s)
 		return;
 	}
 	s->proto->stop(s);
+}
+
+/* SIGUSR1: look for new mail now, if the protocol waits for news. */
+void
+session_poll_now(struct session *s)
+{
+	if (!(s->flags & S_DEAD) && s->phase == PHASE_PROTOCOL &&
+	    s->proto->poll_now != NULL)
+		s->proto->poll_now(s);
+}
+
+/*
+ * The session waits for news (IMAP IDLE): no timeout runs meanwhile, the
+ * protocol watches the connection itself; or it works again.
+ */
+void
+session_idle(struct session *s, int idle)
+{
+	struct timeval	tv = { s->conf->session_timeout, 0 };
+
+	if (idle) {
+		evtimer_del(s->progress_ev);
+		evtimer_del(s->deadline_ev);
+	} else {
+		session_arm_progress(s);
+		evtimer_add(s->deadline_ev, &tv);
+	}
+}
+
+/*
+ * A session that goes on (IMAP IDLE) finished a round of fetching: report
+ * it as if the session had ended, and count afresh.
+ */
+void
+session_cycle(struct session *s)
+{
+	struct session_result	r = s->result;
+
+	s->done(&r, 0, s->done_arg);
+	s->result.fetched = 0;
+	s->result.bytes = 0;
+	s->result.deleted = 0;
+	s->result.left = 0;
+	s->result.too_big = 0;
+	s->result.too_big_max = 0;
 }
 
 /*
@@ -693,7 +744,7 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
 	/* Unlock the state before the scheduler may start the next one. */
 	deliver_close(s->dl);
 	s->dl = NULL;
-	s->done(&s->result, s->done_arg);
+	s->done(&s->result, 1, s->done_arg);
 	free(s->result.error);
 	if (s->secret_job != NULL)
 		secret_cancel(s->secret_job);

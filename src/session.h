@@ -50,6 +50,8 @@ struct proto {
 	void		(*read)(struct session *, struct evbuffer *);
 	/* Asked to stop: ask for nothing new, finish what is in flight. */
 	void		(*stop)(struct session *);
+	/* SIGUSR1: look for new mail now (NULL: nothing to do). */
+	void		(*poll_now)(struct session *);
 	/* The session is failing: drop what is half done, keep the rest. */
 	void		(*abort)(struct session *);
 	/* A message of its was delivered (cookie: what it gave deliver.c). */
@@ -93,6 +95,11 @@ struct session {
 	struct event		*free_ev;
 	size_t			 progress_bytes;
 	struct evbuffer_cb_entry *hangup_cb;	/* waiting to hang up */
+
+	/* IMAP: the folders of this session, and whether it may IDLE. */
+	size_t			 first_folder;
+	size_t			 nfolders;
+	int			 idle;
 };
 
 /* session.c, for the protocols */
@@ -109,12 +116,15 @@ void		 session_progress(struct session *, size_t);
 void		 session_arm_progress(struct session *);
 void		 session_greeted(struct session *);
 void		 session_hangup(struct session *);
+void		 session_idle(struct session *, int);
+void		 session_cycle(struct session *);
 int		 session_read_line(struct evbuffer *, char *, size_t, size_t *);
 void		 session_unasked(struct session *, struct evbuffer *);
 const char	*session_peer(struct session *);
 const char	*session_state(struct session *);
 
-/* pop3.c */
+/* pop3.c, imap.c */
 extern const struct proto pop3_proto;
+extern const struct proto imap_proto;
 
 #endif /* SESSION_H */

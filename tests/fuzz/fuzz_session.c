@@ -48,8 +48,10 @@ struct server {
 };
 
 static void
-done_cb(struct session_result *r, void *arg)
+done_cb(struct session_result *r, int final, void *arg)
 {
+	if (!final)
+		return;
 	*(int *)arg = 1;
 	event_base_loopexit(base, NULL);
 }
@@ -162,8 +164,9 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct server	 sv;
-	struct event	*lev;
+	struct server		 sv;
+	struct session_opts	 opts;
+	struct event		*lev;
 	char		 sub[512];
 	int		 finished = 0;
 
@@ -181,8 +184,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	lev = event_new(base, listener, EV_READ, accept_cb, &sv);
 	event_add(lev, NULL);
-	session_start(&env, &conf, &ac, NULL, SESSION_FETCH, 0, done_cb,
-	    &finished);
+	memset(&opts, 0, sizeof opts);
+	opts.mode = SESSION_FETCH;
+	session_start(&env, &conf, &ac, NULL, &opts, done_cb, &finished);
 	event_base_dispatch(base);
 	if (!finished)
 		abort();
