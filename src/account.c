@@ -65,6 +65,7 @@ struct account {
 	const struct account_conf *ac;		/* inside conf */
 	struct config		*next_conf;	/* to switch to (reload) */
 	const struct account_conf *next_ac;
+	size_t			 slot;		/* IMAP: which folders (below) */
 	int			 removed;	/* gone from the config */
 	int			 readded;	/* and back, while it ran */
 	SSL_CTX			*ctx;
@@ -108,14 +109,31 @@ static long	account_next_delay_ms(struct account *,
 		    const struct session_result *);
 static void	accounts_write_status(void);
 
+/*
+ * How many sessions an account has at once: an IMAP account that waits
+ * for news (IDLE) in the daemon needs one per folder, within
+ * max-connections; the last one polls the folders beyond that.  Any
+ * other account has one.
+ */
+static size_t
+account_slots(const struct config *conf, const struct account_conf *ac)
+{
+	if (mode != ACCOUNTS_DAEMON || ac->protocol != PROTOCOL_IMAP ||
+	    ac->idle == IDLE_NO || ac->nfolders < 2)
+		return (1);
+	return (ac->nfolders < (size_t)conf->max_connections ? ac->nfolders :
+	    (size_t)conf->max_connections);
+}
+
 static struct account *
-account_new(struct config *conf, const struct account_conf *ac)
+account_new(struct config *conf, const struct account_conf *ac, size_t slot)
 {
 	struct account	*a;
 
 	a = xcalloc(1, sizeof *a);
 	a->conf = config_ref(conf);
 	a->ac = ac;
+	a->slot = slot;
 	a->timer = evtimer_new(env->base, account_timer_cb, a);
 	TAILQ_INSERT_TAIL(&accounts, a, entry);
 	return (a);
@@ -144,8 +162,13 @@ accounts_init(const struct session_env *e, struct config *conf, int m)
 	env = e;
 	mode = m;
 	current = config_ref(conf);
-	for (i = 0; i < conf->naccounts; i++)
-		account_new(conf, &conf->accounts[i]);
+	size_t	n, j;
+
+	for (i = 0; i < conf->naccounts; i++) {
+		n = account_slots(conf, &conf->accounts[i]);
+		for (j = 0; j < n; j++)
+			account_new(conf, &conf->accounts[i], j);
+	}
 }
 
 /* Poll every account now. */
@@ -219,6 +242,9 @@ accounts_reload(struct config *conf)
 			if (strcmp(conf->accounts[i].name, a->ac->name) == 0)
 				nac = &conf->accounts[i];
 		}
+		/* Fewer folders to wait in: the extra sessions go. */
+		if (nac != NULL && a->slot >= account_slots(conf, nac))
+			nac = NULL;
 		if (nac == NULL) {
 			log_info("account=%s removed from the configuration",
 			    a->ac->name);
@@ -257,33 +283,42 @@ accounts_reload(struct config *conf)
 			account_switch(a);
 	}
 	for (i = 0; i < conf->naccounts; i++) {
-		TAILQ_FOREACH(a, &accounts, entry) {
-			if (strcmp(a->ac->name, conf->accounts[i].name) == 0)
-				break;
+		size_t	slot, n = account_slots(conf, &conf->accounts[i]);
+
+		for (slot = 0; slot < n; slot++) {
+			TAILQ_FOREACH(a, &accounts, entry) {
+				if (a->slot == slot && strcmp(a->ac->name,
+				    conf->accounts[i].name) == 0)
+					break;
+			}
+			if (a != NULL && a->removed) {
+				/*
+				 * Back before its old session ended: that session
+				 * keeps the account (and its lock) until it ends;
+				 * then the account starts again, as a changed one
+				 * does.
+				 */
+				log_info("account=%s added to the configuration "
+				    "again; it starts when its previous session "
+				    "has ended", a->ac->name);
+				changes++;
+				a->removed = 0;
+				a->readded = 1;
+				config_free(a->next_conf);
+				a->next_conf = config_ref(conf);
+				a->next_ac = &conf->accounts[i];
+				continue;
+			}
+			if (a != NULL)
+				continue;
+			if (slot == 0) {
+				log_info("account=%s added to the configuration",
+				    conf->accounts[i].name);
+				changes++;
+			}
+			account_schedule(account_new(conf, &conf->accounts[i],
+			    slot), 0);
 		}
-		if (a != NULL && a->removed) {
-			/*
-			 * Back before its old session ended: that session keeps
-			 * the account (and its lock) until it ends; then the
-			 * account starts again, as a changed one does.
-			 */
-			log_info("account=%s added to the configuration again; "
-			    "it starts when its previous session has ended",
-			    a->ac->name);
-			changes++;
-			a->removed = 0;
-			a->readded = 1;
-			config_free(a->next_conf);
-			a->next_conf = config_ref(conf);
-			a->next_ac = &conf->accounts[i];
-			continue;
-		}
-		if (a != NULL)
-			continue;
-		log_info("account=%s added to the configuration",
-		    conf->accounts[i].name);
-		changes++;
-		account_schedule(account_new(conf, &conf->accounts[i]), 0);
 	}
 	config_free(current);
 	current = config_ref(conf);
@@ -384,6 +419,7 @@ account_run(struct account *a)
 {
 	struct session_opts	 opts;
 	char			*cause = NULL;
+	size_t			 n;
 
 	active++;
 	a->started = now_mono();
@@ -404,6 +440,11 @@ account_run(struct account *a)
 	    a->ac->port);
 	memset(&opts, 0, sizeof opts);
 	opts.mode = mode == ACCOUNTS_CHECK ? SESSION_CHECK : SESSION_FETCH;
+	/* With several sessions: one folder each, the last the rest. */
+	if ((n = account_slots(a->conf, a->ac)) > 1) {
+		opts.first_folder = a->slot;
+		opts.nfolders = a->slot + 1 < n ? 1 : a->ac->nfolders - a->slot;
+	}
 	opts.nopipelining = a->nopipelining;
 	/* IMAP in the daemon: a session of one folder waits there. */
 	opts.idle = mode == ACCOUNTS_DAEMON &&
@@ -476,6 +517,7 @@ account_cycle(struct account *a, const struct session_result *r)
 	a->fetched_total += r->fetched;
 	if (r->fetched > 0 || r->deleted > 0 || r->too_big > 0)
 		account_log(a, r, -1);
+	a->started = now_mono();	/* the next round's time */
 	accounts_write_status();
 }
 

@@ -221,6 +221,7 @@ struct imap {
 #define REM_DONE	7
 	char		*move_to;	/* the move-to folder, quoted */
 	int		 partial;	/* listing only what is new */
+	int		 fast;		/* fetching behind DONE, unlisted */
 	uint32_t	*search;	/* SEARCH DELETED's answer */
 	size_t		 nsearch;
 	int		 searched;
@@ -245,6 +246,7 @@ static void	imap_folder_done(struct session *);
 static void	imap_idle_end(struct session *);
 static void	imap_relist(struct session *);
 static int	imap_may_idle(struct session *);
+static int	imap_fast_msg(struct session *, struct imap_resp *);
 
 static void	greeting_done(struct session *, struct imap_resp *);
 static void	capability_done(struct session *, struct imap_resp *);
@@ -764,6 +766,8 @@ imap_continuation(struct session *s, struct imap_resp *r)
 		p->flags |= I_IDLING;
 		/* Silence is normal now; the refresh timer watches. */
 		session_idle(s, 1);
+		if ((p->flags & (I_NEWS | I_FULL)) || (s->flags & S_STOPPING))
+			imap_idle_end(s);
 		return;
 	}
 	if (p->state != IMAP_STATE_AUTH) {
@@ -1112,10 +1116,19 @@ static struct imap_msg *
 imap_msg_by_uid(struct imap *p, uint32_t uid)
 {
 	struct imap_msg	key;
+	uint32_t	i;
 
 	key.uid = uid;
 	if (p->nmsgs == 0)
 		return (NULL);
+	/* Behind DONE the list grows as bodies come: not sorted. */
+	if (p->fast) {
+		for (i = 0; i < p->nmsgs; i++) {
+			if (p->msgs[i].uid == uid)
+				return (&p->msgs[i]);
+		}
+		return (NULL);
+	}
 	return (bsearch(&key, p->msgs, p->nmsgs, sizeof *p->msgs,
 	    imap_msg_cmp));
 }
@@ -1450,6 +1463,49 @@ imap_body(struct session *s, struct evbuffer *in)
 }
 
 /*
+ * A body of the fetch behind DONE: a message newer than the listing is
+ * added to it (its size as the response gives it); anything else is
+ * dropped, quietly ("n:*" returns the last message even when it is
+ * older).  -1: not to be delivered.
+ */
+static int
+imap_fast_msg(struct session *s, struct imap_resp *r)
+{
+	struct imap	*p = I(s);
+	struct imap_msg	*m;
+	uint64_t	 uid, size;
+	char		 key[1200];
+	size_t		 klen;
+
+	if (imap_node_number(r, imap_fetch_att(r, "UID"), UINT32_MAX,
+	    &uid) == -1 || uid == 0 || uid <= p->maxuid ||
+	    imap_msg_by_uid(p, (uint32_t)uid) != NULL)
+		return (-1);
+	if (imap_node_number(r, imap_fetch_att(r, "RFC822.SIZE"),
+	    IMAP_LITERAL_LEN_MAX, &size) == -1)
+		size = p->body_raw;
+	klen = imap_key(p, (uint32_t)uid, key, sizeof key);
+	if (deliver_listed(s->dl, key, klen, 1, size, NULL) == DELIVER_DONE)
+		return (-1);
+	if (p->nmsgs >= LISTING_MAX)
+		return (-1);
+	/* In UID order: the server sends them so; if not, sort. */
+	if (p->nmsgs == p->capmsgs) {
+		p->capmsgs = p->capmsgs ? p->capmsgs * 2 : 16;
+		p->msgs = xreallocarray(p->msgs, p->capmsgs, sizeof *p->msgs);
+	}
+	m = &p->msgs[p->nmsgs++];
+	memset(m, 0, sizeof *m);
+	m->uid = (uint32_t)uid;
+	m->size = size;
+	m->flags = M_WANT;
+	p->maxuid = m->uid;
+	p->nwant++;
+	p->next_want = p->nwant;
+	return (0);
+}
+
+/*
  * A FETCH response with a body is complete: which message is it?  A body
  * that cannot be placed (no UID, not asked for, twice) is dropped; a size
  * other than the listing's (exact-sizes) ends the session, as in POP3.
@@ -1465,6 +1521,10 @@ imap_fetch_body_done(struct session *s, struct imap_resp *r)
 	int		 x;
 
 	p->body_seen = 0;
+	if (p->fast && imap_fast_msg(s, r) == -1) {
+		deliver_discard(s->dl, &p->msg);
+		return;
+	}
 	if (imap_node_number(r, imap_fetch_att(r, "UID"), UINT32_MAX,
 	    &uid) == -1 || (m = imap_msg_by_uid(p, (uint32_t)uid)) == NULL ||
 	    !(m->flags & M_WANT) || (m->flags & (M_GOT | M_DONE)) ||
@@ -1746,6 +1806,7 @@ imap_idle(struct session *s)
 	struct timeval	 tv = { s->ac->idle_refresh, 0 };
 
 	p->flags &= ~(I_IDLING | I_DONE_SENT);
+	p->fast = 0;
 	if ((p->flags & (I_NEWS | I_FULL)) && !(s->flags & S_STOPPING)) {
 		/* News came while busy: look before waiting. */
 		imap_relist(s);
@@ -1772,6 +1833,28 @@ imap_idle_end(struct session *s)
 	session_idle(s, 0);
 	log_trace("account=%s >>> DONE", s->ac->name);
 	evbuffer_add(bufferevent_get_output(s->bev), "DONE\r\n", 6);
+	/*
+	 * New mail, and nothing to decide before fetching it (no max-size,
+	 * no Gmail labels, no UIDVALIDITY matching): ask for the new
+	 * messages' bodies right behind DONE, saving two round trips.
+	 */
+	if ((p->flags & I_NEWS) && !(p->flags & (I_FULL | I_REIDENT)) &&
+	    !(s->flags & S_STOPPING) && s->ac->max_size == 0 &&
+	    !(p->caps & CAP_GMAIL) && s->dl != NULL) {
+		p->flags &= ~I_NEWS;
+		free(p->msgs);
+		p->msgs = NULL;
+		p->nmsgs = p->capmsgs = 0;
+		free(p->want);
+		p->want = NULL;
+		p->nwant = p->next_want = 0;
+		p->delivered = p->missing = 0;
+		p->fast = 1;
+		p->state = IMAP_STATE_TRANSFER;
+		if (imap_send(s, fetch_done, "UID FETCH %u:* (UID RFC822.SIZE "
+		    "BODY.PEEK[])", p->maxuid + 1) == 0)
+			p->nfetching++;
+	}
 }
 
 /* The IDLE is over: stop, look (again), or wait again. */
@@ -1786,6 +1869,8 @@ idle_done(struct session *s, struct imap_resp *r)
 		imap_server_error(s, "IDLE failed", r, EXIT_PROTOCOL);
 		return;
 	}
+	if (p->state != IMAP_STATE_IDLE)
+		return;		/* the fetch went on behind DONE */
 	if (s->flags & S_STOPPING) {
 		imap_enter_state(s, IMAP_STATE_LOGOUT);
 		return;
