@@ -349,20 +349,32 @@ check_account_paths(const struct config *conf, const struct account_conf *a)
 static void
 check_port_tls(const struct config *conf, const struct account_conf *a)
 {
-	int	line = a->port_line > 0 ? a->port_line : a->line;
+	int		 line = a->port_line > 0 ? a->port_line : a->line;
+	int		 imap = a->protocol == PROTOCOL_IMAP;
+	int		 tlsport = imap ? 993 : 995, plainport = imap ? 143 : 110;
+	const char	*tlsname = imap ? "IMAPS" : "POP3S";
+	const char	*plainname = imap ? "IMAP" : "POP3";
 
-	if (a->port == 995 && a->tls != TLS_IMPLICIT)
-		check_problem(conf, line, "warning: account \"%s\": port 995 "
-		    "is POP3S, where TLS starts at once, but tls = %s speaks "
-		    "plain POP3 first: set tls = implicit (or use port 110 for "
-		    "%s)",
-		    a->name, a->tls == TLS_STARTTLS ? "starttls" : "none",
-		    a->tls == TLS_STARTTLS ? "STARTTLS" : "plain POP3");
-	else if (a->port == 110 && a->tls == TLS_IMPLICIT)
-		check_problem(conf, line, "warning: account \"%s\": port 110 "
-		    "is plain POP3, but tls = implicit (the default) starts "
-		    "TLS at once: set tls = starttls (or use port 995 for "
-		    "POP3S)", a->name);
+	if (a->port == tlsport && a->tls != TLS_IMPLICIT)
+		check_problem(conf, line, "warning: account \"%s\": port %d "
+		    "is %s, where TLS starts at once, but tls = %s speaks "
+		    "plain %s first: set tls = implicit (or use port %d for "
+		    "%s)", a->name, tlsport, tlsname,
+		    a->tls == TLS_STARTTLS ? "starttls" : "none", plainname,
+		    plainport, a->tls == TLS_STARTTLS ? "STARTTLS" : plainname);
+	else if (a->port == plainport && a->tls == TLS_IMPLICIT)
+		check_problem(conf, line, "warning: account \"%s\": port %d "
+		    "is plain %s, but tls = implicit (the default) starts "
+		    "TLS at once: set tls = starttls (or use port %d for "
+		    "%s)", a->name, plainport, plainname, tlsport, tlsname);
+	else if ((a->port == 993 || a->port == 143) && !imap)
+		check_problem(conf, line, "warning: account \"%s\": port %d "
+		    "is IMAP's, but the account speaks POP3: set protocol = "
+		    "imap, or use port 995", a->name, a->port);
+	else if ((a->port == 995 || a->port == 110) && imap)
+		check_problem(conf, line, "warning: account \"%s\": port %d "
+		    "is POP3's, but the account speaks IMAP (protocol = imap): "
+		    "use port 993", a->name, a->port);
 }
 
 /* Resolve a host once (only "maild -n" does: the daemon never blocks). */
