@@ -247,6 +247,8 @@ class BaseConn:
         self.auths = []             # [Auth]
         self.client_cert = None     # getpeercert() after TLS
         self.wlock = None           # asyncio.Lock: one response at a time
+        self.opened = time.monotonic()  # accepted
+        self.closed_at = None       # monotonic time it was closed
 
     def verbs(self):
         return [c.verb for c in self.commands]
@@ -448,6 +450,7 @@ class ThreadedServer:
             conn.error = repr(e)
             self.errors.append(e)
         finally:
+            conn.closed_at = time.monotonic()
             conn.state = "closed"
             self._closed(conn)
             try:
