@@ -388,9 +388,9 @@ int		 auth_choose(enum auth_method, const struct pop3_capa *, int, int,
 /* state.c: records of delivered messages, kept on disk; see state.c. */
 #define STATE_VERSION	2
 #define STATE_NONE	UINT32_MAX
-#define STATE_FIX_HINT	"; restore it from a backup, or move it away: " \
-	"maild then fetches again every message still on the server (with " \
-	"keep = yes, all of them)"
+#define STATE_FIX_HINT	"; restore it from a backup, or move it and its " \
+	".journal away: maild then fetches again every message still on " \
+	"the server (with keep = yes, all of them)"
 enum state_kind {
 	STATE_DELIVERED = 'D',	/* in the Maildir */
 	STATE_PENDING = 'P'	/* durable in tmp/, being moved to new/ */

@@ -37,7 +37,7 @@ import maildtest as mt  # noqa: E402
 import tap         # noqa: E402
 
 NAME = "st"
-FIX_HINT = "restore it from a backup, or move it away"
+FIX_HINT = "restore it from a backup, or move it and its .journal away"
 
 
 # ---------------------------------------------------------------------------
