@@ -85,6 +85,11 @@ struct account {
 	unsigned		 last_fetched;
 	unsigned long long	 fetched_total;
 	char			*last_error;
+	/* on-new-mail: the one running, and what waits for the next. */
+	struct command		*hook;
+	char			*hook_files;
+	size_t			 hook_len;
+	unsigned		 hook_count;
 };
 TAILQ_HEAD(account_list, account);
 
@@ -95,6 +100,7 @@ static struct config		*current;
 static int			 mode;		/* ACCOUNTS_* */
 static int			 stopping;
 static int			 active;
+static int			 hooks;		/* on-new-mail running */
 
 static void	account_timer_cb(evutil_socket_t, short, void *);
 static void	account_done_cb(struct session_result *, int, void *);
@@ -146,6 +152,11 @@ account_free(struct account *a)
 	if (a->queued)
 		TAILQ_REMOVE(&waitq, a, waiting);
 	event_free(a->timer);
+	if (a->hook != NULL) {
+		command_cancel(a->hook);
+		hooks--;
+	}
+	free(a->hook_files);
 	SSL_CTX_free(a->ctx);
 	config_free(a->conf);
 	config_free(a->next_conf);
@@ -503,6 +514,86 @@ account_log(struct account *a, const struct session_result *r, long next)
 		    "s", r->too_big == 1 ? "s" : "");
 }
 
+static void	account_hook_start(struct account *);
+
+static void
+account_hook_done(int status, const char *output, void *arg)
+{
+	struct account	*a = arg;
+	char		 why[128], esc[LOG_ESCAPE_MAX];
+	size_t		 n = strlen(output);
+
+	a->hook = NULL;
+	hooks--;
+	while (n > 0 && output[n - 1] == '\n')
+		n--;
+	if (status == 0)
+		log_debug("account=%s on-new-mail done%s%s", a->ac->name,
+		    n > 0 ? ": " : "", log_escape(esc, sizeof esc, output, n));
+	else
+		/* Delivery is done already: this changes nothing of it. */
+		log_warnx("account=%s on-new-mail %s%s%s", a->ac->name,
+		    command_status(status, why, sizeof why), n > 0 ? ": " : "",
+		    log_escape(esc, sizeof esc, output, n));
+	if (a->hook_count > 0)
+		account_hook_start(a);
+	account_check_finished();
+}
+
+/* Run on-new-mail for what waits (one at a time per account). */
+static void
+account_hook_start(struct account *a)
+{
+	char	*vars[4], *cause = NULL;
+	int	 i;
+
+	xasprintf(&vars[0], "MAILD_ACCOUNT=%s", a->ac->name);
+	xasprintf(&vars[1], "MAILD_COUNT=%u", a->hook_count);
+	if (a->ac->deliver == DELIVER_MAILDIR)
+		xasprintf(&vars[2], "MAILD_MAILDIR=%s", a->ac->maildir);
+	else
+		vars[2] = NULL;
+	vars[3] = NULL;
+	a->hook = command_run(env->base, a->ac->on_new_mail, vars,
+	    a->hook_files, a->hook_len, -1, a->conf->timeout * 10,
+	    account_hook_done, a, &cause);
+	for (i = 0; i < 3; i++)
+		free(vars[i]);
+	free(a->hook_files);
+	a->hook_files = NULL;
+	a->hook_len = 0;
+	a->hook_count = 0;
+	if (a->hook == NULL) {
+		log_warnx("account=%s cannot run on-new-mail: %s", a->ac->name,
+		    cause);
+		free(cause);
+		return;
+	}
+	hooks++;
+}
+
+/*
+ * After a poll that delivered something: run on-new-mail (once per poll,
+ * never per message), or, if it still runs, when it has ended.
+ */
+static void
+account_hook(struct account *a, const struct session_result *r)
+{
+	if (r->fetched == 0 || a->ac->on_new_mail == NULL ||
+	    mode == ACCOUNTS_CHECK)
+		return;
+	if (r->new_files_len > 0) {
+		a->hook_files = xreallocarray(a->hook_files, a->hook_len +
+		    r->new_files_len, 1);
+		memcpy(a->hook_files + a->hook_len, r->new_files,
+		    r->new_files_len);
+		a->hook_len += r->new_files_len;
+	}
+	a->hook_count += r->fetched;
+	if (a->hook == NULL)
+		account_hook_start(a);
+}
+
 /* A session that goes on (IMAP IDLE) fetched a round: log it. */
 static void
 account_cycle(struct account *a, const struct session_result *r)
@@ -517,6 +608,7 @@ account_cycle(struct account *a, const struct session_result *r)
 	a->fetched_total += r->fetched;
 	if (r->fetched > 0 || r->deleted > 0 || r->too_big > 0)
 		account_log(a, r, -1);
+	account_hook(a, r);
 	a->started = now_mono();	/* the next round's time */
 	accounts_write_status();
 }
@@ -550,8 +642,10 @@ account_done_cb(struct session_result *r, int final, void *arg)
 		next = 0;		/* changed: it restarts at once */
 	if (mode == ACCOUNTS_CHECK)
 		account_report_check(a, r);
-	else
+	else {
 		account_log(a, r, next);
+		account_hook(a, r);
+	}
 
 	if (r->nopipelining && !a->nopipelining) {
 		a->nopipelining = 1;
@@ -643,7 +737,7 @@ account_check_finished(void)
 
 	if (mode == ACCOUNTS_DAEMON && !stopping)
 		return;
-	if (active > 0 || !TAILQ_EMPTY(&waitq))
+	if (active > 0 || !TAILQ_EMPTY(&waitq) || hooks > 0)
 		return;
 	TAILQ_FOREACH(a, &accounts, entry) {
 		if (!stopping && evtimer_pending(a->timer, NULL))

@@ -83,6 +83,8 @@ static int	conf_keyword(cfg_t *, const char *, const char *const *);
 static int	conf_account_secret(cfg_t *, struct account_conf *);
 static int	conf_account_tls(cfg_t *, struct account_conf *);
 static int	conf_account_protocol(cfg_t *, struct account_conf *);
+static int	conf_account_delivery(cfg_t *, struct config *,
+		    struct account_conf *);
 static int	conf_account_policy(cfg_t *, struct config *,
 		    struct account_conf *);
 static int	conf_account_wire(cfg_t *, const struct account_conf *);
@@ -121,6 +123,13 @@ static cfg_opt_t account_opts[] = {
 	CFG_BOOL("mark-seen", cfg_false, CFGF_NODEFAULT),
 	CFG_STR("idle", NULL, CFGF_NODEFAULT),
 	CFG_INT_CB("idle-refresh", 0, CFGF_NODEFAULT, conf_number_cb),
+	CFG_STR("deliver", "maildir", CFGF_NONE),
+	CFG_STR("lmtp", NULL, CFGF_NODEFAULT),
+	CFG_STR("lmtp-recipient", NULL, CFGF_NODEFAULT),
+	CFG_STR("mda", NULL, CFGF_NODEFAULT),
+	CFG_STR("on-new-mail", NULL, CFGF_NODEFAULT),
+	CFG_STR("dedupe", "no", CFGF_NONE),
+	CFG_INT_CB("dedupe-days", 0, CFGF_NODEFAULT, conf_number_cb),
 	CFG_END()
 };
 
@@ -132,6 +141,7 @@ static cfg_opt_t global_opts[] = {
 	CFG_INT_CB("session-timeout", DEFAULT_SESSION_TIMEOUT, CFGF_NONE,
 	    conf_number_cb),
 	CFG_INT("max-connections", DEFAULT_MAX_CONNECTIONS, CFGF_NONE),
+	CFG_STR("on-new-mail", NULL, CFGF_NODEFAULT),
 	CFG_SEC("account", account_opts,
 	    CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
 	CFG_END()
@@ -155,6 +165,8 @@ static const struct conf_number {
 	{ "max-size", 1, PARSE_SIZE_MAX, "like 500000, 800k, 20M, 1G" },
 	{ "idle-refresh", 0, PARSE_DURATION_MAX,
 	    "like 25m, 600s; between 10s and 29m" },
+	{ "dedupe-days", 0, PARSE_LONG_DURATION_MAX,
+	    "a number of days, like 30 or 30d" },
 };
 
 /* Record the first error; later ones are usually consequences of it. */
@@ -715,13 +727,8 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 		}
 	}
 
-	if (cfg_size(sec, "maildir") == 0) {
-		conf_account_error(sec, NULL, "'maildir' is required");
+	if (conf_account_delivery(sec, conf, a) == -1)
 		return (-1);
-	}
-	if (conf_path(sec, "maildir", &a->maildir) == -1)
-		return (-1);
-	a->maildir_line = conf_line(sec, "maildir");
 	a->poll_interval = conf->poll_interval;
 	if (cfg_size(sec, "poll-interval") > 0)
 		a->poll_interval = (int)cfg_getint(sec, "poll-interval");
@@ -729,6 +736,138 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 		conf_account_error(sec, "poll-interval", "poll-interval must "
 		    "be at least 1s");
 		return (-1);
+	}
+	return (0);
+}
+
+/* A command or address option: not empty, no control characters. */
+static int
+conf_command(cfg_t *sec, const char *opt, char **out)
+{
+	const char	*v = cfg_getstr(sec, opt);
+	size_t		 i;
+
+	if (v == NULL || *v == '\0' || strlen(v) > 4096) {
+		conf_account_error(sec, opt, "%s must not be empty (nor over "
+		    "4096 bytes)", opt);
+		return (-1);
+	}
+	for (i = 0; v[i] != '\0'; i++) {
+		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) {
+			conf_account_error(sec, opt, "%s holds a control "
+			    "character", opt);
+			return (-1);
+		}
+	}
+	*out = xstrdup(v);
+	return (0);
+}
+
+/*
+ * Where the mail goes: deliver = maildir (maildir required), lmtp (lmtp
+ * required, lmtp-recipient defaulting to the user) or mda (mda
+ * required); for the last two, messages are spooled in the state
+ * directory ("<account>.spool", which a.maildir names then).  Also
+ * on-new-mail and dedupe.
+ */
+static int
+conf_account_delivery(cfg_t *sec, struct config *conf, struct account_conf *a)
+{
+	static const char *const delivers[] = { "maildir", "lmtp", "mda",
+	    NULL };
+	static const char *const dedupes[] = { "no", "message-id", NULL };
+	const char	*v;
+	int		 r;
+
+	if ((r = conf_keyword(sec, "deliver", delivers)) == -1)
+		return (-1);
+	a->deliver = r;
+	if (a->deliver == DELIVER_MAILDIR) {
+		if (cfg_size(sec, "lmtp") > 0 || cfg_size(sec, "mda") > 0 ||
+		    cfg_size(sec, "lmtp-recipient") > 0) {
+			conf_account_error(sec, cfg_size(sec, "mda") > 0 ?
+			    "mda" : "lmtp", "lmtp and mda need deliver = lmtp "
+			    "or deliver = mda");
+			return (-1);
+		}
+		if (cfg_size(sec, "maildir") == 0) {
+			conf_account_error(sec, NULL, "'maildir' is required "
+			    "(or deliver = lmtp or mda)");
+			return (-1);
+		}
+		if (conf_path(sec, "maildir", &a->maildir) == -1)
+			return (-1);
+		a->maildir_line = conf_line(sec, "maildir");
+	} else {
+		if (cfg_size(sec, "maildir") > 0) {
+			conf_account_error(sec, "maildir", "maildir is for "
+			    "deliver = maildir; with deliver = %s, %s says "
+			    "where mail goes", delivers[a->deliver],
+			    delivers[a->deliver]);
+			return (-1);
+		}
+		v = a->deliver == DELIVER_LMTP ? "lmtp" : "mda";
+		if (cfg_size(sec, v) == 0) {
+			conf_account_error(sec, "deliver", "deliver = %s needs "
+			    "%s", v, v);
+			return (-1);
+		}
+		if (conf_command(sec, v, a->deliver == DELIVER_LMTP ?
+		    &a->lmtp : &a->mda) == -1)
+			return (-1);
+		if (a->deliver == DELIVER_LMTP && strncmp(a->lmtp, "unix:",
+		    5) != 0 && strrchr(a->lmtp, ':') == NULL) {
+			conf_account_error(sec, "lmtp", "lmtp must be "
+			    "\"unix:/path/to/socket\" or \"host:port\"");
+			return (-1);
+		}
+		if (a->deliver == DELIVER_LMTP && strncmp(a->lmtp, "unix:",
+		    5) == 0 && a->lmtp[5] != '/') {
+			conf_account_error(sec, "lmtp", "the LMTP socket must be "
+			    "an absolute path");
+			return (-1);
+		}
+		if (cfg_size(sec, "lmtp-recipient") > 0) {
+			if (a->deliver != DELIVER_LMTP) {
+				conf_account_error(sec, "lmtp-recipient",
+				    "lmtp-recipient is for deliver = lmtp");
+				return (-1);
+			}
+			if (conf_command(sec, "lmtp-recipient",
+			    &a->lmtp_recipient) == -1)
+				return (-1);
+			if (strpbrk(a->lmtp_recipient, "<> ") != NULL) {
+				conf_account_error(sec, "lmtp-recipient",
+				    "lmtp-recipient is an address, without <> "
+				    "or spaces");
+				return (-1);
+			}
+		} else if (a->deliver == DELIVER_LMTP)
+			a->lmtp_recipient = xstrdup(a->user);
+		xasprintf(&a->maildir, "%s/%s.spool", conf->state_dir,
+		    a->name);
+	}
+	if (cfg_size(sec, "on-new-mail") > 0) {
+		if (conf_command(sec, "on-new-mail", &a->on_new_mail) == -1)
+			return (-1);
+	} else if (conf->on_new_mail != NULL)
+		a->on_new_mail = xstrdup(conf->on_new_mail);
+	if ((r = conf_keyword(sec, "dedupe", dedupes)) == -1)
+		return (-1);
+	a->dedupe = r;
+	a->dedupe_days = 30;
+	if (cfg_size(sec, "dedupe-days") > 0) {
+		long	days = cfg_getint(sec, "dedupe-days");
+
+		/* A bare number is days here; "30d" was read as seconds. */
+		if (days % 86400 == 0 && days >= 86400)
+			days /= 86400;
+		if (days < 1 || days > 3650) {
+			conf_account_error(sec, "dedupe-days", "dedupe-days must "
+			    "be 1 to 3650 days");
+			return (-1);
+		}
+		a->dedupe_days = (int)days;
 	}
 	return (0);
 }
@@ -1057,7 +1196,8 @@ config_load_readonly(const char *path, char **cause)
 static int
 conf_globals(cfg_t *cfg, struct config *conf)
 {
-	long	v;
+	long		 v;
+	const char	*v2;
 
 	conf->poll_interval = (int)cfg_getint(cfg, "poll-interval");
 	conf->timeout = (int)cfg_getint(cfg, "timeout");
@@ -1093,6 +1233,15 @@ conf_globals(cfg_t *cfg, struct config *conf)
 		xasprintf(&cp->error, "%s: no state-dir given and $HOME is "
 		    "not set", cp->file);
 		return (-1);
+	}
+	if (cfg_size(cfg, "on-new-mail") > 0) {
+		v2 = cfg_getstr(cfg, "on-new-mail");
+		if (v2 == NULL || *v2 == '\0' || strpbrk(v2, "\r\n") != NULL) {
+			conf_errorx(conf_line(cfg, "on-new-mail"), "on-new-mail "
+			    "must be a command on one line");
+			return (-1);
+		}
+		conf->on_new_mail = xstrdup(v2);
 	}
 	return (0);
 }
@@ -1182,6 +1331,10 @@ conf_account_free(struct account_conf *a)
 	free(a->tls_key_file);
 	free(a->pins);
 	free(a->move_to);
+	free(a->lmtp);
+	free(a->lmtp_recipient);
+	free(a->mda);
+	free(a->on_new_mail);
 	if (a->folders != NULL) {
 		char	**f;
 
@@ -1232,6 +1385,7 @@ config_free(struct config *conf)
 		conf_account_free(&conf->accounts[i]);
 	free(conf->accounts);
 	free(conf->state_dir);
+	free(conf->on_new_mail);
 	free(conf->path);
 	free(conf);
 }

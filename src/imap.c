@@ -2233,7 +2233,7 @@ imap_abort(struct session *s)
 		return;
 	deliver_discard(s->dl, &p->msg);
 	if (deliver_batched(s->dl) > 0 &&
-	    deliver_commit(s->dl, &cause) == -1) {
+	    deliver_abort(s->dl, &cause) == -1) {
 		log_warnx("account=%s cannot keep the messages fetched before "
 		    "the error: %s", s->ac->name, cause);
 		free(cause);
@@ -2287,5 +2287,6 @@ const struct proto imap_proto = {
 	.state = imap_state,
 	.lost = imap_lost,
 	.committed = imap_committed,
+	.ready = imap_pump,
 	.free = imap_free,
 };

@@ -79,6 +79,9 @@ enum protocol {
 	PROTOCOL_POP3,
 	PROTOCOL_IMAP
 };
+#define DELIVER_MAILDIR	0
+#define DELIVER_LMTP	1
+#define DELIVER_MDA	2
 #define IDLE_NO		0
 #define IDLE_YES	1
 #define IDLE_AUTO	2
@@ -158,6 +161,18 @@ typedef uint8_t tls_pin[32];
 	F(int,			idle,		ACF_VALUE)		\
 	/* IMAP: re-issue IDLE after this many seconds */		\
 	F(int,			idle_refresh,	ACF_VALUE)		\
+	/* DELIVER_MAILDIR, _LMTP or _MDA */				\
+	F(int,			deliver,	ACF_VALUE)		\
+	/* LMTP: "unix:/path" or "host:port"; the recipient */		\
+	F(char *,		lmtp,		ACF_STR)		\
+	F(char *,		lmtp_recipient,	ACF_STR)		\
+	/* MDA: the command (sh -c), the message on its stdin */	\
+	F(char *,		mda,		ACF_STR)		\
+	/* run after a poll that delivered something */			\
+	F(char *,		on_new_mail,	ACF_STR)		\
+	/* a Message-ID delivered within dedupe_days is not again */	\
+	F(int,			dedupe,		ACF_VALUE)		\
+	F(int,			dedupe_days,	ACF_VALUE)		\
 	/* where the account block and some options are in the file */	\
 	F(int,			line,		ACF_NONE)		\
 	F(int,			port_line,	ACF_NONE)		\
@@ -181,6 +196,7 @@ struct config {
 	int		 max_connections;
 	char		*state_dir;
 	int		 state_dir_line;	/* 0: the default */
+	char		*on_new_mail;		/* the accounts' default */
 	struct account_conf *accounts;
 	size_t		 naccounts;
 };
@@ -486,10 +502,22 @@ struct deliver_msg {
 	size_t			 dir;	/* which Maildir of the account */
 	uint64_t		 body;	/* bytes written after the prefix */
 	int			 open;
+	/* dedupe: the header line being read, and the Message-ID */
+	int			 hdrdone;
+	size_t			 hdrlen;
+	char			 hdr[1024];
+	size_t			 msgidlen;
+	char			 msgid[1000];
 };
+struct session_env;
 typedef void (*deliver_committed_cb)(void *, uint64_t, void *);
+typedef void (*deliver_ready_cb)(void *, const char *);
 struct deliver	*deliver_open(const struct account_conf *, const char *,
-		     const char *, deliver_committed_cb, void *, int *, char **);
+		     const char *, const struct session_env *, int,
+		     deliver_committed_cb, void *, int *, char **);
+void		 deliver_set_ready(struct deliver *, deliver_ready_cb, void *);
+char		*deliver_new_files(struct deliver *, size_t *);
+unsigned	 deliver_refused(const struct deliver *, int *, const char **);
 void		 deliver_close(struct deliver *);
 int		 deliver_sync(struct deliver *, char **);
 int		 deliver_use_digests(struct deliver *);
@@ -522,6 +550,7 @@ int		 deliver_end(struct deliver *, struct deliver_msg *, const char *,
 		     size_t, uint32_t, uint64_t, const char *, void *, char **);
 size_t		 deliver_batched(const struct deliver *);
 int		 deliver_commit(struct deliver *, char **);
+int		 deliver_abort(struct deliver *, char **);
 void		 deliver_removal_acked(struct deliver *, const char *, size_t,
 		     uint32_t);
 int		 deliver_removing(struct deliver *, char **);
@@ -529,6 +558,44 @@ void		 deliver_removed(struct deliver *);
 const char	*deliver_maildir(const struct deliver *);
 size_t		 deliver_trace_headers(const struct account_conf *,
 		     const char *, const char *, const char *, char *, size_t);
+
+/* dest.c: where messages go when not into a Maildir (deliver = lmtp or
+   mda): one message at a time, answered later, never from inside. */
+#define DEST_OK		0	/* taken: LMTP 250, MDA exit 0 */
+#define DEST_TEMP	1	/* refused for now: 4xx, exit 75, no answer */
+#define DEST_PERM	2	/* refused: 5xx, another exit status */
+typedef void (*dest_done_cb)(int, const char *, void *);
+struct dest;
+struct dest	*dest_open(const struct session_env *, const struct account_conf *,
+		     int, char **);
+void		 dest_send(struct dest *, int, const char *, dest_done_cb,
+		     void *);
+void		 dest_answer_later(struct dest *, dest_done_cb, void *, int,
+		     const char *);
+void		 dest_close(struct dest *);
+
+/* command.c: a user's command, run without blocking */
+typedef void (*command_done_cb)(int, const char *, void *);
+struct command;
+struct command	*command_run(struct event_base *, const char *, char *const *,
+		     const void *, size_t, int, int, command_done_cb, void *,
+		     char **);
+void		 command_cancel(struct command *);
+const char	*command_status(int, char *, size_t);
+
+/* lmtp.c, mda.c: the two kinds of destination, for dest.c */
+struct lmtp;
+struct lmtp	*lmtp_open(const struct session_env *,
+		     const struct account_conf *, struct dest *, int, char **);
+void		 lmtp_send(struct lmtp *, int, const char *, dest_done_cb,
+		     void *);
+void		 lmtp_close(struct lmtp *);
+struct mda;
+struct mda	*mda_open(const struct session_env *,
+		     const struct account_conf *, struct dest *, int, char **);
+void		 mda_send(struct mda *, int, const char *, dest_done_cb,
+		     void *);
+void		 mda_close(struct mda *);
 
 /* tls.c */
 struct ssl_ctx_st;
@@ -567,6 +634,9 @@ struct session_result {
 	unsigned	 resp_codes;	/* RESP_* seen on the failure */
 	long		 login_delay;	/* CAPA LOGIN-DELAY, seconds */
 	int		 nopipelining;	/* server choked on pipelining */
+	/* The files delivered (Maildir), one path a line, for the hook. */
+	char		*new_files;
+	size_t		 new_files_len;
 	/* What --check reports. */
 	char		 peer[64];
 	char		 tls[128];

@@ -1535,7 +1535,7 @@ pop3_abort(struct session *s)
 		return;
 	deliver_discard(s->dl, &p->msg);
 	if (deliver_batched(s->dl) > 0 &&
-	    deliver_commit(s->dl, &cause) == -1) {
+	    deliver_abort(s->dl, &cause) == -1) {
 		log_warnx("account=%s cannot keep the messages fetched before "
 		    "the error: %s", s->ac->name, cause);
 		free(cause);
@@ -1586,5 +1586,6 @@ const struct proto pop3_proto = {
 	.state = pop3_state,
 	.lost = pop3_lost,
 	.committed = pop3_committed,
+	.ready = pop3_pump,
 	.free = pop3_free,
 };

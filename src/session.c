@@ -71,6 +71,7 @@ static void	session_deadline_cb(evutil_socket_t, short, void *);
 static void	session_greeting_cb(evutil_socket_t, short, void *);
 static void	session_tls_failed(struct session *, short);
 static void	session_committed_cb(void *, uint64_t, void *);
+static void	session_ready_cb(void *, const char *);
 
 /* The name of where the session is, for logs and errors. */
 const char *
@@ -135,13 +136,14 @@ session_start(const struct session_env *env, struct config *conf,
 		snprintf(mailbox, sizeof mailbox, "%s%s@%s",
 		    ac->protocol == PROTOCOL_IMAP ? "imap:" : "", ac->user,
 		    ac->host);
-		s->dl = deliver_open(ac, s->conf->state_dir, mailbox,
-		    session_committed_cb, s, &code, &cause);
+		s->dl = deliver_open(ac, s->conf->state_dir, mailbox, env,
+		    s->conf->timeout, session_committed_cb, s, &code, &cause);
 		if (s->dl == NULL) {
 			session_fail(s, code, "%s", cause);
 			free(cause);
 			return (s);
 		}
+		deliver_set_ready(s->dl, session_ready_cb, s);
 	}
 	s->phase = PHASE_SECRET;
 	s->secret_job = secret_get(s->base, ac, s->conf->timeout,
@@ -204,7 +206,10 @@ session_cycle(struct session *s)
 {
 	struct session_result	r = s->result;
 
+	if (s->dl != NULL)
+		r.new_files = deliver_new_files(s->dl, &r.new_files_len);
 	s->done(&r, 0, s->done_arg);
+	free(r.new_files);
 	s->result.fetched = 0;
 	s->result.bytes = 0;
 	s->result.deleted = 0;
@@ -225,6 +230,27 @@ session_abort(struct session *s)
 		return;
 	s->result.stopped = 1;
 	session_fail(s, EXIT_TEMPFAIL, "stopped in the middle of the session");
+}
+
+/*
+ * A commit handed to the destination (deliver = lmtp or mda) has ended:
+ * the protocol goes on (it may remove those messages now), or, if the
+ * commit failed, the session ends.
+ */
+static void
+session_ready_cb(void *arg, const char *cause)
+{
+	struct session	*s = arg;
+
+	if (s->flags & S_DEAD)
+		return;
+	if (cause != NULL) {
+		session_fail(s, EXIT_IOERR, "cannot deliver: %s; nothing is "
+		    "deleted from the server", cause);
+		return;
+	}
+	if (s->phase == PHASE_PROTOCOL && s->p != NULL)
+		s->proto->ready(s);
 }
 
 /* A batch was delivered: count it (the protocol hears of it itself). */
@@ -706,12 +732,24 @@ session_fail(struct session *s, int code, const char *fmt, ...)
 void
 session_finish(struct session *s)
 {
-	char	*cause = NULL;
+	char		*cause = NULL;
+	const char	*reply;
+	unsigned	 n;
+	int		 perm;
 
 	if (s->flags & S_DEAD)
 		return;
 	s->flags |= S_DEAD;
 	s->result.stage = session_state(s);
+	if (s->dl != NULL && s->result.error == NULL &&
+	    (n = deliver_refused(s->dl, &perm, &reply)) > 0) {
+		xasprintf(&s->result.error, "the %s refused %u message%s%s; "
+		    "%s stay%s on the server: %s", s->ac->deliver ==
+		    DELIVER_LMTP ? "LMTP server" : "mda", n, n == 1 ? "" : "s",
+		    perm ? "" : " for now", n == 1 ? "it" : "they",
+		    n == 1 ? "s" : "", reply != NULL ? reply : "");
+		s->result.exitcode = perm ? EXIT_UNAVAIL : EXIT_TEMPFAIL;
+	}
 	if (s->dl != NULL && deliver_sync(s->dl, &cause) == -1) {
 		if (s->result.error == NULL) {
 			s->result.error = cause;
@@ -742,10 +780,14 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
 	struct session	*s = arg;
 
 	/* Unlock the state before the scheduler may start the next one. */
+	if (s->dl != NULL)
+		s->result.new_files = deliver_new_files(s->dl,
+		    &s->result.new_files_len);
 	deliver_close(s->dl);
 	s->dl = NULL;
 	s->done(&s->result, 1, s->done_arg);
 	free(s->result.error);
+	free(s->result.new_files);
 	if (s->secret_job != NULL)
 		secret_cancel(s->secret_job);
 	if (s->nc != NULL)

@@ -56,6 +56,8 @@ struct proto {
 	void		(*abort)(struct session *);
 	/* A message of its was delivered (cookie: what it gave deliver.c). */
 	void		(*committed)(struct session *, void *);
+	/* A commit to the destination (LMTP, MDA) ended: go on. */
+	void		(*ready)(struct session *);
 	/* The name of its current state, for logs and errors. */
 	const char	*(*state)(struct session *);
 	/* What a lost connection cut short ("" if nothing). */
