@@ -73,7 +73,7 @@ static void	session_tls_failed(struct session *, short);
 static void	session_committed_cb(void *, uint64_t, void *);
 
 /* The name of where the session is, for logs and errors. */
-const char *
+static const char *
 session_state(struct session *s)
 {
 	if (s->phase == PHASE_PROTOCOL)

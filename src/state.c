@@ -614,7 +614,7 @@ static int
 state_valid_file(const char *name)
 {
 	const char	*comma;
-	char		 base[256];
+	char		 base[MAILDIR_TMP_NAME_MAX];
 	uint32_t	 tag;
 
 	if (name[0] == '\0' || name[0] == '.' || strlen(name) > 255 ||
@@ -1319,11 +1319,4 @@ state_sync(struct state *st, char **cause)
 	    st->journal_size + (off_t)st->pendlen > st->snapshot_size))
 		return (state_write_snapshot(st, cause));
 	return (state_append_journal(st, cause));
-}
-
-/* The snapshot's path, for messages. */
-const char *
-state_path(const struct state *st)
-{
-	return (st->path);
 }
