@@ -106,6 +106,13 @@ static const char M2_RETR[] = "+OK message follows\r\n"
 static const char M2_FILE[] =
 	"Subject: two\n\n.a line that starts with a dot\n";
 
+/* The greeting, CAPA and a USER/PASS login that succeeds. */
+#define LOGIN(capa)							\
+	{ NULL, "+OK ready\r\n", 0 },					\
+	{ "CAPA", (capa), 0 },						\
+	{ "USER user", "+OK\r\n", 0 },					\
+	{ "PASS password", "+OK logged in\r\n", 0 }
+
 static const char CAPA_PIPE[] =
 	"+OK\r\nUSER\r\nUIDL\r\nPIPELINING\r\n.\r\n";
 static const char CAPA_PLAIN[] = "+OK\r\nUSER\r\nUIDL\r\n.\r\n";
@@ -428,10 +435,7 @@ static void
 test_pipelined_delete(void)
 {
 	const struct step script[] = {
-		{ NULL, "+OK ready\r\n", 0 },
-		{ "CAPA", CAPA_PIPE, 0 },
-		{ "USER user", "+OK\r\n", 0 },
-		{ "PASS password", "+OK logged in\r\n", 0 },
+		LOGIN(CAPA_PIPE),
 		{ "UIDL", UIDL_2, 0 },
 		{ "LIST", LIST_2, 0 },
 		{ "RETR 1", M1_RETR, 0 },
@@ -478,10 +482,7 @@ static void
 test_lockstep(void)
 {
 	const struct step script[] = {
-		{ NULL, "+OK ready\r\n", 0 },
-		{ "CAPA", CAPA_PLAIN, 0 },
-		{ "USER user", "+OK\r\n", 0 },
-		{ "PASS password", "+OK logged in\r\n", 0 },
+		LOGIN(CAPA_PLAIN),
 		{ "CAPA", CAPA_PLAIN, 0 },
 		{ "UIDL", UIDL_2, 0 },
 		{ "LIST", LIST_2, 0 },
@@ -490,10 +491,7 @@ test_lockstep(void)
 		{ "QUIT", "+OK bye\r\n", 0 },
 	};
 	const struct step again[] = {
-		{ NULL, "+OK ready\r\n", 0 },
-		{ "CAPA", CAPA_PLAIN, 0 },
-		{ "USER user", "+OK\r\n", 0 },
-		{ "PASS password", "+OK logged in\r\n", 0 },
+		LOGIN(CAPA_PLAIN),
 		{ "CAPA", CAPA_PLAIN, 0 },
 		{ "UIDL", UIDL_2, 0 },
 		{ "LIST", LIST_2, 0 },
@@ -530,10 +528,7 @@ static void
 test_pipelining_off(void)
 {
 	const struct step script[] = {
-		{ NULL, "+OK ready\r\n", 0 },
-		{ "CAPA", CAPA_PIPE, 0 },
-		{ "USER user", "+OK\r\n", 0 },
-		{ "PASS password", "+OK logged in\r\n", 0 },
+		LOGIN(CAPA_PIPE),
 		{ "UIDL", UIDL_2, 0 },
 		{ "LIST", LIST_2, 0 },
 		{ "RETR 1", M1_RETR, 0 },
@@ -668,10 +663,7 @@ static void
 test_retr_err(void)
 {
 	const struct step script[] = {
-		{ NULL, "+OK ready\r\n", 0 },
-		{ "CAPA", CAPA_PIPE, 0 },
-		{ "USER user", "+OK\r\n", 0 },
-		{ "PASS password", "+OK\r\n", 0 },
+		LOGIN(CAPA_PIPE),
 		{ "UIDL", UIDL_2, 0 },
 		{ "LIST", LIST_2, 0 },
 		{ "RETR 1", "-ERR message is locked\r\n", 0 },
@@ -704,10 +696,7 @@ static void
 test_drop_mid_message(void)
 {
 	const struct step script[] = {
-		{ NULL, "+OK ready\r\n", 0 },
-		{ "CAPA", CAPA_PIPE, 0 },
-		{ "USER user", "+OK\r\n", 0 },
-		{ "PASS password", "+OK\r\n", 0 },
+		LOGIN(CAPA_PIPE),
 		{ "UIDL", UIDL_2, 0 },
 		{ "LIST", LIST_2, 0 },
 		{ "RETR 1", M1_RETR, 0 },
@@ -746,10 +735,7 @@ test_quit_lost(void)
 	static const char uidl1[] = "+OK\r\n1 uid-one\r\n.\r\n";
 	char		list1[64];
 	const struct step script[] = {
-		{ NULL, "+OK ready\r\n", 0 },
-		{ "CAPA", CAPA_PIPE, 0 },
-		{ "USER user", "+OK\r\n", 0 },
-		{ "PASS password", "+OK\r\n", 0 },
+		LOGIN(CAPA_PIPE),
 		{ "UIDL", uidl1, 0 },
 		{ "LIST", list1, 0 },
 		{ "RETR 1", M1_RETR, 0 },
@@ -757,10 +743,7 @@ test_quit_lost(void)
 		{ "QUIT", NULL, HANGUP },
 	};
 	const struct step again[] = {
-		{ NULL, "+OK ready\r\n", 0 },
-		{ "CAPA", CAPA_PIPE, 0 },
-		{ "USER user", "+OK\r\n", 0 },
-		{ "PASS password", "+OK\r\n", 0 },
+		LOGIN(CAPA_PIPE),
 		{ "UIDL", uidl1, 0 },
 		{ "LIST", list1, 0 },
 		{ "DELE 1", "+OK\r\n", 0 },
