@@ -26,7 +26,8 @@ SilentServer: accepts TCP connections and never says a word.
 
 Environment: MAILD_WRAPPER (a command put in front of maild, e.g.
 valgrind; then the RSS limit is not checked, nor with an ASan build) and
-MAILD_TIMEOUT_SCALE (multiplies every time limit), as in tests/run;
+MAILD_TIMEOUT_SCALE (multiplies every time limit; see
+maildtest.timeout_scale()), as in tests/run;
 MAILD_RSS_LIMIT_MB (default 30), the usual peak RSS limit.
 """
 
@@ -73,10 +74,6 @@ def tiny(prefix, n, body="x\n"):
     return [corpus.simple(f"{prefix}/{i:05d}", body=body) for i in range(n)]
 
 
-def scale():
-    return float(os.environ.get("MAILD_TIMEOUT_SCALE", "1"))
-
-
 # ---------------------------------------------------------------------------
 # running maild with its own peak RSS
 
@@ -93,7 +90,7 @@ def check_sane(r, within=None, rss_mb=None):
     marks = [m for m in SANITIZER_MARKS if m in r.stderr]
     assert not marks, f"sanitizer/valgrind report in stderr: {marks}"
     if within is not None:
-        assert r.seconds <= within * scale(), \
+        assert r.seconds <= within * mt.timeout_scale(), \
             f"maild took {r.seconds:.1f} s, more than {within} s"
     limit = rss_mb if rss_mb is not None else RSS_LIMIT_MB
     if not wrapper() and not mt.sanitized() and r.maxrss_mb is not None:

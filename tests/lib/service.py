@@ -14,7 +14,8 @@ replaces maild.conf atomically, conn_times() says when each connection
 to a fake server began, status_file() parses maild.status, and
 fixture() gives a file a private Dovecot, started on first use (t.fx).
 wait_until() polls with a time limit; every limit is multiplied by
-$MAILD_TIMEOUT_SCALE (valgrind, sanitizers).
+maildtest.timeout_scale() (valgrind, sanitizers); at_once() is the
+bound on "at once".
 """
 
 import contextlib
@@ -33,13 +34,18 @@ import fakepop3
 import maildtest as mt
 import tap
 
-SCALE = float(os.environ.get("MAILD_TIMEOUT_SCALE", "1"))
 GRACE = 20          # maild's stop grace time (maild(8), SIGNALS)
+
+
+def at_once():
+    """The bound on "at once" (seconds): generous, and scaled, but short
+    of every poll-interval that the tests tell it from (30 s or more)."""
+    return min(5 * mt.timeout_scale(), 20)
 
 
 def wait_until(pred, timeout, what, interval=0.02):
     """Poll pred() until it returns something true; fail after timeout."""
-    deadline = time.monotonic() + timeout * SCALE
+    deadline = time.monotonic() + timeout * mt.timeout_scale()
     while True:
         v = pred()
         if v:
@@ -126,7 +132,7 @@ class Daemon:
         t0 = time.monotonic()
         self.signal(signal.SIGTERM)
         try:
-            rc = self.p.wait(timeout=timeout * SCALE)
+            rc = self.p.wait(timeout=timeout * mt.timeout_scale())
         except subprocess.TimeoutExpired:
             self.kill()
             raise AssertionError(f"maild did not exit within {timeout} s "
