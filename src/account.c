@@ -25,22 +25,18 @@
  * running ones by name: unchanged accounts keep their schedule and their
  * session, removed ones finish what is in flight and go, changed ones
  * finish and start again with the new settings, new ones start now.
- * After every poll, the status file in the state directory is rewritten.
+ * After every poll, the status file in the state directory is rewritten
+ * (status.c says what goes into it).
  */
 
 #include "config.h"
 
 #include <sys/queue.h>
-#include <sys/stat.h>
 
-#include <errno.h>
-#include <limits.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -109,8 +105,6 @@ static void	account_schedule(struct account *, long);
 static void	account_schedule_ms(struct account *, long);
 static void	account_free(struct account *);
 static void	account_check_finished(void);
-static void	account_report_check(struct account *,
-		    const struct session_result *);
 static long	account_next_delay_ms(struct account *,
 		    const struct session_result *);
 static void	accounts_write_status(void);
@@ -640,9 +634,11 @@ account_done_cb(struct session_result *r, int final, void *arg)
 	if (a->next_conf != NULL && a->next_ac != NULL &&
 	    !config_account_equal(a->conf, a->ac, a->next_conf, a->next_ac))
 		next = 0;		/* changed: it restarts at once */
-	if (mode == ACCOUNTS_CHECK)
-		account_report_check(a, r);
-	else {
+	if (mode == ACCOUNTS_CHECK) {
+		if (status_report_check(a->conf, a->ac, r) == -1 &&
+		    a->exitcode == 0)
+			a->exitcode = EXIT_IOERR;
+	} else {
 		account_log(a, r, next);
 		account_hook(a, r);
 	}
@@ -746,142 +742,38 @@ account_check_finished(void)
 	event_base_loopexit(env->base, NULL);
 }
 
-/* --check: what worked and what did not, for a human. */
-static void
-account_report_check(struct account *a, const struct session_result *r)
-{
-	const char	*stage = r->stage != NULL ? r->stage : "?";
-	int		 reached_tls, logged_in;
-
-	printf("account \"%s\": %s@%s port %d\n", a->ac->name, a->ac->user,
-	    a->ac->host, a->ac->port);
-	if (r->peer[0] != '\0')
-		printf("  connect       ok      %s\n", r->peer);
-	reached_tls = r->tls[0] != '\0';
-	if (reached_tls)
-		printf("  tls           ok      %s, certificate %s\n", r->tls,
-		    a->ac->npins > 0 ? "matches tls-fingerprint" : "verified");
-	else if (a->ac->tls == TLS_NONE && r->peer[0] != '\0')
-		printf("  tls           NONE    (tls = none: not encrypted)\n");
-	if (r->capa[0] != '\0')
-		printf("  capabilities          %s\n", r->capa);
-	logged_in = r->login != NULL;
-	if (logged_in)
-		printf("  login         ok      %s\n", r->login);
-	if (r->exitcode == 0)
-		printf("  mailbox       ok      %llu message%s, %llu bytes\n",
-		    (unsigned long long)r->messages, r->messages == 1 ? "" :
-		    "s", (unsigned long long)r->octets);
-	else
-		printf("  %-13s FAILED  %s\n", stage, r->error != NULL ?
-		    r->error : "?");
-	if (check_account_report(a->conf, a->ac) == -1 && a->exitcode == 0)
-		a->exitcode = EXIT_IOERR;
-	fflush(stdout);
-}
-
-/* Times in the status file: UTC, ISO 8601; "-" for never. */
-static const char *
-status_time(time_t t, char *buf, size_t size)
-{
-	struct tm	tm;
-
-	if (t == 0)
-		return ("-");
-	gmtime_r(&t, &tm);
-	strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
-	return (buf);
-}
-
-/* Is the status file at path the one of a daemon that still runs? */
-static int
-status_of_running_daemon(const char *path)
-{
-	FILE	*f;
-	char	 line[256];
-	long	 pid;
-	int	 r = 0;
-
-	if ((f = fopen(path, "re")) == NULL)
-		return (0);
-	while (fgets(line, sizeof line, f) != NULL) {
-		if (strncmp(line, "pid=", 4) != 0)
-			continue;
-		pid = strtol(line + 4, NULL, 10);
-		r = strstr(line, " mode=daemon ") != NULL && pid > 0 &&
-		    pid != (long)getpid() && kill((pid_t)pid, 0) == 0;
-		break;
-	}
-	fclose(f);
-	return (r);
-}
-
 /*
- * Rewrite <state-dir>/maild.status (atomically) and tell systemd a
- * one-line summary: what "maild --status" shows.  A --once run leaves
- * alone the file of a daemon that is running.
+ * Rewrite the status file and tell systemd (status.c), after every poll
+ * and every change of the accounts.  --check has no status to tell.
  */
 static void
 accounts_write_status(void)
 {
-	struct account	*a;
-	char		 path[PATH_MAX], tmp[PATH_MAX], t1[32], t2[32], t3[32];
-	char		 esc[LOG_ESCAPE_MAX];
-	time_t		 last = 0;
-	FILE		*f;
-	int		 fd, n = 0, failing = 0;
+	struct account		*a;
+	struct status_account	*sa;
+	size_t			 n = 0;
 
 	if (mode == ACCOUNTS_CHECK)
 		return;
-	TAILQ_FOREACH(a, &accounts, entry) {
+	TAILQ_FOREACH(a, &accounts, entry)
 		n++;
-		if (a->exitcode != 0 && a->polls > 0)
-			failing++;
-		if (a->last_poll > last)
-			last = a->last_poll;
-	}
-	sdnotify("STATUS=%d account%s, last poll %s, %d failing", n,
-	    n == 1 ? "" : "s", status_time(last, t1, sizeof t1), failing);
-
-	if ((size_t)snprintf(path, sizeof path, "%s/maild.status",
-	    current->state_dir) >= sizeof path - 8)
-		return;
-	snprintf(tmp, sizeof tmp, "%.*s.XXXXXX", (int)(sizeof tmp - 8), path);
-	if (mode == ACCOUNTS_ONCE && status_of_running_daemon(path))
-		return;
-	if (mkdir_p(current->state_dir, 0700) == -1 ||
-	    (fd = mkstemp(tmp)) == -1)
-		return;
-	if ((f = fdopen(fd, "w")) == NULL) {
-		close(fd);
-		unlink(tmp);
-		return;
-	}
-	fprintf(f, "# maild status, see maild(8); times are UTC\n"
-	    "pid=%ld mode=%s written=%s\n", (long)getpid(),
-	    mode == ACCOUNTS_DAEMON ? "daemon" : "once",
-	    status_time(time(NULL), t1, sizeof t1));
+	sa = xcalloc(n ? n : 1, sizeof *sa);
+	n = 0;
 	TAILQ_FOREACH(a, &accounts, entry) {
-		fprintf(f, "account=%s state=%s last-poll=%s last-success=%s "
-		    "next-poll=%s fetched=%u fetched-total=%llu failures=%d",
-		    a->ac->name, a->session != NULL ? "polling" :
-		    a->polls == 0 ? "waiting" : a->exitcode == 0 ? "ok" :
-		    "failing", status_time(a->last_poll, t1, sizeof t1),
-		    status_time(a->last_success, t2, sizeof t2),
-		    mode == ACCOUNTS_DAEMON && !stopping ?
-		    status_time(a->next_poll, t3, sizeof t3) : "-",
-		    a->last_fetched, a->fetched_total, a->failures);
-		if (a->last_error != NULL)
-			fprintf(f, " error=\"%s\"", log_escape(esc, sizeof esc,
-			    a->last_error, strlen(a->last_error)));
-		fputc('\n', f);
+		sa[n].name = a->ac->name;
+		sa[n].state = a->session != NULL ? "polling" : a->polls == 0 ?
+		    "waiting" : a->exitcode == 0 ? "ok" : "failing";
+		sa[n].failing = a->exitcode != 0 && a->polls > 0;
+		sa[n].last_poll = a->last_poll;
+		sa[n].last_success = a->last_success;
+		if (mode == ACCOUNTS_DAEMON && !stopping)
+			sa[n].next_poll = a->next_poll;
+		sa[n].fetched = a->last_fetched;
+		sa[n].fetched_total = a->fetched_total;
+		sa[n].failures = a->failures;
+		sa[n].error = a->last_error;
+		n++;
 	}
-	if (fflush(f) == EOF || ferror(f)) {
-		fclose(f);
-		unlink(tmp);
-		return;
-	}
-	fclose(f);
-	if (rename(tmp, path) == -1)
-		unlink(tmp);
+	status_write(current->state_dir, mode, sa, n);
+	free(sa);
 }

@@ -51,6 +51,8 @@
 
 /* The most addresses of one host compared (-n, two accounts, one box). */
 #define CHECK_ADDRS_MAX	32
+/* What check_hint() says to do. */
+#define CHECK_HINT_MAX	128
 
 /* A host's addresses, without ports. */
 struct check_addrs {
@@ -130,7 +132,7 @@ check_probe_name(char *buf, size_t size, const char *dir)
 static char *
 check_create(const char *dir)
 {
-	char	 path[PATH_MAX], hint[128], *why = NULL;
+	char	 path[PATH_MAX], hint[CHECK_HINT_MAX], *why = NULL;
 	int	 fd, error;
 
 	if (check_probe_name(path, sizeof path, dir) == -1 ||
@@ -191,7 +193,7 @@ check_maildir(const char *path)
 {
 	const char	*subs[] = { "tmp", "new", "cur" };
 	char		 dir[3][PATH_MAX], from[PATH_MAX], to[PATH_MAX];
-	char		 hint[128], *why = NULL;
+	char		 hint[CHECK_HINT_MAX], *why = NULL;
 	struct stat	 sb;
 	size_t		 i;
 	int		 missing = 0, fd, n, error;

@@ -173,7 +173,7 @@ static const struct conf_number {
 static void
 conf_errorx(int line, const char *fmt, ...)
 {
-	char	msg[512];
+	char	msg[COMPAT_MSG_MAX];
 	va_list	ap;
 
 	if (cp->error != NULL)
@@ -191,7 +191,7 @@ conf_errorx(int line, const char *fmt, ...)
 static void
 conf_account_error(cfg_t *sec, const char *opt, const char *fmt, ...)
 {
-	char	msg[512];
+	char	msg[COMPAT_MSG_MAX];
 	va_list	ap;
 	int	line;
 
@@ -256,7 +256,7 @@ conf_value_problem(const char *opt, const char *value, char *why,
 static int
 conf_number_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
 {
-	char	why[256];
+	char	why[COMPAT_WHY_MAX];
 	long	v = 0;
 
 	if (conf_number(cfg_opt_name(opt), value, &v, why, sizeof why) == -1) {

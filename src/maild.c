@@ -16,7 +16,7 @@
 
 /*
  * maild.c: main(): the command line, the configuration, signals and the
- * event loop everything else runs on; also --status, which only reads.
+ * event loop everything else runs on.
  */
 
 #include "config.h"
@@ -54,7 +54,6 @@ static __dead void	usage(void);
 static __dead void	help(void);
 static void		signal_cb(evutil_socket_t, short, void *);
 static void		grace_cb(evutil_socket_t, short, void *);
-static int		show_status(const struct config *);
 static void		no_core_dumps(void);
 static int		daemon_lock(const struct config *);
 
@@ -328,7 +327,7 @@ main(int argc, char **argv)
 		exit(0);
 	}
 	if (status) {
-		code = show_status(conf);
+		code = status_show(conf);
 		config_free(conf);
 		free(conf_path);
 		exit(code);
@@ -387,81 +386,4 @@ main(int argc, char **argv)
 	if (lockfd != -1)
 		close(lockfd);
 	return (code);
-}
-
-/* Print one key of a status line: "key=value" or key="quoted value". */
-static const char *
-status_field(const char *line, const char *key, char *buf, size_t size)
-{
-	const char	*p = line, *end;
-	size_t		 klen = strlen(key), n;
-
-	while ((p = strstr(p, key)) != NULL) {
-		if ((p == line || p[-1] == ' ') && p[klen] == '=')
-			break;
-		p += klen;
-	}
-	if (p == NULL)
-		return ("-");
-	p += klen + 1;
-	if (*p == '"') {
-		for (end = ++p; *end != '\0' && *end != '"'; end++) {
-			if (*end == '\\' && end[1] != '\0')
-				end++;
-		}
-	} else
-		end = p + strcspn(p, " \n");
-	n = (size_t)(end - p) < size - 1 ? (size_t)(end - p) : size - 1;
-	memcpy(buf, p, n);
-	buf[n] = '\0';
-	return (buf);
-}
-
-/* --status: show what the last maild wrote in the status file. */
-static int
-show_status(const struct config *conf)
-{
-	char	 path[PATH_MAX], line[4096], v[6][512];
-	FILE	*f;
-	long	 pid;
-	size_t	 i;
-
-	snprintf(path, sizeof path, "%s/maild.status", conf->state_dir);
-	if ((f = fopen(path, "re")) == NULL) {
-		printf("maild: no status in %s yet: maild has not polled with "
-		    "this configuration\n", path);
-		return (errno == ENOENT ? 0 : EXIT_IOERR);
-	}
-	while (fgets(line, sizeof line, f) != NULL) {
-		if (line[0] == '#')
-			continue;
-		if (strncmp(line, "pid=", 4) == 0) {
-			pid = strtol(status_field(line, "pid", v[0], 512), NULL,
-			    10);
-			printf("status written %s by maild pid %ld (%s), which "
-			    "is %s\n", status_field(line, "written", v[1], 512),
-			    pid, status_field(line, "mode", v[2], 512),
-			    pid > 0 && kill((pid_t)pid, 0) == 0 ? "running" :
-			    "not running");
-			continue;
-		}
-		printf("\naccount %s: %s\n", status_field(line, "account", v[0],
-		    512), status_field(line, "state", v[1], 512));
-		printf("  last poll       %s\n", status_field(line, "last-poll",
-		    v[2], 512));
-		printf("  last success    %s\n", status_field(line,
-		    "last-success", v[3], 512));
-		printf("  next poll       %s\n", status_field(line, "next-poll",
-		    v[4], 512));
-		printf("  fetched         %s at the last poll, %s since maild "
-		    "started\n", status_field(line, "fetched", v[5], 512),
-		    status_field(line, "fetched-total", v[0], 512));
-		printf("  failures        %s in a row\n", status_field(line,
-		    "failures", v[1], 512));
-		printf("  last error      %s\n", status_field(line, "error",
-		    v[2], 512));
-	}
-	fclose(f);
-	(void)i;
-	return (0);
 }

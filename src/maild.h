@@ -452,13 +452,15 @@ const char	*state_meta(const struct state *, const char *);
 void		 state_set_meta(struct state *, const char *, const char *);
 int		 state_dirty(const struct state *);
 int		 state_sync(struct state *, char **);
-const char	*state_path(const struct state *);
 uint64_t	 state_epoch(const struct state *);
 char		*state_escape(const char *, size_t);
 int		 state_unescape(const char *, size_t, char **, size_t *);
 
 /* maildir.c */
-#define MAILDIR_NAME_MAX	288
+/* A file's name in tmp/ (maildir_make_name), and in new/: that and
+   ",S=<size>". */
+#define MAILDIR_TMP_NAME_MAX	256
+#define MAILDIR_NAME_MAX	(MAILDIR_TMP_NAME_MAX + 32)
 struct maildir {
 	char		*path;
 	const char	*account;	/* for log lines */
@@ -468,7 +470,7 @@ struct maildir {
 };
 struct maildir_file {
 	int		 fd;
-	char		 name[256];	/* unique part, the name in tmp/ */
+	char		 name[MAILDIR_TMP_NAME_MAX];	/* the name in tmp/ */
 	char		 final[MAILDIR_NAME_MAX];	/* in new/: name,S=size */
 	uint64_t	 size;
 };
@@ -483,7 +485,6 @@ int		 maildir_write(struct maildir_file *, const void *, size_t);
 int		 maildir_finish(struct maildir_file *, char **);
 int		 maildir_sync_file(struct maildir *, const char *, char **);
 void		 maildir_unlink(struct maildir *, const char *);
-const char	*maildir_tmp_name(const char *, char *, size_t);
 void		 maildir_abort(struct maildir *, struct maildir_file *);
 int		 maildir_sync_tmp(struct maildir *, char **);
 int		 maildir_move(struct maildir *, const char *, char **);
@@ -491,6 +492,7 @@ int		 maildir_sync_new(struct maildir *, char **);
 int		 maildir_recover(struct maildir *, const char *, char **);
 int		 maildir_cleanup_tmp(struct maildir *);
 int		 maildir_make_name(char *, size_t, uint32_t);
+const char	*maildir_tmp_name(const char *, char *, size_t);
 int		 maildir_name_tag(const char *, uint32_t *);
 
 /* deliver.c: the one delivery core; see deliver.c. */
@@ -670,6 +672,25 @@ void		 session_abort(struct session *);
 /* sdnotify.c */
 void		 sdnotify(const char *, ...) PRINTFLIKE(1, 2);
 void		 sdnotify_reloading(void);
+
+/* status.c: the status file, maild --status and the --check report. */
+struct status_account {
+	const char	*name;
+	const char	*state;		/* polling, waiting, ok or failing */
+	int		 failing;	/* its last poll failed */
+	time_t		 last_poll;	/* 0: never */
+	time_t		 last_success;
+	time_t		 next_poll;	/* 0: none planned */
+	unsigned	 fetched;	/* at the last poll */
+	unsigned long long fetched_total;
+	int		 failures;	/* in a row */
+	const char	*error;		/* of the last poll, or NULL */
+};
+void		 status_write(const char *, int, const struct status_account *,
+		     size_t);
+int		 status_show(const struct config *);
+int		 status_report_check(const struct config *,
+		     const struct account_conf *, const struct session_result *);
 
 /* account.c */
 #define ACCOUNTS_DAEMON	0

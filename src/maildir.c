@@ -47,6 +47,7 @@
 static char	maildir_host[128];
 static uint32_t	maildir_seq;
 
+
 /* The host name with '/', ':' and ',' escaped, as Maildir names need. */
 static const char *
 maildir_hostname(void)
@@ -256,7 +257,7 @@ maildir_finish(struct maildir_file *f, char **cause)
 int
 maildir_sync_file(struct maildir *md, const char *final, char **cause)
 {
-	char	name[256];
+	char	name[MAILDIR_TMP_NAME_MAX];
 	int	fd;
 
 	maildir_tmp_name(final, name, sizeof name);
@@ -276,7 +277,7 @@ maildir_sync_file(struct maildir *md, const char *final, char **cause)
 void
 maildir_unlink(struct maildir *md, const char *final)
 {
-	char	name[256];
+	char	name[MAILDIR_TMP_NAME_MAX];
 
 	maildir_tmp_name(final, name, sizeof name);
 	if (unlinkat(md->tmpfd, name, 0) == -1 && errno != ENOENT)
@@ -335,7 +336,7 @@ maildir_sync_tmp(struct maildir *md, char **cause)
 int
 maildir_move(struct maildir *md, const char *final, char **cause)
 {
-	char	name[256];
+	char	name[MAILDIR_TMP_NAME_MAX];
 
 	maildir_tmp_name(final, name, sizeof name);
 	if (renameat(md->tmpfd, name, md->newfd, final) == -1) {
@@ -387,7 +388,7 @@ maildir_dir_has(const char *path, const char *base)
 int
 maildir_recover(struct maildir *md, const char *final, char **cause)
 {
-	char		 name[256], sub[PATH_MAX];
+	char		 name[MAILDIR_TMP_NAME_MAX], sub[PATH_MAX];
 	struct stat	 sb;
 	const char	*dirs[] = { "new", "cur" };
 	size_t		 i;

@@ -74,7 +74,7 @@ static void	session_committed_cb(void *, uint64_t, void *);
 static void	session_ready_cb(void *, const char *);
 
 /* The name of where the session is, for logs and errors. */
-const char *
+static const char *
 session_state(struct session *s)
 {
 	if (s->phase == PHASE_PROTOCOL)

@@ -123,7 +123,6 @@ void		 session_cycle(struct session *);
 int		 session_read_line(struct evbuffer *, char *, size_t, size_t *);
 void		 session_unasked(struct session *, struct evbuffer *);
 const char	*session_peer(struct session *);
-const char	*session_state(struct session *);
 
 /* pop3.c, imap.c */
 extern const struct proto pop3_proto;

@@ -169,7 +169,7 @@ def core_case(t, flags):
 def test_no_core_dumps(t):
     uid, owner, limits, soft = core_case(t, ())
     assert limits == ("0", "0"), f"core dumps allowed: {limits}"
-    if hostile.sanitized():
+    if mt.sanitized():
         t.skip("an ASan build stays dumpable (LeakSanitizer needs ptrace)")
     assert owner == 0, (f"/proc/<pid> is owned by {owner}, not root: the "
                         "process is dumpable")
@@ -213,7 +213,7 @@ def test_new_directories_fsynced(t):
            "trace=mkdir,mkdirat,fsync,fdatasync", mt.maild_bin(), "--once",
            "-f", str(cfg)]
     r = subprocess.run(cmd, capture_output=True, text=True,
-                       timeout=60 * hostile.scale(), env=mt._env())
+                       timeout=60 * mt.timeout_scale(), env=mt._env())
     t.attach("maild stderr", r.stderr)
     text = trace.read_text()
     t.attach("strace", text)

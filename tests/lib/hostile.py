@@ -8,8 +8,8 @@ Built on fakepop3's handler API (nothing here changes fakepop3):
         acct.assert_nothing_delivered()
         acct.assert_server_untouched(msgs)
 
-Account.once() runs `maild --once` under a hard timeout, waits for it with
-wait4() so that its own peak RSS is known (r.maxrss_mb), and checks what
+Account.once() runs `maild --once` under a hard timeout with its own peak
+RSS measured (maildtest.run_maild(rss=True): r.maxrss_mb), and checks what
 must hold after any run, whatever the server did: maild was not killed by
 a signal, no sanitizer or valgrind report, not exit 70, peak RSS under
 RSS_LIMIT_MB, finished within `within` seconds, no file appeared in the
@@ -26,18 +26,16 @@ SilentServer: accepts TCP connections and never says a word.
 
 Environment: MAILD_WRAPPER (a command put in front of maild, e.g.
 valgrind; then the RSS limit is not checked, nor with an ASan build) and
-MAILD_TIMEOUT_SCALE (multiplies every time limit), as in tests/run;
+MAILD_TIMEOUT_SCALE (multiplies every time limit; see
+maildtest.timeout_scale()), as in tests/run;
 MAILD_RSS_LIMIT_MB (default 30), the usual peak RSS limit.
 """
 
 import os
 import re
 import shlex
-import signal
 import socket
-import subprocess
 import threading
-import time
 from pathlib import Path
 
 import certs
@@ -52,10 +50,6 @@ SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer",
                    "UndefinedBehaviorSanitizer", "runtime error:",
                    "ThreadSanitizer", "MemorySanitizer", "==ERROR",
                    "Invalid read", "Invalid write", "definitely lost")
-
-
-def scale():
-    return float(os.environ.get("MAILD_TIMEOUT_SCALE", "1"))
 
 
 def wrapper():
@@ -81,118 +75,12 @@ def tiny(prefix, n, body="x\n"):
 
 
 # ---------------------------------------------------------------------------
-# running maild with its own rusage
-
-class Result(mt.Result):
-    maxrss_mb = None
-    signal = None
-
-
-TIME_BIN = "/usr/bin/time"       # GNU time: maild's own peak RSS
-
-
-def _hwm_kb(pid):
-    """VmHWM of a running process (kB), or None."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
+# running maild with its own peak RSS
 
 def run_maild(args, timeout=60, label="maild", env=None):
-    """Like maildtest.run_maild, with maild's own peak RSS (r.maxrss_mb).
-
-    wait4()'s ru_maxrss cannot be used directly: Linux carries the peak
-    RSS of the forking Python process over the exec.  So maild runs under
-    GNU time (a small process in between) when /usr/bin/time exists;
-    otherwise VmHWM is polled from /proc (a lower bound).  stderr goes to a
-    file, so a huge log cannot block a pipe."""
-    t = tap.current()
-    timeout *= scale()
-    base = t.tmp if t is not None else Path(tap.mkdtemp())
-    stamp = time.monotonic_ns()
-    errf = base / f"stderr.{stamp}"
-    rssf = base / f"stderr.{stamp}.rss"
-    cmd = wrapper() + [mt.maild_bin()] + [str(a) for a in args]
-    use_time = not wrapper() and os.access(TIME_BIN, os.X_OK)
-    full = ([TIME_BIN, "-f", "maxrss=%M", "-o", str(rssf)] if use_time
-            else []) + cmd
-    started = time.monotonic()
-    with open(errf, "wb") as ef:
-        p = subprocess.Popen(full, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=ef,
-                             env=mt._env(env), start_new_session=True)
-    hwm = None
-    try:
-        while True:
-            pid, status = os.waitpid(p.pid, os.WNOHANG)
-            if pid == p.pid:
-                break
-            if not use_time:
-                v = _hwm_kb(p.pid)
-                if v is not None:
-                    hwm = max(hwm or 0, v)
-            if time.monotonic() - started > timeout:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                os.waitpid(p.pid, 0)
-                p.returncode = -9
-                err = errf.read_bytes().decode("utf-8", "replace")
-                if t is not None:
-                    t.attach(f"{label} stderr", err)
-                raise mt.MaildTimeout(f"{shlex.join(cmd)} did not finish "
-                                      f"within {timeout:.0f} s; killed it")
-            time.sleep(0.005)
-    except BaseException:
-        if p.returncode is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-                os.waitpid(p.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            p.returncode = -9
-        raise
-    seconds = time.monotonic() - started
-    rc = os.waitstatus_to_exitcode(status)
-    p.returncode = rc           # so Popen does not try to reap it again
-    if use_time:
-        info = rssf.read_text(errors="replace") if rssf.exists() else ""
-        m = re.search(r"terminated by signal (\d+)", info)
-        if m:
-            rc = -int(m.group(1))
-        m = re.search(r"maxrss=(\d+)", info)
-        hwm = int(m.group(1)) if m else None
-    err = errf.read_bytes().decode("utf-8", "replace")
-    r = Result(cmd, rc, "", err, seconds)
-    r.maxrss_mb = hwm / 1024.0 if hwm is not None else None
-    r.signal = -rc if rc < 0 else None
-    if t is not None:
-        rss = "?" if r.maxrss_mb is None else f"{r.maxrss_mb:.1f} MB"
-        t.attach(f"{label} stderr", f"$ {shlex.join(cmd)}\n{err}"
-                 f"[exit status {rc}, {seconds:.1f} s, peak RSS {rss}]")
-    return r
-
-
-_SANITIZED = {}
-
-
-def sanitized():
-    """Is maild built with AddressSanitizer (then its RSS means nothing:
-    freed memory sits in ASan's quarantine)?"""
-    b = mt.maild_bin()
-    if b not in _SANITIZED:
-        try:
-            with open(b, "rb") as f:
-                _SANITIZED[b] = b"__asan_init" in f.read()
-        except OSError:
-            _SANITIZED[b] = False
-    return _SANITIZED[b]
+    """maildtest.run_maild, with maild's own peak RSS (r.maxrss_mb)."""
+    return mt.run_maild(args, timeout=timeout, env=env, label=label,
+                        rss=True)
 
 
 def check_sane(r, within=None, rss_mb=None):
@@ -202,10 +90,10 @@ def check_sane(r, within=None, rss_mb=None):
     marks = [m for m in SANITIZER_MARKS if m in r.stderr]
     assert not marks, f"sanitizer/valgrind report in stderr: {marks}"
     if within is not None:
-        assert r.seconds <= within * scale(), \
+        assert r.seconds <= within * mt.timeout_scale(), \
             f"maild took {r.seconds:.1f} s, more than {within} s"
     limit = rss_mb if rss_mb is not None else RSS_LIMIT_MB
-    if not wrapper() and not sanitized() and r.maxrss_mb is not None:
+    if not wrapper() and not mt.sanitized() and r.maxrss_mb is not None:
         assert r.maxrss_mb <= limit, \
             f"maild's peak RSS was {r.maxrss_mb:.1f} MB (limit {limit} MB)"
 
