@@ -66,7 +66,16 @@ enum secret_source {
 	SECRET_PASSWORD,	/* inline in the config */
 	SECRET_FILE,		/* first line of a file */
 	SECRET_COMMAND,		/* first line of a command's output */
-	SECRET_CREDENTIAL	/* $CREDENTIALS_DIRECTORY/<name> (systemd) */
+	SECRET_CREDENTIAL,	/* $CREDENTIALS_DIRECTORY/<name> (systemd) */
+	SECRET_OAUTH2		/* an access token from oauth2.c */
+};
+
+/* Who issues the OAuth2 tokens of an account (oauth2-provider). */
+enum oauth2_provider {
+	OAUTH2_NONE,		/* no built-in OAuth2 */
+	OAUTH2_GOOGLE,
+	OAUTH2_MICROSOFT,
+	OAUTH2_CUSTOM
 };
 
 enum tls_mode {
@@ -133,6 +142,20 @@ typedef uint8_t tls_pin[32];
 	F(enum auth_method,	auth,		ACF_VALUE)		\
 	/* 0: never pipeline */						\
 	F(int,			pipelining,	ACF_VALUE)		\
+	/* built-in OAuth2 (oauth2.c); OAUTH2_NONE: none */		\
+	F(enum oauth2_provider,	oauth2_provider, ACF_VALUE)		\
+	F(char *,		oauth2_client_id, ACF_STR)		\
+	/* the client secret: SECRET_NONE, or as for the password */	\
+	F(enum secret_source,	oauth2_secret_source, ACF_VALUE)	\
+	F(char *,		oauth2_client_secret, ACF_STR)		\
+	/* the provider's preset, or what the options say */		\
+	F(char *,		oauth2_auth_url, ACF_STR)		\
+	F(char *,		oauth2_token_url, ACF_STR)		\
+	F(char *,		oauth2_device_url, ACF_STR)		\
+	F(char *,		oauth2_scope,	ACF_STR)		\
+	F(char *,		oauth2_tenant,	ACF_STR)		\
+	/* <state-dir>/<name>.oauth2: the tokens */			\
+	F(char *,		oauth2_file,	ACF_STR)		\
 	/* seconds */							\
 	F(int,			poll_interval,	ACF_VALUE)		\
 	/* where the account block and some options are in the file */	\
@@ -446,6 +469,18 @@ struct secret_job *secret_get(struct event_base *, const struct account_conf *,
 		     int, secret_cb, void *);
 void		 secret_cancel(struct secret_job *);
 
+/* oauth2.c: the token life of the accounts with built-in OAuth2. */
+struct oauth2_job;
+void		 oauth2_init(struct event_base *, struct evdns_base *);
+struct oauth2_job *oauth2_get(const struct account_conf *, int, secret_cb,
+		     void *);
+void		 oauth2_cancel(struct oauth2_job *);
+int		 oauth2_needs_authorization(const struct account_conf *);
+void		 oauth2_token_refused(const struct account_conf *);
+void		 oauth2_reload(void);
+void		 oauth2_status(const struct account_conf *, char *, size_t);
+void		 oauth2_shutdown(void);
+
 /* session.c */
 struct session_result {
 	int		 exitcode;	/* 0 or an EXIT_* code */
@@ -482,6 +517,10 @@ struct session	*session_start(const struct session_env *, struct config *,
 		     session_done_cb, void *);
 void		 session_stop(struct session *);
 void		 session_abort(struct session *);
+
+/* authorize.c: maild --authorize */
+int		 authorize_run(const struct session_env *, struct config *,
+		     const char *);
 
 /* sdnotify.c */
 void		 sdnotify(const char *, ...) PRINTFLIKE(1, 2);
