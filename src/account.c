@@ -368,6 +368,11 @@ account_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 	if (stopping || a->session != NULL || a->queued || a->removed)
 		return;
+	/* OAuth2: nothing to try until maild --authorize (or SIGHUP). */
+	if (mode == ACCOUNTS_DAEMON && oauth2_needs_authorization(a->ac)) {
+		account_schedule(a, a->ac->poll_interval);
+		return;
+	}
 	if (active >= current->max_connections) {
 		a->queued = 1;
 		TAILQ_INSERT_TAIL(&waitq, a, waiting);
@@ -472,6 +477,8 @@ account_done_cb(struct session_result *r, void *arg)
 		a->last_error = r->error != NULL ? xstrdup(r->error) : NULL;
 		if (r->exitcode == 0)
 			a->last_success = time(NULL);
+		if (r->exitcode == EXIT_NOPERM)
+			oauth2_token_refused(a->ac);
 	}
 	next = account_next_delay_ms(a, r);
 	if (a->next_conf != NULL && a->next_ac != NULL &&
@@ -661,7 +668,7 @@ accounts_write_status(void)
 {
 	struct account	*a;
 	char		 path[PATH_MAX], tmp[PATH_MAX], t1[32], t2[32], t3[32];
-	char		 esc[LOG_ESCAPE_MAX];
+	char		 esc[LOG_ESCAPE_MAX], token[64];
 	time_t		 last = 0;
 	FILE		*f;
 	int		 fd, n = 0, failing = 0;
@@ -700,12 +707,15 @@ accounts_write_status(void)
 		fprintf(f, "account=%s state=%s last-poll=%s last-success=%s "
 		    "next-poll=%s fetched=%u fetched-total=%llu failures=%d",
 		    a->ac->name, a->session != NULL ? "polling" :
+		    oauth2_needs_authorization(a->ac) ? "needs-authorization" :
 		    a->polls == 0 ? "waiting" : a->exitcode == 0 ? "ok" :
 		    "failing", status_time(a->last_poll, t1, sizeof t1),
 		    status_time(a->last_success, t2, sizeof t2),
 		    mode == ACCOUNTS_DAEMON && !stopping ?
 		    status_time(a->next_poll, t3, sizeof t3) : "-",
 		    a->last_fetched, a->fetched_total, a->failures);
+		oauth2_status(a->ac, token, sizeof token);
+		fputs(token, f);
 		if (a->last_error != NULL)
 			fprintf(f, " error=\"%s\"", log_escape(esc, sizeof esc,
 			    a->last_error, strlen(a->last_error)));

@@ -60,7 +60,7 @@ static int		daemon_lock(const struct config *);
 
 /* The SYNOPSIS of maild(8) says the same, to the character. */
 #define USAGE	"usage: maild [-dhnvV] [-f file] [--once | --check [account] " \
-		"| --status]\n"
+		"| --status | --authorize account]\n"
 
 static __dead void
 usage(void)
@@ -90,6 +90,9 @@ help(void)
 	    "nothing\n"
 	    "  --status           show what the daemon last did, per "
 	    "account\n"
+	    "  --authorize account  sign in at the account's OAuth2 provider "
+	    "and store\n"
+	    "                     the token (oauth2-provider accounts)\n"
 	    "  --core-dumps       allow core dumps (for debugging: they hold "
 	    "passwords)\n"
 	    "\n"
@@ -172,6 +175,8 @@ reload(void)
 	}
 	/* The trust store is read again, like the rest of the setup. */
 	tls_shutdown();
+	/* Accounts that need OAuth2 authorization are tried again. */
+	oauth2_reload();
 	changes = accounts_reload(conf);
 	config_free(conf);
 	log_info("reloaded %s: %d account%s added, removed or changed",
@@ -249,6 +254,7 @@ main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "core-dumps", no_argument, NULL, 'C' },
+		{ "authorize", required_argument, NULL, 'A' },
 		{ NULL, 0, NULL, 0 }
 	};
 	struct config		*conf;
@@ -256,7 +262,7 @@ main(int argc, char **argv)
 	struct event		*sigev[4];
 	const int		 sigs[4] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
 	char			*cause = NULL;
-	const char		*check_name = NULL;
+	const char		*check_name = NULL, *authorize = NULL;
 	int			 ch, foreground = 0, verbose = 0, check = 0;
 	int			 once = 0, online = 0, status = 0, code, i;
 	int			 cores = 0, lockfd = -1;
@@ -294,13 +300,17 @@ main(int argc, char **argv)
 		case 'C':
 			cores = 1;
 			break;
+		case 'A':
+			authorize = optarg;
+			break;
 		default:
 			usage();
 		}
 	}
 	if (online && optind < argc)
 		check_name = argv[optind++];
-	if (optind != argc || once + online + status + check > 1)
+	if (optind != argc || once + online + status + check +
+	    (authorize != NULL) > 1)
 		usage();
 	if (!cores)
 		no_core_dumps();
@@ -329,6 +339,22 @@ main(int argc, char **argv)
 	}
 	if (status) {
 		code = show_status(conf);
+		config_free(conf);
+		free(conf_path);
+		exit(code);
+	}
+	if (authorize != NULL) {
+		log_init(1, verbose);
+		signal(SIGPIPE, SIG_IGN);
+		if ((base = event_base_new()) == NULL)
+			fatalx("event_base_new failed");
+		env.base = base;
+		env.dns = dns_init(base);
+		oauth2_init(base, env.dns);
+		code = authorize_run(&env, conf, authorize);
+		evdns_base_free(env.dns, 1);
+		event_base_free(base);
+		tls_shutdown();
 		config_free(conf);
 		free(conf_path);
 		exit(code);
@@ -362,6 +388,7 @@ main(int argc, char **argv)
 	}
 	env.base = base;
 	env.dns = dns_init(base);
+	oauth2_init(base, env.dns);
 	accounts_init(&env, conf, run_mode);
 	if (run_mode != ACCOUNTS_CHECK)
 		log_info("started: %zu account%s, %s", conf->naccounts,
@@ -375,6 +402,7 @@ main(int argc, char **argv)
 	if (stopping && run_mode == ACCOUNTS_DAEMON)
 		log_info("stopped");
 	accounts_free();
+	oauth2_shutdown();
 	for (i = 0; i < 4; i++)
 		event_free(sigev[i]);
 	if (grace != NULL)
@@ -460,6 +488,13 @@ show_status(const struct config *conf)
 		    "failures", v[1], 512));
 		printf("  last error      %s\n", status_field(line, "error",
 		    v[2], 512));
+		if (strcmp(status_field(line, "token-expires", v[3], 512),
+		    "-") != 0)
+			printf("  token expires   %s\n", v[3]);
+		if (strcmp(status_field(line, "state", v[5], 512),
+		    "needs-authorization") == 0)
+			printf("  to do           run maild --authorize %s\n",
+			    status_field(line, "account", v[4], 512));
 	}
 	fclose(f);
 	(void)i;
