@@ -75,6 +75,7 @@ struct http_listener {
 	http_listen_cb		 cb;
 	void			*arg;
 	int			 done;
+	char			*query;		/* until the page is sent */
 };
 
 static void	http_done(struct http_req *);
@@ -404,6 +405,20 @@ http_post(struct event_base *base, struct evdns_base *dns, const char *url,
 	return (r);
 }
 
+/* The page went out: now the caller may act (and even exit). */
+static void
+http_listen_sent_cb(struct evhttp_request *req, void *arg)
+{
+	struct http_listener	*l = arg;
+	char			*query = l->query;
+
+	l->query = NULL;
+	if (query != NULL) {
+		l->cb(query, l->arg);
+		freezero_str(query);
+	}
+}
+
 static void
 http_listen_gencb(struct evhttp_request *req, void *arg)
 {
@@ -429,11 +444,14 @@ http_listen_gencb(struct evhttp_request *req, void *arg)
 	    "follows.</p></body></html>\n");
 	evhttp_add_header(evhttp_request_get_output_headers(req),
 	    "Content-Type", "text/html; charset=utf-8");
+	evhttp_add_header(evhttp_request_get_output_headers(req),
+	    "Connection", "close");
+	l->done = 1;
+	l->query = xstrdup(query);
+	evhttp_uri_free(u);
+	evhttp_request_set_on_complete_cb(req, http_listen_sent_cb, l);
 	evhttp_send_reply(req, HTTP_OK, "OK", out);
 	evbuffer_free(out);
-	l->done = 1;
-	l->cb(query, l->arg);
-	evhttp_uri_free(u);
 }
 
 /*
@@ -480,6 +498,7 @@ http_listen_close(struct http_listener *l)
 {
 	if (l == NULL)
 		return;
+	freezero_str(l->query);
 	evhttp_free(l->http);
 	free(l);
 }
