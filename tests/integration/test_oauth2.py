@@ -201,7 +201,8 @@ class Background:
                                  + self.stderr())
 
     def stderr(self):
-        self.errf.flush()
+        if not self.errf.closed:
+            self.errf.flush()
         return self.errpath.read_text(errors="replace")
 
     def stop(self, sig=signal.SIGKILL):
@@ -412,6 +413,280 @@ def test_authorize_not_oauth2(t):
     r = mt.run_maild(["--authorize", "nosuch", "-f", cfg], timeout=30)
     assert r.rc == mt.EX_USAGE and 'no account "nosuch"' in r.stderr, \
         (r.rc, r.stderr)
+
+
+
+# ---------------------------------------------------------------------------
+# the daemon's token life
+
+def daemon(t, cfg, *flags, env=None, name="maild.stderr"):
+    return Background(t, ["-d", *flags, "-f", cfg],
+                      env={"MAILD_OAUTH2_MARGIN": "1"} | (env or {}),
+                      stderr_name=name)
+
+
+def summaries(bg, name):
+    return [r for r in mt.summary_lines(bg.stderr()) if r["account"] == name]
+
+
+def status(t, cfg):
+    r = mt.run_maild(["--status", "-f", cfg], timeout=30)
+    return r.stdout
+
+
+@tap.test(name="daemon: a rotating token refreshed again and again "
+          "(expires_in 2 s) across long-running sessions of two accounts: "
+          "every poll logs in through Dovecot, every new refresh token is "
+          "stored before use, none in the log or the status file",
+          timeout=300)
+def test_many_refreshes(t):
+    srv = t.fx.dovecot(t)
+    p = provider(t)
+    p.expires_in = 2
+    want = int(os.environ.get("MAILD_OAUTH2_REFRESHES", "60"))
+    accts, sent = [], {}
+    for name, user in (("r1", "user1"), ("r2", "user2")):
+        srv.set_mailbox(user, [])
+        write_token(t, name, p.grant(user))
+        accts.append(account(t, p, name, user=user, srv=srv,
+                             poll_interval=mt.Raw("1s")))
+        sent[name] = []
+    cfg = config(t, accts)
+    bg = daemon(t, cfg, "-vv")
+    batch = 0
+    deadline = time.monotonic() + 240 * SCALE
+    while p.refreshes < want and time.monotonic() < deadline:
+        for name, user in (("r1", "user1"), ("r2", "user2")):
+            m = corpus.simple(f"refresh/{name}/{batch}")
+            srv.add_messages(user, [m])
+            sent[name].append(m)
+        batch += 1
+        time.sleep(0.5)
+        assert bg.p.poll() is None, "maild died" + bg.stderr()
+    assert p.refreshes >= want, f"only {p.refreshes} refreshes"
+    for name in ("r1", "r2"):
+        wait_for(f"{name}'s mail", lambda n=name: len(mt.read_maildir(
+            t.tmp / f"Maildir-{n}")) >= len(sent[n]), limit=30)
+    st = status(t, cfg)
+    assert "token expires" in st, st
+    bg.stop(signal.SIGTERM)
+    for name in ("r1", "r2"):
+        mt.assert_maildir(t.tmp / f"Maildir-{name}", sent[name])
+        failed = [r for r in summaries(bg, name) if r["error"]]
+        assert not failed, f"failed polls: {failed[0]['line']}"
+        assert p.alive(read_token(t, name)["refresh-token"]), \
+            f"{name}: the stored refresh token is dead"
+    refused = [tok for tok, ok in p.introspected if not ok]
+    assert not refused, f"{len(refused)} tokens refused by Dovecot"
+    text = bg.stderr() + st + \
+        (t.tmp / "state" / "maild.status").read_text()
+    assert_no_tokens(t, p, text, "the log or the status")
+
+
+@tap.test(name="daemon: SIGKILL at seeded moments around refreshes (held "
+          "at the provider, just after its answer, anywhere): the stored "
+          "refresh token always still works", timeout=400)
+def test_kill_during_refresh(t):
+    srv = t.fx.dovecot(t)
+    p = provider(t)
+    p.expires_in = 2
+    p.rotation = "until-used"
+    rng = random.Random(KILL_SEED)
+    kills = int(os.environ.get("MAILD_OAUTH2_KILLS", "12"))
+    srv.set_mailbox("user3", [])
+    write_token(t, "k", p.grant("user3"))
+    cfg = config(t, [account(t, p, "k", user="user3", srv=srv,
+                             poll_interval=mt.Raw("1s"))])
+    sent = []
+    for i in range(kills):
+        how = ("held", "answered", "anywhere")[i % 3]
+        m = corpus.simple(f"kill/{i}")
+        srv.add_messages("user3", [m])
+        sent.append(m)
+        before = p.refreshes
+        if how == "held":
+            p.hold_token()
+        bg = daemon(t, cfg, name=f"maild-{i}.stderr")
+        if how == "held":
+            wait_for("a held refresh", p.holding.is_set, limit=30)
+        elif how == "answered":
+            wait_for("a refresh", lambda: p.refreshes > before, limit=30,
+                     step=0.002)
+            time.sleep(rng.uniform(0, 0.03))
+        else:
+            time.sleep(rng.uniform(0.05, 2.5))
+        bg.stop(signal.SIGKILL)
+        p.release_token()
+        t.note(f"kill {i} ({how}): {p.refreshes - before} refreshes")
+        rt = read_token(t, "k")["refresh-token"]
+        assert p.alive(rt), f"kill {i} ({how}): the stored refresh token " \
+            "is dead"
+    r = once(t, cfg)
+    assert r.rc == 0, f"exit {r.rc}: {r.account('k')['error']}"
+    mt.assert_maildir(t.tmp / "Maildir-k", sent)
+
+
+@tap.test(name="daemon: invalid_grant on one account of three: 'needs "
+          "authorization' once in the log, in --status and --check, no "
+          "more requests for it; the other two keep fetching; a new token "
+          "file is picked up", timeout=240)
+def test_invalid_grant_one_of_three(t):
+    srv = t.fx.dovecot(t)
+    p = provider(t)
+    rts, accts = {}, []
+    for name, user in (("a", "user1"), ("b", "user2"), ("c", "user3")):
+        srv.set_mailbox(user, msgs(f"ig1/{name}", 1))
+        rts[name] = p.grant(user)
+        write_token(t, name, rts[name])
+        accts.append(account(t, p, name, user=user, srv=srv,
+                             poll_interval=mt.Raw("1s")))
+    p.invalid_grant(rts["b"])
+    cfg = config(t, accts)
+    bg = daemon(t, cfg)
+    for name in ("a", "c"):
+        wait_for(f"{name}'s first mail", lambda n=name: len(mt.read_maildir(
+            t.tmp / f"Maildir-{n}")) == 1, limit=30)
+    wait_for("b's failure", lambda: summaries(bg, "b"), limit=30)
+    # a few more polls of the others, with new mail
+    later = {n: msgs(f"ig2/{n}", 2) for n in ("a", "c")}
+    srv.add_messages("user1", later["a"])
+    srv.add_messages("user3", later["c"])
+    polls_a = len(summaries(bg, "a"))
+    wait_for("more polls", lambda: len(summaries(bg, "a")) >= polls_a + 4,
+             limit=60)
+    for name, user in (("a", "user1"), ("c", "user3")):
+        wait_for(f"{name}'s later mail", lambda n=name: len(
+            mt.read_maildir(t.tmp / f"Maildir-{n}")) == 3, limit=30)
+    log = bg.stderr()
+    said = log.count("needs authorization: run maild --authorize b")
+    assert said == 1, f"said {said} times:\n{log}"
+    assert "--authorize a" not in log and "--authorize c" not in log
+    b_requests = [f for f in p.token_requests("refresh_token")
+                  if f.get("refresh_token") == rts["b"]]
+    assert len(b_requests) == 1, f"{len(b_requests)} requests for b"
+    st = status(t, cfg)
+    assert re.search(r"account b: needs-authorization", st), st
+    assert "run maild --authorize b" in st, st
+    assert not re.search(r"account a: needs-authorization", st), st
+
+    r = mt.run_maild(["--check", "b", "-f", cfg], timeout=60)
+    assert r.rc == mt.EX_NOPERM, f"--check b: exit {r.rc}"
+    assert "needs authorization: run maild --authorize b" in r.stdout, \
+        r.stdout
+
+    # the person runs maild --authorize b: a new token file
+    srv.add_messages("user2", msgs("ig3/b", 1))
+    write_token(t, "b", p.grant("user2"))
+    wait_for("b's mail after the new token", lambda: len(mt.read_maildir(
+        t.tmp / "Maildir-b")) == 2, limit=30)
+    assert "token file changed" in bg.stderr()
+    bg.stop(signal.SIGTERM)
+
+
+@tap.test(name="daemon: a token endpoint that hangs holds up only the "
+          "account that asked; it times out (temporary) and the account "
+          "fetches later", timeout=180)
+def test_hanging_endpoint(t):
+    srv = t.fx.dovecot(t)
+    p = provider(t)
+    accts = []
+    for name, user in (("h1", "user1"), ("h2", "user2")):
+        srv.set_mailbox(user, msgs(f"hang/{name}", 2))
+        write_token(t, name, p.grant(user))
+        accts.append(account(t, p, name, user=user, srv=srv,
+                             poll_interval=mt.Raw("1s")))
+    p.faults = ["hang"]
+    cfg = config(t, accts, timeout=4)
+    bg = daemon(t, cfg)
+    wait_for("a hanging request", lambda: p.hanging > 0, limit=30)
+    first = {}
+
+    def one_fetched():
+        for n in ("h1", "h2"):
+            if len(mt.read_maildir(t.tmp / f"Maildir-{n}")) == 2:
+                first[n] = p.hanging
+                return True
+        return False
+    wait_for("one account's mail", one_fetched, limit=30)
+    assert list(first.values())[0] > 0, \
+        "the other account fetched only after the hang ended"
+    for n in ("h1", "h2"):
+        wait_for(f"{n}'s mail", lambda n=n: len(mt.read_maildir(
+            t.tmp / f"Maildir-{n}")) == 2, limit=60)
+    hung = [n for n in ("h1", "h2") if n not in first][0]
+    errs = [r["error"] for r in summaries(bg, hung) if r["error"]]
+    assert errs and "no complete reply" in errs[0], errs
+    assert "needs authorization" not in bg.stderr()
+    p.release()
+    bg.stop(signal.SIGTERM)
+
+
+@tap.test(name="--once: 503 and a dropped connection at the token "
+          "endpoint are temporary (75, not 'needs authorization'); the "
+          "next run fetches")
+def test_5xx_temporary(t):
+    srv = t.fx.dovecot(t)
+    p = provider(t)
+    m = msgs("5xx")
+    srv.set_mailbox("user1", m)
+    write_token(t, "x", p.grant("user1"))
+    cfg = config(t, [account(t, p, "x", srv=srv)])
+    for fault, want in ((503, "HTTP 503"), ("drop", "token endpoint")):
+        p.faults = [fault]
+        r = once(t, cfg)
+        assert r.rc == mt.EX_TEMPFAIL, f"{fault}: exit {r.rc}"
+        err = r.account("x")["error"]
+        assert want in err and "needs authorization" not in err, err
+    r = once(t, cfg)
+    assert r.rc == 0, f"exit {r.rc}: {r.account('x')['error']}"
+    mt.assert_maildir(t.tmp / "Maildir-x", m)
+
+
+@tap.test(name="--once: a public client sent a secret (AADSTS700025): 78 "
+          "and the hint to remove oauth2-client-secret; a confidential "
+          "one gets its secret from oauth2-client-secret-command")
+def test_client_secret(t):
+    p = mock(t, public=True)
+    write_token(t, "pub", p.grant())
+    cfg = config(t, [account(t, p, "pub", oauth2_client_secret="s3cr3t")])
+    r = once(t, cfg)
+    assert r.rc == mt.EX_CONFIG, f"exit {r.rc}"
+    err = r.account("pub")["error"]
+    assert "AADSTS700025" in err and "remove oauth2-client-secret" in err, \
+        err
+
+    srv = t.fx.dovecot(t)
+    p = provider(t)
+    p.client_secret = "conf-S3cret"
+    m = msgs("secret")
+    srv.set_mailbox("user1", m)
+    write_token(t, "conf", p.grant("user1"))
+    a = account(t, p, "conf", srv=srv)
+    del a["oauth2_client_secret"]
+    a["oauth2_client_secret_command"] = "echo conf-S3cret"
+    cfg = config(t, [a])
+    r = once(t, cfg)
+    assert r.rc == 0, f"exit {r.rc}: {r.account('conf')['error']}"
+    mt.assert_maildir(t.tmp / "Maildir-conf", m)
+    assert p.token_requests()[-1].get("client_secret") == "conf-S3cret"
+    p.client_secret = None
+
+
+
+@tap.test(name="--once: the token endpoint's certificate is verified "
+          "like a mail server's (ca-file of another CA: 77, why, the "
+          "token never sent)")
+def test_token_endpoint_tls(t):
+    p = mock(t)
+    rt = p.grant()
+    write_token(t, "tls", rt)
+    cfg = config(t, [account(t, p, "tls",
+                             ca_file=str(certs.get().other_ca))])
+    r = once(t, cfg)
+    assert r.rc == mt.EX_NOPERM, f"exit {r.rc}"
+    err = r.account("tls")["error"]
+    assert "certificate verification failed for 127.0.0.1" in err, err
+    assert not p.token_requests(), "the refresh token went out"
 
 
 if __name__ == "__main__":

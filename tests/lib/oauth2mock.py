@@ -46,7 +46,7 @@ secret gets AADSTS700025.
 
 Everything is recorded: p.requests (path, form, time), p.refreshes
 (count), p.introspected (token, active), p.used_access (tokens the
-introspection accepted).  Stop with p.close() (or the context manager).
+introspection accepted), p.hanging (token requests hanging now).  Stop with p.close() (or the context manager).
 """
 
 import base64
@@ -166,6 +166,7 @@ class Provider:
         self.introspected = []
         self.used_access = []
         self.refreshes = 0
+        self.hanging = 0            # token requests hanging now
         self.refresh_tokens = {}    # rt -> {user, alive, parent}
         self.access_tokens = {}     # at -> {user, expires, rt}
         self.codes = {}             # code -> {user, redirect, challenge}
@@ -327,10 +328,16 @@ class Provider:
         if f == "drop":
             return "drop"
         if f == "hang":
+            with self.lock:
+                self.hanging += 1
             deadline = time.monotonic() + HANG_LIMIT
-            while not self._release.is_set() and not self._closed and \
-                    time.monotonic() < deadline:
-                self._release.wait(0.1)
+            try:
+                while not self._release.is_set() and not self._closed \
+                        and time.monotonic() < deadline:
+                    self._release.wait(0.1)
+            finally:
+                with self.lock:
+                    self.hanging -= 1
             return (503, {"error": "server_error"})
         raise ValueError(f"unknown fault {f!r}")
 
