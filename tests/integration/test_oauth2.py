@@ -237,7 +237,8 @@ def check_conf(t, accounts):
 
 
 @tap.test(name="config: google and microsoft presets and a custom "
-          "provider are accepted; -n passes")
+          "provider are accepted; -n passes, and warns while there is no "
+          "token")
 def test_conf_presets(t):
     r = check_conf(t, [
         {"name": "g", "host": "pop.gmail.com", "user": "me@gmail.com",
@@ -251,6 +252,12 @@ def test_conf_presets(t):
          "auth": "oauthbearer"},
         account(t, provider(t), "c")])
     assert r.rc == 0, r.stderr
+    for name in ("g", "m", "c"):
+        assert f'account "{name}" has no OAuth2 token yet' in r.stderr and \
+            f"run maild --authorize {name}" in r.stderr, r.stderr
+    write_token(t, "c", "rt-1")
+    r = check_conf(t, [account(t, provider(t), "c")])
+    assert r.rc == 0 and "no OAuth2 token" not in r.stderr, r.stderr
 
 
 def _conf_error_test(extra, drop, want):
