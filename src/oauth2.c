@@ -1032,9 +1032,11 @@ oauth2_locked(struct oauth2_refresh *r)
 	oauth2_file_id(c->file, &r->id);
 	if (oauth2_file_read(c->file, &r->old, &cause) == -1) {
 		if (errno == ENOENT) {
+			struct oauth2_file_id	id = r->id;
+
 			free(cause);
 			oauth2_refresh_end(r);
-			oauth2_needs(c, &r->id, "there is no token yet");
+			oauth2_needs(c, &id, "there is no token yet");
 			return;
 		}
 		oauth2_fail(r, EXIT_CONFIG, "%s", cause);
@@ -1099,7 +1101,7 @@ oauth2_reply_cb(const struct http_reply *reply, void *arg)
 	struct oauth2_cache	*c = r->c;
 	struct oauth2_tokens	 t;
 	struct oauth2_error	 e;
-	struct oauth2_file_id	 now;
+	struct oauth2_file_id	 now, id;
 	char			*cause = NULL, why[512];
 	int			 rotated;
 
@@ -1124,8 +1126,9 @@ oauth2_reply_cb(const struct http_reply *reply, void *arg)
 			snprintf(why, sizeof why, "the provider refused the "
 			    "refresh token: invalid_grant%s%s", e.desc[0] ?
 			    ": " : "", e.desc);
+			id = r->id;
 			oauth2_refresh_end(r);
-			oauth2_needs(c, &r->id, why);
+			oauth2_needs(c, &id, why);
 			return;
 		}
 		oauth2_fail(r, EXIT_CONFIG, "the OAuth2 token endpoint refused "
