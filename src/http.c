@@ -467,6 +467,7 @@ http_listen(struct event_base *base, int *port, http_listen_cb cb, void *arg,
 	struct sockaddr_in		 sin;
 	socklen_t			 slen = sizeof sin;
 
+	memset(&sin, 0, sizeof sin);
 	l = xcalloc(1, sizeof *l);
 	l->cb = cb;
 	l->arg = arg;

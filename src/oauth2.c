@@ -75,7 +75,7 @@
 /* The token file: a few tokens and comments. */
 #define OAUTH2_FILE_MAX		65536
 /* Another process refreshing the same account: look again after this. */
-#define OAUTH2_LOCK_RETRY_MS	200
+#define OAUTH2_LOCK_RETRY_US	200000L
 /* A token lives at most this long, whatever expires_in says. */
 #define OAUTH2_EXPIRES_MAX	(366L * 86400)
 
@@ -288,7 +288,7 @@ oauth2_file_read(const char *path, struct oauth2_tokens *t, char **cause)
 	ssize_t		 n;
 	size_t		 len = 0;
 	int		 fd, saved;
-	long long	 exp;
+	uint64_t	 exp;
 
 	memset(t, 0, sizeof *t);
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) == -1) {
@@ -328,7 +328,7 @@ oauth2_file_read(const char *path, struct oauth2_tokens *t, char **cause)
 		    t->access == NULL && oauth2_token_ok(val, strlen(val)))
 			t->access = xstrdup(val);
 		else if (strcmp(line, "access-expires") == 0 &&
-		    sscanf(val, "%lld", &exp) == 1 && exp >= 0)
+		    parse_u64(val, INT64_MAX, &exp) == 0)
 			t->expires = (time_t)exp;
 		else if (strcmp(line, "refresh-token") == 0 ||
 		    strcmp(line, "access-token") == 0)
@@ -765,15 +765,15 @@ static void
 oauth2_needs(struct oauth2_cache *c, const struct oauth2_file_id *id,
     const char *why)
 {
-	char	*msg;
+	char	*msg, *copy = xstrdup(why);	/* why may be needs_why */
 
 	c->needs_auth = 1;
 	c->refused_id = *id;
 	free(c->needs_why);
-	c->needs_why = xstrdup(why);
+	c->needs_why = copy;
 	oauth2_forget_access(c);
 	xasprintf(&msg, "needs authorization: run maild --authorize %s (%s)",
-	    c->name, why);
+	    c->name, c->needs_why);
 	oauth2_answer(c, msg, EXIT_NOPERM);
 	free(msg);
 }
@@ -847,10 +847,13 @@ void
 oauth2_shutdown(void)
 {
 	struct oauth2_cache	*c;
+	struct oauth2_job	*job, *next;
 
 	while ((c = TAILQ_FIRST(&caches)) != NULL) {
-		while (!TAILQ_EMPTY(&c->jobs))
-			oauth2_cancel(TAILQ_FIRST(&c->jobs));
+		for (job = TAILQ_FIRST(&c->jobs); job != NULL; job = next) {
+			next = TAILQ_NEXT(job, entry);
+			oauth2_cancel(job);
+		}
 		if (c->refresh != NULL)
 			oauth2_refresh_end(c->refresh);
 		TAILQ_REMOVE(&caches, c, entry);
@@ -914,6 +917,11 @@ oauth2_fail(struct oauth2_refresh *r, int code, const char *fmt, ...)
 static void
 oauth2_use(struct oauth2_cache *c, char **access, time_t expires)
 {
+	if (*access == NULL) {
+		oauth2_answer(c, "internal error: no access token",
+		    EXIT_SOFTWARE);
+		return;
+	}
 	oauth2_forget_access(c);
 	c->access = *access;
 	c->accesslen = strlen(c->access);
@@ -1005,7 +1013,7 @@ static void
 oauth2_locked(struct oauth2_refresh *r)
 {
 	struct oauth2_cache	*c = r->c;
-	struct timeval		 tv = { 0, OAUTH2_LOCK_RETRY_MS * 1000 };
+	struct timeval		 tv = { 0, OAUTH2_LOCK_RETRY_US };
 	char			*cause = NULL;
 	long			 holder;
 
