@@ -16,8 +16,9 @@
 
 
 /*
- * oauth2.h: what oauth2.c shares with config.c (the providers' presets)
- * and with authorize.c (the token file, the token endpoint's replies).
+ * oauth2.h: oauth2_token.c, the parts of OAuth2 without an event loop
+ * (the providers' presets, the token file, the token endpoint's
+ * replies), for config.c, oauth2.c and authorize.c.
  */
 
 #ifndef OAUTH2_H
@@ -67,6 +68,7 @@ int		 oauth2_token_reply(int, const char *, size_t,
 		     struct oauth2_tokens *, struct oauth2_error *);
 const char	*oauth2_error_hint(const struct oauth2_error *);
 char		*oauth2_form(const char *, ...);
+void		 oauth2_json_init(void);
 const char	*oauth2_json_string(const char *, size_t, const char *,
 		     char *, size_t);
 long		 oauth2_json_integer(const char *, size_t, const char *);
