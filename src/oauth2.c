@@ -267,9 +267,10 @@ oauth2_answer(struct oauth2_cache *c, const char *error, int code)
 		if (job->answered)
 			continue;
 		job->answered = 1;
-		if (error != NULL) {
-			job->error = xstrdup(error);
-			job->code = code;
+		if (error != NULL || c->access == NULL) {
+			job->error = xstrdup(error != NULL ? error :
+			    "internal error: no access token");
+			job->code = error != NULL ? code : EXIT_SOFTWARE;
 		} else {
 			job->token = xmalloc(c->accesslen + 1);
 			memcpy(job->token, c->access, c->accesslen + 1);
