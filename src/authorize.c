@@ -113,16 +113,15 @@ authz_b64url(const void *data, size_t len, char *out, size_t size)
 {
 	char	*b = auth_b64(data, len), *p;
 
-	for (p = b; *p != '\0'; p++) {
+	for (p = b; *p != '\0' && *p != '='; p++) {
 		if (*p == '+')
 			*p = '-';
 		else if (*p == '/')
 			*p = '_';
-		else if (*p == '=')
-			*p = '\0';
 	}
+	*p = '\0';
 	snprintf(out, size, "%s", b);
-	free(b);
+	freezero_str(b);	/* the PKCE verifier is a secret */
 }
 
 /* Keep the tokens and say what comes next. */
