@@ -410,6 +410,11 @@ account_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 	if (stopping || a->session != NULL || a->queued || a->removed)
 		return;
+	/* OAuth2: nothing to try until maild --authorize (or SIGHUP). */
+	if (mode == ACCOUNTS_DAEMON && oauth2_needs_authorization(a->ac)) {
+		account_schedule(a, a->ac->poll_interval);
+		return;
+	}
 	if (active >= current->max_connections) {
 		a->queued = 1;
 		TAILQ_INSERT_TAIL(&waitq, a, waiting);
@@ -629,6 +634,8 @@ account_done_cb(struct session_result *r, int final, void *arg)
 		a->last_error = r->error != NULL ? xstrdup(r->error) : NULL;
 		if (r->exitcode == 0)
 			a->last_success = time(NULL);
+		if (r->exitcode == EXIT_NOPERM)
+			oauth2_token_refused(a->ac);
 	}
 	next = account_next_delay_ms(a, r);
 	if (a->next_conf != NULL && a->next_ac != NULL &&
@@ -761,8 +768,10 @@ accounts_write_status(void)
 	n = 0;
 	TAILQ_FOREACH(a, &accounts, entry) {
 		sa[n].name = a->ac->name;
-		sa[n].state = a->session != NULL ? "polling" : a->polls == 0 ?
-		    "waiting" : a->exitcode == 0 ? "ok" : "failing";
+		sa[n].state = a->session != NULL ? "polling" :
+		    oauth2_needs_authorization(a->ac) ? "needs-authorization" :
+		    a->polls == 0 ? "waiting" : a->exitcode == 0 ? "ok" :
+		    "failing";
 		sa[n].failing = a->exitcode != 0 && a->polls > 0;
 		sa[n].last_poll = a->last_poll;
 		sa[n].last_success = a->last_success;
@@ -772,6 +781,7 @@ accounts_write_status(void)
 		sa[n].fetched_total = a->fetched_total;
 		sa[n].failures = a->failures;
 		sa[n].error = a->last_error;
+		oauth2_status(a->ac, sa[n].token, sizeof sa[n].token);
 		n++;
 	}
 	status_write(current->state_dir, mode, sa, n);

@@ -337,6 +337,14 @@ check_account_paths(const struct config *conf, const struct account_conf *a)
 		free(why);
 		r = -1;
 	}
+	if (a->oauth2_secret_source == SECRET_FILE &&
+	    private_path("oauth2-client-secret-file", a->oauth2_client_secret,
+	    &why) == -1) {
+		check_problem(conf, a->line, "account \"%s\": %s", a->name,
+		    why);
+		free(why);
+		r = -1;
+	}
 	if (a->tls_key_file != NULL &&
 	    private_path("tls-key-file", a->tls_key_file, &why) == -1) {
 		check_problem(conf, a->line, "account \"%s\": %s", a->name,
@@ -345,6 +353,18 @@ check_account_paths(const struct config *conf, const struct account_conf *a)
 		r = -1;
 	}
 	return (r);
+}
+
+/* Built-in OAuth2 without a token yet: say what to run. */
+static void
+check_oauth2_token(const struct config *conf, const struct account_conf *a)
+{
+	if (a->oauth2_provider == OAUTH2_NONE ||
+	    access(a->oauth2_file, F_OK) == 0 || errno != ENOENT)
+		return;
+	check_problem(conf, a->line, "warning: account \"%s\" has no OAuth2 "
+	    "token yet (%s): run maild --authorize %s", a->name,
+	    a->oauth2_file, a->name);
 }
 
 /* A port that says one thing and a tls setting that says another. */
@@ -507,6 +527,7 @@ check_config(const struct config *conf)
 		if (check_account_paths(conf, &conf->accounts[i]) == -1)
 			r = -1;
 		check_port_tls(conf, &conf->accounts[i]);
+		check_oauth2_token(conf, &conf->accounts[i]);
 	}
 	check_same_mailbox(conf);
 	return (r);

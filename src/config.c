@@ -41,6 +41,8 @@
 
 #include "maild.h"
 #include "confuse_compat.h"
+#include "http.h"
+#include "oauth2.h"
 
 #define DEFAULT_POLL_INTERVAL	300
 #define DEFAULT_TIMEOUT		60
@@ -88,6 +90,8 @@ static int	conf_account_delivery(cfg_t *, struct config *,
 static int	conf_account_policy(cfg_t *, struct config *,
 		    struct account_conf *);
 static int	conf_account_wire(cfg_t *, const struct account_conf *);
+static int	conf_account_oauth2(cfg_t *, struct config *,
+		    struct account_conf *);
 static int	conf_path(cfg_t *, const char *, char **);
 static int	conf_string(cfg_t *, const char *, int, char **);
 
@@ -130,6 +134,16 @@ static cfg_opt_t account_opts[] = {
 	CFG_STR("on-new-mail", NULL, CFGF_NODEFAULT),
 	CFG_STR("dedupe", "no", CFGF_NONE),
 	CFG_INT_CB("dedupe-days", 0, CFGF_NODEFAULT, conf_number_cb),
+	CFG_STR("oauth2-provider", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-client-id", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-client-secret", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-client-secret-file", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-client-secret-command", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-auth-url", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-token-url", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-device-url", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-scope", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-tenant", NULL, CFGF_NODEFAULT),
 	CFG_END()
 };
 
@@ -574,6 +588,21 @@ conf_account_secret(cfg_t *sec, struct account_conf *a)
 	size_t		 i, n = 0;
 	int		 r;
 
+	if (cfg_size(sec, "oauth2-provider") > 0) {
+		for (i = 0; i < sizeof sources / sizeof sources[0]; i++) {
+			if (cfg_size(sec, sources[i].opt) == 0)
+				continue;
+			conf_account_error(sec, sources[i].opt, "%s and "
+			    "oauth2-provider exclude each other: with "
+			    "oauth2-provider maild gets the token itself (remove "
+			    "%s), or a command of yours does (remove the "
+			    "oauth2-* options)", sources[i].opt,
+			    sources[i].opt);
+			return (-1);
+		}
+		a->secret_source = SECRET_OAUTH2;
+		return (0);
+	}
 	for (i = 0; i < sizeof sources / sizeof sources[0]; i++) {
 		if (cfg_size(sec, sources[i].opt) == 0)
 			continue;
@@ -589,7 +618,8 @@ conf_account_secret(cfg_t *sec, struct account_conf *a)
 	}
 	if (n != 1) {
 		conf_account_error(sec, NULL, "give exactly one of password, "
-		    "password-file, password-command and password-credential");
+		    "password-file, password-command and password-credential "
+		    "(or oauth2-provider)");
 		return (-1);
 	}
 	if (a->secret_source == SECRET_CREDENTIAL &&
@@ -873,6 +903,161 @@ conf_account_delivery(cfg_t *sec, struct config *conf, struct account_conf *a)
 }
 
 /*
+ * Which mail service an account's OAuth2 token is for: Microsoft grants
+ * POP3 and IMAP with different scopes.  conf_account_protocol() has set
+ * the protocol by then.
+ */
+static int
+conf_oauth2_service(const struct account_conf *a)
+{
+	return (a->protocol == PROTOCOL_IMAP ? OAUTH2_SERVICE_IMAP :
+	    OAUTH2_SERVICE_POP3);
+}
+
+/* oauth2-client-secret, -file or -command: at most one. */
+static int
+conf_oauth2_secret(cfg_t *sec, struct account_conf *a)
+{
+	static const struct {
+		const char		*opt;
+		enum secret_source	 source;
+		int			 path;
+	} sources[] = {
+		{ "oauth2-client-secret", SECRET_PASSWORD, 0 },
+		{ "oauth2-client-secret-file", SECRET_FILE, 1 },
+		{ "oauth2-client-secret-command", SECRET_COMMAND, 0 },
+	};
+	size_t	i, n = 0;
+	int	r;
+
+	for (i = 0; i < sizeof sources / sizeof sources[0]; i++) {
+		if (cfg_size(sec, sources[i].opt) == 0)
+			continue;
+		if (n++ > 0) {
+			conf_account_error(sec, sources[i].opt, "give at most "
+			    "one of oauth2-client-secret, "
+			    "oauth2-client-secret-file and "
+			    "oauth2-client-secret-command");
+			return (-1);
+		}
+		a->oauth2_secret_source = sources[i].source;
+		if (sources[i].path)
+			r = conf_path(sec, sources[i].opt,
+			    &a->oauth2_client_secret);
+		else
+			r = conf_string(sec, sources[i].opt, 1,
+			    &a->oauth2_client_secret);
+		if (r == -1)
+			return (-1);
+	}
+	return (0);
+}
+
+/* An endpoint option: replaces the preset's URL if given. */
+static int
+conf_oauth2_url(cfg_t *sec, const char *opt, char **url)
+{
+	char	*v, why[512];
+
+	if (cfg_size(sec, opt) == 0)
+		return (0);
+	if (conf_string(sec, opt, 1, &v) == -1)
+		return (-1);
+	if (http_url_check(v, 0, why, sizeof why) == -1) {
+		conf_account_error(sec, opt, "%s: %s", opt, why);
+		free(v);
+		return (-1);
+	}
+	free(*url);
+	*url = v;
+	return (0);
+}
+
+/*
+ * Built-in OAuth2: the provider's preset, what the options change in it,
+ * the client, and the token file in the state directory.
+ */
+static int
+conf_account_oauth2(cfg_t *sec, struct config *conf, struct account_conf *a)
+{
+	static const char *const providers[] = { "google", "microsoft",
+	    "custom", NULL };
+	static const char *const opts[] = { "oauth2-client-id",
+	    "oauth2-client-secret", "oauth2-client-secret-file",
+	    "oauth2-client-secret-command", "oauth2-auth-url",
+	    "oauth2-token-url", "oauth2-device-url", "oauth2-scope",
+	    "oauth2-tenant", NULL };
+	struct oauth2_endpoints	 e;
+	size_t			 i;
+	int			 r;
+
+	if (cfg_size(sec, "oauth2-provider") == 0) {
+		for (i = 0; opts[i] != NULL; i++) {
+			if (cfg_size(sec, opts[i]) > 0) {
+				conf_account_error(sec, opts[i], "%s needs "
+				    "oauth2-provider (google, microsoft or "
+				    "custom)", opts[i]);
+				return (-1);
+			}
+		}
+		return (0);
+	}
+	if ((r = conf_keyword(sec, "oauth2-provider", providers)) == -1)
+		return (-1);
+	a->oauth2_provider = (enum oauth2_provider)(r + 1);
+	if (conf_string(sec, "oauth2-client-id", 1, &a->oauth2_client_id) ==
+	    -1 || conf_oauth2_secret(sec, a) == -1 ||
+	    conf_string(sec, "oauth2-tenant", 0, &a->oauth2_tenant) == -1)
+		return (-1);
+	if (a->oauth2_tenant != NULL && (a->oauth2_provider !=
+	    OAUTH2_MICROSOFT || strspn(a->oauth2_tenant, "abcdefghijklmnopq"
+	    "rstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") !=
+	    strlen(a->oauth2_tenant))) {
+		conf_account_error(sec, "oauth2-tenant", a->oauth2_provider ==
+		    OAUTH2_MICROSOFT ? "oauth2-tenant is a tenant's ID or "
+		    "domain name, or common, organizations or consumers" :
+		    "oauth2-tenant is for oauth2-provider = microsoft");
+		return (-1);
+	}
+	oauth2_preset(a->oauth2_provider, a->oauth2_tenant,
+	    conf_oauth2_service(a), &e);
+	a->oauth2_auth_url = e.auth_url;
+	a->oauth2_token_url = e.token_url;
+	a->oauth2_device_url = e.device_url;
+	a->oauth2_scope = e.scope;
+	if (conf_oauth2_url(sec, "oauth2-auth-url", &a->oauth2_auth_url) ==
+	    -1 || conf_oauth2_url(sec, "oauth2-token-url",
+	    &a->oauth2_token_url) == -1 || conf_oauth2_url(sec,
+	    "oauth2-device-url", &a->oauth2_device_url) == -1)
+		return (-1);
+	if (cfg_size(sec, "oauth2-scope") > 0) {
+		free(a->oauth2_scope);
+		if (conf_string(sec, "oauth2-scope", 1, &a->oauth2_scope) == -1)
+			return (-1);
+	}
+	if (a->oauth2_token_url == NULL) {
+		conf_account_error(sec, "oauth2-provider", "oauth2-provider = "
+		    "custom needs oauth2-token-url");
+		return (-1);
+	}
+	if (a->oauth2_auth_url == NULL && a->oauth2_device_url == NULL) {
+		conf_account_error(sec, "oauth2-provider", "oauth2-provider = "
+		    "custom needs oauth2-device-url (for the device grant) or "
+		    "oauth2-auth-url (for the authorization code grant)");
+		return (-1);
+	}
+	if (a->auth == AUTH_AUTO)
+		a->auth = AUTH_XOAUTH2;
+	else if (a->auth != AUTH_XOAUTH2 && a->auth != AUTH_OAUTHBEARER) {
+		conf_account_error(sec, "auth", "with oauth2-provider, auth is "
+		    "xoauth2 or oauthbearer (an OAuth2 token is no password)");
+		return (-1);
+	}
+	xasprintf(&a->oauth2_file, "%s/%s.oauth2", conf->state_dir, a->name);
+	return (0);
+}
+
+/*
  * Is host a host name or an address maild can connect to, give as TLS
  * SNI and put in an OAUTHBEARER message?  NULL if so, else why not.
  */
@@ -997,6 +1182,7 @@ conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 	    conf_account_secret(sec, a) == -1 ||
 	    conf_account_tls(sec, a) == -1 ||
 	    conf_account_policy(sec, conf, a) == -1 ||
+	    conf_account_oauth2(sec, conf, a) == -1 ||
 	    conf_account_wire(sec, a) == -1)
 		return (-1);
 	if (a->move_to != NULL && a->keep) {
@@ -1153,7 +1339,8 @@ conf_check_secrecy(const char *path, const struct config *conf)
 	size_t		i;
 
 	for (i = 0; i < conf->naccounts; i++) {
-		if (conf->accounts[i].secret_source == SECRET_PASSWORD)
+		if (conf->accounts[i].secret_source == SECRET_PASSWORD ||
+		    conf->accounts[i].oauth2_secret_source == SECRET_PASSWORD)
 			break;
 	}
 	if (i == conf->naccounts)
@@ -1162,10 +1349,13 @@ conf_check_secrecy(const char *path, const struct config *conf)
 		return (0);	/* parsed already; nothing sensible to add */
 	if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
 		conf_errorx(conf->accounts[i].line, "account \"%s\" has a "
-		    "password, but the file is readable by others (mode %04o); "
-		    "run 'chmod 600 %s' or use password-file",
-		    conf->accounts[i].name, (unsigned)(sb.st_mode & 07777),
-		    path);
+		    "%s, but the file is readable by others (mode %04o); "
+		    "run 'chmod 600 %s' or use %s-file",
+		    conf->accounts[i].name, conf->accounts[i].secret_source ==
+		    SECRET_PASSWORD ? "password" : "oauth2-client-secret",
+		    (unsigned)(sb.st_mode & 07777), path,
+		    conf->accounts[i].secret_source == SECRET_PASSWORD ?
+		    "password" : "oauth2-client-secret");
 		return (-1);
 	}
 	return (0);
@@ -1342,6 +1532,17 @@ conf_account_free(struct account_conf *a)
 			free(*f);
 		free(a->folders);
 	}
+	free(a->oauth2_client_id);
+	if (a->oauth2_secret_source == SECRET_PASSWORD)
+		freezero_str(a->oauth2_client_secret);
+	else
+		free(a->oauth2_client_secret);
+	free(a->oauth2_auth_url);
+	free(a->oauth2_token_url);
+	free(a->oauth2_device_url);
+	free(a->oauth2_scope);
+	free(a->oauth2_tenant);
+	free(a->oauth2_file);
 }
 
 /* Keep only the named account (maild --check name); -1 if there is none. */

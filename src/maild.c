@@ -59,7 +59,7 @@ static int		daemon_lock(const struct config *);
 
 /* The SYNOPSIS of maild(8) says the same, to the character. */
 #define USAGE	"usage: maild [-dhnvV] [-f file] [--once | --check [account] " \
-		"| --status]\n"
+		"| --status | --authorize account]\n"
 
 static __dead void
 usage(void)
@@ -89,6 +89,9 @@ help(void)
 	    "nothing\n"
 	    "  --status           show what the daemon last did, per "
 	    "account\n"
+	    "  --authorize account  sign in at the account's OAuth2 provider "
+	    "and store\n"
+	    "                     the token (oauth2-provider accounts)\n"
 	    "  --core-dumps       allow core dumps (for debugging: they hold "
 	    "passwords)\n"
 	    "\n"
@@ -171,6 +174,8 @@ reload(void)
 	}
 	/* The trust store is read again, like the rest of the setup. */
 	tls_shutdown();
+	/* Accounts that need OAuth2 authorization are tried again. */
+	oauth2_reload();
 	changes = accounts_reload(conf);
 	config_free(conf);
 	log_info("reloaded %s: %d account%s added, removed or changed",
@@ -248,6 +253,7 @@ main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "core-dumps", no_argument, NULL, 'C' },
+		{ "authorize", required_argument, NULL, 'A' },
 		{ NULL, 0, NULL, 0 }
 	};
 	struct config		*conf;
@@ -255,7 +261,7 @@ main(int argc, char **argv)
 	struct event		*sigev[4];
 	const int		 sigs[4] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
 	char			*cause = NULL;
-	const char		*check_name = NULL;
+	const char		*check_name = NULL, *authorize = NULL;
 	int			 ch, foreground = 0, verbose = 0, check = 0;
 	int			 once = 0, online = 0, status = 0, code, i;
 	int			 cores = 0, lockfd = -1;
@@ -293,13 +299,17 @@ main(int argc, char **argv)
 		case 'C':
 			cores = 1;
 			break;
+		case 'A':
+			authorize = optarg;
+			break;
 		default:
 			usage();
 		}
 	}
 	if (online && optind < argc)
 		check_name = argv[optind++];
-	if (optind != argc || once + online + status + check > 1)
+	if (optind != argc || once + online + status + check +
+	    (authorize != NULL) > 1)
 		usage();
 	if (!cores)
 		no_core_dumps();
@@ -328,6 +338,22 @@ main(int argc, char **argv)
 	}
 	if (status) {
 		code = status_show(conf);
+		config_free(conf);
+		free(conf_path);
+		exit(code);
+	}
+	if (authorize != NULL) {
+		log_init(1, verbose);
+		signal(SIGPIPE, SIG_IGN);
+		if ((base = event_base_new()) == NULL)
+			fatalx("event_base_new failed");
+		env.base = base;
+		env.dns = dns_init(base);
+		oauth2_init(base, env.dns);
+		code = authorize_run(&env, conf, authorize);
+		evdns_base_free(env.dns, 1);
+		event_base_free(base);
+		tls_shutdown();
 		config_free(conf);
 		free(conf_path);
 		exit(code);
@@ -361,6 +387,7 @@ main(int argc, char **argv)
 	}
 	env.base = base;
 	env.dns = dns_init(base);
+	oauth2_init(base, env.dns);
 	accounts_init(&env, conf, run_mode);
 	if (run_mode != ACCOUNTS_CHECK)
 		log_info("started: %zu account%s, %s", conf->naccounts,
@@ -374,6 +401,7 @@ main(int argc, char **argv)
 	if (stopping && run_mode == ACCOUNTS_DAEMON)
 		log_info("stopped");
 	accounts_free();
+	oauth2_shutdown();
 	for (i = 0; i < 4; i++)
 		event_free(sigev[i]);
 	if (grace != NULL)

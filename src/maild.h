@@ -66,7 +66,16 @@ enum secret_source {
 	SECRET_PASSWORD,	/* inline in the config */
 	SECRET_FILE,		/* first line of a file */
 	SECRET_COMMAND,		/* first line of a command's output */
-	SECRET_CREDENTIAL	/* $CREDENTIALS_DIRECTORY/<name> (systemd) */
+	SECRET_CREDENTIAL,	/* $CREDENTIALS_DIRECTORY/<name> (systemd) */
+	SECRET_OAUTH2		/* an access token from oauth2.c */
+};
+
+/* Who issues the OAuth2 tokens of an account (oauth2-provider). */
+enum oauth2_provider {
+	OAUTH2_NONE,		/* no built-in OAuth2 */
+	OAUTH2_GOOGLE,
+	OAUTH2_MICROSOFT,
+	OAUTH2_CUSTOM
 };
 
 enum tls_mode {
@@ -145,6 +154,20 @@ typedef uint8_t tls_pin[32];
 	F(enum auth_method,	auth,		ACF_VALUE)		\
 	/* 0: never pipeline */						\
 	F(int,			pipelining,	ACF_VALUE)		\
+	/* built-in OAuth2 (oauth2.c); OAUTH2_NONE: none */		\
+	F(enum oauth2_provider,	oauth2_provider, ACF_VALUE)		\
+	F(char *,		oauth2_client_id, ACF_STR)		\
+	/* the client secret: SECRET_NONE, or as for the password */	\
+	F(enum secret_source,	oauth2_secret_source, ACF_VALUE)	\
+	F(char *,		oauth2_client_secret, ACF_STR)		\
+	/* the provider's preset, or what the options say */		\
+	F(char *,		oauth2_auth_url, ACF_STR)		\
+	F(char *,		oauth2_token_url, ACF_STR)		\
+	F(char *,		oauth2_device_url, ACF_STR)		\
+	F(char *,		oauth2_scope,	ACF_STR)		\
+	F(char *,		oauth2_tenant,	ACF_STR)		\
+	/* <state-dir>/<name>.oauth2: the tokens */			\
+	F(char *,		oauth2_file,	ACF_STR)		\
 	/* seconds */							\
 	F(int,			poll_interval,	ACF_VALUE)		\
 	F(enum protocol,	protocol,	ACF_VALUE)		\
@@ -620,6 +643,18 @@ struct secret_job *secret_get(struct event_base *, const struct account_conf *,
 		     int, secret_cb, void *);
 void		 secret_cancel(struct secret_job *);
 
+/* oauth2.c: the token life of the accounts with built-in OAuth2. */
+struct oauth2_job;
+void		 oauth2_init(struct event_base *, struct evdns_base *);
+struct oauth2_job *oauth2_get(const struct account_conf *, int, secret_cb,
+		     void *);
+void		 oauth2_cancel(struct oauth2_job *);
+int		 oauth2_needs_authorization(const struct account_conf *);
+void		 oauth2_token_refused(const struct account_conf *);
+void		 oauth2_reload(void);
+void		 oauth2_status(const struct account_conf *, char *, size_t);
+void		 oauth2_shutdown(void);
+
 /* session.c */
 struct session_result {
 	int		 exitcode;	/* 0 or an EXIT_* code */
@@ -669,6 +704,10 @@ void		 session_stop(struct session *);
 void		 session_poll_now(struct session *);
 void		 session_abort(struct session *);
 
+/* authorize.c: maild --authorize */
+int		 authorize_run(const struct session_env *, struct config *,
+		     const char *);
+
 /* sdnotify.c */
 void		 sdnotify(const char *, ...) PRINTFLIKE(1, 2);
 void		 sdnotify_reloading(void);
@@ -676,7 +715,8 @@ void		 sdnotify_reloading(void);
 /* status.c: the status file, maild --status and the --check report. */
 struct status_account {
 	const char	*name;
-	const char	*state;		/* polling, waiting, ok or failing */
+	const char	*state;		/* polling, waiting, ok, failing or
+					   needs-authorization */
 	int		 failing;	/* its last poll failed */
 	time_t		 last_poll;	/* 0: never */
 	time_t		 last_success;
@@ -685,6 +725,7 @@ struct status_account {
 	unsigned long long fetched_total;
 	int		 failures;	/* in a row */
 	const char	*error;		/* of the last poll, or NULL */
+	char		 token[64];	/* oauth2_status() */
 };
 void		 status_write(const char *, int, const struct status_account *,
 		     size_t);

@@ -654,7 +654,9 @@ pop3_sasl_start(struct session *s)
 	p->flags &= ~P_SASL_IR;
 	ir = pop3_sasl_response(s);
 	snprintf(prefix, sizeof prefix, "AUTH %s ", mech);
-	if (ir != NULL && strlen(prefix) + strlen(ir) + 2 <= AUTH_LINE_MAX) {
+	/* Microsoft's POP3 takes XOAUTH2's response only after its "+ ". */
+	if (ir != NULL && p->method != AUTH_XOAUTH2 &&
+	    strlen(prefix) + strlen(ir) + 2 <= AUTH_LINE_MAX) {
 		snprintf(trace, sizeof trace, "AUTH %s ********", mech);
 		p->flags |= P_SASL_IR;
 		pop3_send_secret(s, CMD_AUTH, prefix, ir, strlen(ir), trace);
@@ -810,8 +812,10 @@ pop3_login_failed(struct session *s, const char *text, size_t len)
 		    auth_method_name(p->method));
 	else if (p->sasl_error != NULL)
 		snprintf(what, sizeof what, "login (%s) refused, the token was "
-		    "not accepted (%s); check password-command",
-		    auth_method_name(p->method), p->sasl_error);
+		    "not accepted (%s); %s", auth_method_name(p->method),
+		    p->sasl_error, s->ac->secret_source == SECRET_OAUTH2 ?
+		    "maild gets a new one for the next poll" :
+		    "check password-command");
 	else
 		snprintf(what, sizeof what, "login (%s) refused; check user "
 		    "and password", auth_method_name(p->method));

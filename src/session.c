@@ -273,7 +273,9 @@ session_secret_cb(char *secret, size_t len, const char *error, int code,
 
 	s->secret_job = NULL;
 	if (secret == NULL) {
-		session_fail(s, code, "cannot get the password: %s", error);
+		session_fail(s, code, "cannot get the %s: %s",
+		    s->ac->secret_source == SECRET_OAUTH2 ?
+		    "OAuth2 access token" : "password", error);
 		return;
 	}
 	s->secret = secret;

@@ -110,6 +110,7 @@ status_print_account(FILE *f, const struct status_account *a)
 	    status_time(a->last_success, t2, sizeof t2),
 	    status_time(a->next_poll, t3, sizeof t3), a->fetched,
 	    a->fetched_total, a->failures);
+	fputs(a->token, f);
 	if (a->error != NULL)
 		fprintf(f, " error=\"%s\"", log_escape(esc, sizeof esc,
 		    a->error, strlen(a->error)));
@@ -228,6 +229,11 @@ status_show(const struct config *conf)
 		    FIELD("fetched-total", 0));
 		printf("  failures        %s in a row\n", FIELD("failures", 1));
 		printf("  last error      %s\n", FIELD("error", 2));
+		if (strcmp(FIELD("token-expires", 3), "-") != 0)
+			printf("  token expires   %s\n", v[3]);
+		if (strcmp(FIELD("state", 5), "needs-authorization") == 0)
+			printf("  to do           run maild --authorize %s\n",
+			    FIELD("account", 4));
 	}
 #undef FIELD
 	fclose(f);

@@ -58,7 +58,7 @@ def test_version_long(t):
 
 
 USAGE = ("usage: maild [-dhnvV] [-f file] [--once | --check [account] | "
-         "--status]")
+         "--status | --authorize account]")
 MAN8 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                     "man", "maild.8")
 # option -> what its line in --help must say (a word or two of it)
@@ -72,6 +72,7 @@ HELP_LINES = {
     "--once": "once",
     "--check [account]": "fetch nothing",
     "--status": "show",
+    "--authorize account": "OAuth2",
 }
 
 
