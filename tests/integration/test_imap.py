@@ -59,7 +59,7 @@ USERS = {u: None for u in (
     "keep", "delete", "keepdel", "move", "seen", "folders", "subdirs",
     "reader", "utf7", "starttls", "auto", "autoplain", "uvreset",
     "uvonly", "uvdelete", "uvtwins", "check", "maxsize", "delafter",
-    "spaces")}
+    "spaces", "inboxcase")}
 USERS.update({f"auth-{a}": f"pw-{a}-S3cret \"q\" \\b" for a in AUTHS})
 
 
@@ -462,6 +462,25 @@ def test_folder_spaces(t):
     mt.assert_maildir(md / srv.maildir(u, f).name, m)
 
 
+@tap.test(name="folders = {\"INBOX\", \"inbox\"} (one folder: INBOX is "
+          "case-insensitive): refused by the configuration check, or each "
+          "message delivered once")
+def test_inbox_case(t):
+    # BUG (reported): config.c conf_account_protocol() compares folder
+    # names with strcmp; imap.c keys records by the name as configured,
+    # so INBOX listed as "INBOX" and "inbox" is fetched twice.
+    srv = t.fx.get(t)
+    u = "inboxcase"
+    m = msgs(u, 4, specials=False)
+    srv.set_mailbox(u, m)
+    a = account(t, srv, u, folders=folder_list(["INBOX", "inbox"]))
+    r = run(t, [a])
+    if r.rc == mt.EX_CONFIG:
+        return
+    ok_run(r)
+    mt.assert_maildir(t.tmp / "Maildir", m)
+
+
 # ---------------------------------------------------------------------------
 # TLS and login
 
@@ -838,6 +857,62 @@ def test_fake_move_copy(t):
         i_copy, i_store, i_exp = (v.index("UID COPY"), v.index("UID STORE"),
                                   v.index("UID EXPUNGE"))
         assert i_copy < i_store < i_exp, v
+
+
+def _gmail_test(keep):
+    def test(t):
+        a, b, c = (corpus.simple(f"gm{keep}/{i}") for i in range(3))
+        with fake(extra_caps=["X-GM-EXT-1"]) as srv:
+            srv.create("Work")
+            x = srv.add(a)
+            srv.add(b)
+            srv.add(fakeimap.Msg(a.data, gm_msgid=x.gm_msgid), "Work")
+            srv.add(c, "Work")
+            r = fake_run(t, srv, "-vv", folders=folder_list(["INBOX",
+                                                             "Work"]),
+                         keep=keep)
+            ok_run(r, fetched=3)
+            mt.assert_maildir(t.tmp / "Maildir", [a, b, c])
+            assert any("X-GM-MSGID" in c for c in sent(r)), \
+                "X-GM-MSGID not asked for"
+            if not keep:
+                assert srv.uids() == [] and srv.uids("Work") == [], \
+                    (srv.uids(), srv.uids("Work"))
+            r = fake_run(t, srv, folders=folder_list(["INBOX", "Work"]),
+                         keep=keep)
+            ok_run(r, fetched=0)
+    return test
+
+
+tap.test(name="fake: Gmail (X-GM-EXT-1), keep mode: a message in two "
+         "labels (one X-GM-MSGID) delivered once")(_gmail_test(True))
+# BUG (reported): in delete mode expunge_done() forgets INBOX's records,
+# tags included, before the next label is listed: the same X-GM-MSGID in
+# "Work" is fetched and delivered again.
+tap.test(name="fake: Gmail (X-GM-EXT-1), delete mode: a message in two "
+         "labels delivered once, removed from both")(_gmail_test(False))
+
+
+@tap.test(name="fake: folder-subdirs with a server that nests under "
+          "INBOX with \".\" (Courier): INBOX.Sent -> .Sent, "
+          "INBOX.Lists.Linux -> .Lists.Linux")
+def test_fake_inbox_prefix(t):
+    by = {f: [corpus.simple(f"cp/{i}-{k}") for k in range(2)]
+          for i, f in enumerate(["INBOX", "INBOX.Sent",
+                                 "INBOX.Lists.Linux"])}
+    with fake(delimiter=".") as srv:
+        for f, ms in by.items():
+            if f != "INBOX":
+                srv.create(f)
+            for x in ms:
+                srv.add(x, f)
+        r = fake_run(t, srv, folders=folder_list(list(by)),
+                     folder_subdirs=True)
+        ok_run(r, fetched=6)
+        md = t.tmp / "Maildir"
+        mt.assert_maildir(md, by["INBOX"])
+        mt.assert_maildir(md / ".Sent", by["INBOX.Sent"])
+        mt.assert_maildir(md / ".Lists.Linux", by["INBOX.Lists.Linux"])
 
 
 @tap.test(name="fake: tls = starttls and no STARTTLS offered: refused "

@@ -385,12 +385,16 @@ def fake(messages=(), **kw):
     return fakeimap.FakeIMAP(messages, tls=certs.get().server, **kw)
 
 
-def fake_config(t, srv, **extra):
+def fake_config(t, srv, globals_=None, **extra):
     a = mt.account("im", "127.0.0.1", srv.port, srv.user, srv.password,
                    t.tmp / "Maildir", keep=True, ca_file=certs.get().ca,
                    protocol="imap")
     a.update(extra)
-    return config(t, [a])
+    return config(t, [a], **(globals_ or {}))
+
+
+# a failed session comes back after poll-interval (the first backoff)
+RETRY = {"poll_interval": mt.Raw("2s"), "timeout": 3}
 
 
 def verbs(srv):
@@ -480,6 +484,78 @@ def test_fake_term_before_continuation(t):
         assert secs < GRACE * SCALE / 2, \
             f"maild took {secs:.1f} s: it waited for the grace time"
     _signal_before_continuation(t, signal.SIGTERM, then)
+
+
+@tap.test(name="fake: a server that never answers IDLE: maild gives up "
+          "after its timeout, reconnects, and idles on the next server "
+          "that does", timeout=90)
+def test_fake_idle_never_answered(t):
+    m = [corpus.simple("ina/1")]
+    with fake(m, handlers={"IDLE": fakeimap.idle_silent()}) as srv:
+        md = t.tmp / "Maildir"
+        d = Daemon(t, fake_config(t, srv, RETRY))
+        d.wait_log(r"account=im .*error=.*(timed out|timeout)", limit=30)
+        d.wait(lambda: len(srv.connections) >= 2, "a new connection", 30)
+        del srv.handlers["IDLE"]
+        d.wait(lambda: any(c.verb == "IDLE" and c.reply_end is not None
+                           for c in srv.commands()[-3:]) or
+               d.idle_now(), "an answered IDLE", 30)
+        late = corpus.simple("ina/late")
+        srv.add(late)
+        wait_new(d, md, 2)
+        mt.assert_maildir(md, m + [late])
+        rc, _ = d.stop()
+        assert rc == 0
+
+
+@tap.test(name="fake: DONE never answered (after idle-refresh): maild "
+          "notices the dead connection within its timeout and reconnects",
+          timeout=90)
+def test_fake_done_never_answered(t):
+    m = [corpus.simple("dna/1")]
+    with fake(m) as srv:
+        srv.handlers["DONE"] = lambda conn, cmd: (
+            [fakeimap.HANG] if cmd.conn_nth == 1 and conn.id == 1 else None)
+        md = t.tmp / "Maildir"
+        d = Daemon(t, fake_config(t, srv, RETRY,
+                                  idle_refresh=mt.Raw("10s")))
+        d.idling()
+        d.wait_log(r"account=im .*error=", limit=40)
+        d.wait(lambda: len(srv.connections) >= 2, "a reconnection", 30)
+        d.wait(d.idle_now, "idling again", 30)
+        late = corpus.simple("dna/late")
+        srv.add(late)
+        wait_new(d, md, 2)
+        rc, _ = d.stop()
+        assert rc == 0
+        mt.assert_maildir(md, m + [late])
+
+
+@tap.test(name="fake: the highest UID is 2^32-1 and EXISTS comes: no "
+          "\"UID FETCH 0:*\" (the next UID overflowed), no error",
+          timeout=60)
+def test_fake_uid_max_news(t):
+    # BUG (reported): imap.c imap_relist() computes p->maxuid + 1 in 32
+    # bits: after UID 4294967295 it asks for "UID FETCH 0:*", which a
+    # server refuses (the session fails and reconnects).
+    m = corpus.simple("umax/1")
+    with fake() as srv:
+        srv.add(m, uid=fakeimap.UID_MAX)
+        md = t.tmp / "Maildir"
+        d = Daemon(t, fake_config(t, srv))
+        d.idling()
+        wait_new(d, md, 1)
+        mark = d.mark()
+        srv.push(b"* 2 EXISTS\r\n")
+        d.wait(lambda: "DONE" in d.sent_since(mark), "DONE after EXISTS")
+        d.wait(d.idle_now, "idling again")
+        bad = [c.line for c in srv.commands() if c.verb == "UID FETCH" and
+               c.arg.startswith("0")]
+        assert not bad, bad
+        assert "error=" not in d.log(mark), d.log(mark)[-500:]
+        rc, _ = d.stop()
+        assert rc == 0
+        mt.assert_maildir(md, [m])
 
 
 if __name__ == "__main__":

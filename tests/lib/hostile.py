@@ -16,6 +16,14 @@ RSS_LIMIT_MB, finished within `within` seconds, no file appeared in the
 test directory outside the Maildir and the state directory, and a failed
 run has a summary line naming the account with an error="...".
 
+IMAP (fakeimap):
+
+    with hostile.imap_server(msgs, handlers={"UID FETCH": ...}) as srv:
+        acct = hostile.ImapAccount(t, srv, keep=False)
+        acct.once(expect_rc=76, within=10)
+        acct.assert_server_untouched(msgs)     # no STORE, EXPUNGE, MOVE...
+        acct.changes()                          # what maild changed
+
 Handler factories for fakepop3 (fn(conn, cmd) -> response):
   body_of(srv, k)        answer RETR with the body of message k instead
   inject(data, verb, nth) send data before the default answer
@@ -68,6 +76,15 @@ def server(messages=(), tls="server", **kw):
     if tls is not None:
         tls = getattr(certs.get(), tls)
     return fakepop3.FakePOP3(messages, tls=tls, **kw)
+
+
+def imap_server(messages=(), tls="server", **kw):
+    """A fake IMAP server (implicit TLS with the test CA's certificate
+    unless tls=None or implicit_tls=False)."""
+    import fakeimap
+    if tls is not None:
+        tls = getattr(certs.get(), tls)
+    return fakeimap.FakeIMAP(messages, tls=tls, **kw)
 
 
 def msgs(prefix, n, seed=11, **kw):
@@ -336,6 +353,39 @@ class Account:
         pw = self.srv.password.encode()
         bad = [c.line for c in self.srv.commands()
                if c.verb in ("USER", "PASS", "APOP", "AUTH") or
+               pw in c.line]
+        assert not bad, f"login commands sent: {bad}"
+
+
+class ImapAccount(Account):
+    """An IMAP account (protocol = imap) against a fakeimap server."""
+
+    def __init__(self, t, srv, keep=True, **extra):
+        extra.setdefault("protocol", "imap")
+        super().__init__(t, srv, keep=keep, **extra)
+
+    def changes(self, folder=None):
+        """What clients changed on the server (fakeimap events: STORE,
+        EXPUNGE, UID EXPUNGE, CLOSE, COPY, MOVE), other than APPEND."""
+        return [e for e in self.srv.events if e.kind != "APPEND" and
+                (folder is None or e.folder == folder)]
+
+    def assert_server_untouched(self, expected_msgs=None, folder="INBOX"):
+        """No flag stored, nothing copied, moved or expunged; the folder
+        holds as many messages as expected_msgs."""
+        if self.srv is None:
+            return
+        ch = self.changes()
+        assert not ch, f"the server was changed: {ch[:5]}"
+        if expected_msgs is not None:
+            n = len(self.srv.messages(folder))
+            assert n == len(expected_msgs), \
+                f"{n} messages in {folder}, expected {len(expected_msgs)}"
+
+    def assert_no_password_sent(self):
+        pw = self.srv.password.encode()
+        bad = [c.line for c in self.srv.commands()
+               if c.verb in ("LOGIN", "AUTHENTICATE", "SASL-RESPONSE") or
                pw in c.line]
         assert not bad, f"login commands sent: {bad}"
 
