@@ -842,35 +842,6 @@ def test_many_removals(t):
 # ---------------------------------------------------------------------------
 # what maild sends
 
-def durable_watch(acct, srv, violations):
-    """on_command: every UID STORE \\Deleted, UID MOVE, UID COPY and UID
-    EXPUNGE must address only messages complete in new/ and recorded as
-    delivered at that moment."""
-    def hook(conn, cmd):
-        if cmd.verb not in ("UID STORE", "UID MOVE", "UID COPY",
-                            "UID EXPUNGE", "EXPUNGE"):
-            return
-        if cmd.verb == "UID STORE" and "DELETED" not in cmd.arg.upper():
-            return
-        uids = conn.uids_of(cmd) if cmd.verb != "EXPUNGE" else \
-            [x.uid for x in srv.messages() if "\\Deleted" in x.flags]
-        have = {mt.strip_trace(p.read_bytes()) for _, _, p in
-                mt.maildir_files(acct.maildir, ("new", "cur"))}
-        # delivered: a D record, or a P record whose file is in new/
-        # (deliver.c: the D records follow at the next sync)
-        keys = {k.rsplit(b"\0", 1)[-1] for kind, k, _ in
-                mt.state_records(acct.state, acct.name)}
-        for u in uids:
-            x = srv.folder().by_uid(u)
-            if x is None:
-                continue
-            if x.data not in have:
-                violations.append(f"{cmd.verb} of UID {u}: not in new/")
-            if str(u).encode() not in keys:
-                violations.append(f"{cmd.verb} of UID {u}: not recorded")
-    return hook
-
-
 @tap.test(name="delete mode, 150 messages in several FETCH batches: "
           "UID STORE \\Deleted and UID EXPUNGE only of messages in new/ "
           "and recorded when they arrive; never a bare EXPUNGE", timeout=120)
@@ -879,7 +850,7 @@ def test_store_only_durable(t):
     with h.imap_server(m) as srv:
         acct = h.ImapAccount(t, srv, keep=False)
         bad = []
-        srv.on_command = durable_watch(acct, srv, bad)
+        srv.on_command = h.imap_durable_watch(acct, bad)
         acct.once(expect_rc=0, within=60)
         assert not bad, "\n".join(bad[:10])
         assert not srv.errors, srv.errors
@@ -900,7 +871,7 @@ def test_move_only_durable(t):
             acct = h.ImapAccount(t, srv, keep=False, move_to="Archive",
                                  base=t.tmp / f"run{len(drop)}")
             bad = []
-            srv.on_command = durable_watch(acct, srv, bad)
+            srv.on_command = h.imap_durable_watch(acct, bad)
             acct.once(expect_rc=0, within=60)
             assert not bad, "\n".join(bad[:10])
             acct.assert_delivered(m)

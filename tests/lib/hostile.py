@@ -390,6 +390,37 @@ class ImapAccount(Account):
         assert not bad, f"login commands sent: {bad}"
 
 
+def imap_durable_watch(acct, violations):
+    """An on_command hook for fakeimap: every UID STORE \\Deleted, UID
+    MOVE, UID COPY, UID EXPUNGE and EXPUNGE must address only messages
+    complete in new/ (or cur/) and recorded in the state at the moment
+    the command arrives (a D record, or a P record: deliver.c writes the
+    D records at the next sync); what does not goes to violations."""
+    srv = acct.srv
+
+    def hook(conn, cmd):
+        if cmd.verb not in ("UID STORE", "UID MOVE", "UID COPY",
+                            "UID EXPUNGE", "EXPUNGE"):
+            return
+        if cmd.verb == "UID STORE" and "DELETED" not in cmd.arg.upper():
+            return
+        uids = conn.uids_of(cmd) if cmd.verb != "EXPUNGE" else \
+            [x.uid for x in srv.messages() if "\\Deleted" in x.flags]
+        have = {mt.strip_trace(p.read_bytes()) for _, _, p in
+                mt.maildir_files(acct.maildir, ("new", "cur"))}
+        keys = {k.rsplit(b"\0", 1)[-1] for kind, k, _ in
+                mt.state_records(acct.state, acct.name)}
+        for u in uids:
+            x = srv.folder().by_uid(u)
+            if x is None:
+                continue
+            if x.data not in have:
+                violations.append(f"{cmd.verb} of UID {u}: not in new/")
+            if str(u).encode() not in keys:
+                violations.append(f"{cmd.verb} of UID {u}: not recorded")
+    return hook
+
+
 def assert_error_mentions(r, name, *words):
     """The summary line of account name has error="..." containing every
     one of words (case-insensitive)."""
