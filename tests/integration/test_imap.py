@@ -915,6 +915,26 @@ def test_fake_inbox_prefix(t):
         mt.assert_maildir(md / ".Lists.Linux", by["INBOX.Lists.Linux"])
 
 
+@tap.test(name="fake: move-to names a folder that is also fetched: refused "
+          "by the configuration (78), or each message delivered once over "
+          "three runs")
+def test_fake_move_to_fetched_folder(t):
+    # BUG (reported): nothing refuses folders = {"INBOX", "Archive"} with
+    # move-to = "Archive": every poll fetches Archive, delivers its
+    # messages again and moves them into Archive again.
+    m = [corpus.simple(f"mvf/{i}") for i in range(3)]
+    with fake(m) as srv:
+        srv.create("Archive")
+        for k in range(3):
+            r = fake_run(t, srv, keep=False, move_to="Archive",
+                         folders=folder_list(["INBOX", "Archive"]))
+            if r.rc == mt.EX_CONFIG:
+                assert k == 0
+                return
+            assert r.rc == 0, f"exit {r.rc}"
+        mt.assert_maildir(t.tmp / "Maildir", m)
+
+
 @tap.test(name="fake: tls = starttls and no STARTTLS offered: refused "
           "(77), no login sent")
 def test_fake_starttls_not_offered(t):

@@ -23,7 +23,7 @@ recorded; once there is room again one rerun delivers everything exactly
 once and empties the folder.
 
 Environment: MAILD_CRASH_SEED (default 20261126), MAILD_CRASH_KILLS
-(kills per mode, default 25), MAILD_CRASH_SCALE (message count factor).
+(kills per mode, default 40), MAILD_CRASH_SCALE (message count factor).
 """
 
 import collections
@@ -46,7 +46,7 @@ import maildtest as mt  # noqa: E402
 import tap         # noqa: E402
 
 SEED = int(os.environ.get("MAILD_CRASH_SEED", "20261126"))
-KILLS = int(os.environ.get("MAILD_CRASH_KILLS", "25"))
+KILLS = int(os.environ.get("MAILD_CRASH_KILLS", "40"))
 SCALE = float(os.environ.get("MAILD_CRASH_SCALE", "1"))
 # user -> {folder: message count}
 LAYOUT = {"ick1": {"INBOX": int(140 * SCALE)},

@@ -503,6 +503,23 @@ def test_starttls_clean(t):
         assert conn.auths[0].ok and conn.auths[0].tls
 
 
+@tap.test(name="clear text injected right behind STARTTLS's OK (a fake "
+          "CAPABILITY and a tagged OK): 76, no login, no fetch")
+def test_starttls_injection(t):
+    def starttls(conn, cmd):
+        ps = conn.default_parts(cmd)
+        return ps + [b"* CAPABILITY IMAP4rev1 AUTH=PLAIN LOGINDISABLED\r\n"
+                     b"A3 OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] done\r\n"]
+    with h.imap_server(tiny("inj", 1), implicit_tls=False,
+                       handlers={"STARTTLS": starttls}) as srv:
+        acct = h.ImapAccount(t, srv, tls=mt.Raw("starttls"))
+        r = acct.once(expect_rc=mt.EX_PROTOCOL, within=BOUND)
+        assert "inject" in acct.error(r) or "after" in acct.error(r), \
+            acct.error(r)
+        acct.assert_no_password_sent()
+        acct.assert_nothing_delivered()
+
+
 @tap.test(name="LOGINDISABLED on a plain connection (tls = none, auth = "
           "user): 77, no LOGIN sent")
 def test_logindisabled(t):
