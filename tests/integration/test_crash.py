@@ -26,7 +26,6 @@ Environment: MAILD_CRASH_SEED (default 20261126), MAILD_CRASH_KILLS (kills
 per mode, default 60), MAILD_CRASH_SCALE (message count factor, default 1).
 """
 
-import collections
 import os
 import random
 import sys
@@ -128,20 +127,10 @@ def check_records(fx, d, names):
                 problems.append(f"{u}: record for unknown UIDL {uidl!r}")
                 continue
             resolved += 1
-            if kind == "D" and data not in have:
-                problems.append(f"{u}: UIDL {uidl} ({corpus.test_id(data)})"
-                                " is recorded as delivered but not in new/")
-            if kind == "P":
-                if not extra["file"]:
-                    problems.append(f"{u}: P record without a file: {uidl}")
-                    continue
-                final = mt.unescape_state(extra["file"]).decode(
-                    "utf-8", "replace")
-                base = final.split(",")[0]
-                if not ((md / "tmp" / base).exists() or
-                        (md / "new" / final).exists()):
-                    problems.append(f"{u}: pending {uidl} ({final}): file "
-                                    "neither in tmp/ nor in new/")
+            why = crashkill.record_problem(u, f"UIDL {uidl}", kind, data,
+                                           extra, md, have)
+            if why:
+                problems.append(why)
     return problems, resolved
 
 
@@ -154,12 +143,7 @@ def verify_final(t, fx, d, keep, cfg):
         else:
             left = fx.srv.mailbox(u)
             assert not left, f"{u}: {len(left)} messages left on the server"
-    r = mt.run_maild(["--once", "-f", cfg], timeout=RUN_TIMEOUT,
-                     label="check run")
-    assert r.rc == 0, f"check run: exit {r.rc}"
-    for u in USERS:
-        s = r.account(u)
-        assert s["fetched"] == 0, f"{u}: check run fetched {s['fetched']}"
+    crashkill.check_run(cfg, USERS)
 
 
 def calibrate(t, fx):
@@ -193,37 +177,20 @@ def crash_mode(t, keep):
     mode = "keep" if keep else "delete"
     calibrate(t, fx)
     rng = random.Random(f"{SEED}:{mode}")
-    tap.diag(f"{mode}: seed {SEED}, {KILLS} kills wanted "
-             "(MAILD_CRASH_SEED, MAILD_CRASH_KILLS)")
-    hist = collections.Counter()
-    kills = rounds = 0
+    tap.diag(f"{mode}: seed {SEED}")
     killer = crashkill.Killer(t, rng, fx.full_run, maildirs, fx.by_id,
                               lambda d: check_records(fx, d, fx.names))
-    while kills < KILLS:
-        rounds += 1
-        d = t.tmp / f"{mode}-round{rounds}"
-        d.mkdir()
+
+    def setup(d):
         reset_server(fx)
         fx.names = server_names(fx)
-        cfg = make_config(t, fx, d, keep)
-        before = killer.records_checked
-        k, _ = killer.run_to_completion(d, cfg, KILLS - kills, hist, mode)
-        fx.records_checked += killer.records_checked - before
-        kills += k
-        verify_final(t, fx, d, keep, cfg)
-        if rounds > 50:
-            raise AssertionError("too many rounds")
-        if not tap.keep_tmp():
-            tap.rmtree(d)
-    tap.diag(f"{mode}: {kills} kills in {rounds} rounds; where they "
-             "landed: " + ", ".join(f"{k}={v}" for k, v in
-                                    sorted(hist.items())))
-    assert kills >= KILLS
-    assert hist["commit-window"] > 0, "no kill landed in the commit window"
+        return make_config(t, fx, d, keep)
+    hist = killer.rounds(KILLS, mode, setup,
+                         lambda d, cfg: verify_final(t, fx, d, keep, cfg))
+    fx.records_checked += killer.records_checked
     tap.diag(f"{mode}: {fx.records_checked} state records checked after "
              "kills so far")
-    assert fx.records_checked > 0, "no state record was ever checked"
-    assert len(hist) >= 3, f"kills landed in too few phases: {dict(hist)}"
+    crashkill.assert_spread(hist, fx.records_checked)
 
 
 @tap.test(timeout=600)

@@ -26,7 +26,6 @@ Environment: MAILD_CRASH_SEED (default 20261126), MAILD_CRASH_KILLS
 (kills per mode, default 40), MAILD_CRASH_SCALE (message count factor).
 """
 
-import collections
 import functools
 import os
 import random
@@ -157,20 +156,10 @@ def check_records(d):
                 problems.append(f"{u}: record for unknown UID {key!r}")
                 continue
             resolved += 1
-            if kind == "D" and data not in have:
-                problems.append(f"{u}: {key!r} ({corpus.test_id(data)}) is "
-                                "recorded as delivered but not in new/")
-            if kind == "P":
-                if not extra["file"]:
-                    problems.append(f"{u}: P record without a file: {key!r}")
-                    continue
-                final = mt.unescape_state(extra["file"]).decode(
-                    "utf-8", "replace")
-                base = final.split(",")[0]
-                if not ((md / "tmp" / base).exists() or
-                        (md / "new" / final).exists()):
-                    problems.append(f"{u}: pending {key!r} ({final}): file "
-                                    "neither in tmp/ nor in new/")
+            why = crashkill.record_problem(u, repr(key), kind, data, extra,
+                                           md, have)
+            if why:
+                problems.append(why)
     return problems, resolved
 
 
@@ -189,12 +178,7 @@ def verify_final(srv, d, mode, cfg):
             mt.assert_messages(arch, all_msgs(u), f"Archive of {u}")
         else:
             assert not arch, f"{u}: {len(arch)} messages in Archive"
-    r = mt.run_maild(["--once", "-f", cfg], timeout=RUN_TIMEOUT,
-                     label="check run")
-    assert r.rc == 0, f"check run: exit {r.rc}"
-    for u in LAYOUT:
-        s = r.account(u)
-        assert s["fetched"] == 0, f"{u}: check run fetched {s['fetched']}"
+    crashkill.check_run(cfg, LAYOUT)
 
 
 def calibrate(t, srv):
@@ -217,34 +201,18 @@ def crash_mode(t, mode):
     srv = t.fx.get(t)
     calibrate(t, srv)
     rng = random.Random(f"{SEED}:imap:{mode}")
-    tap.diag(f"{mode}: seed {SEED}, {KILLS} kills wanted "
-             "(MAILD_CRASH_SEED, MAILD_CRASH_KILLS)")
-    hist = collections.Counter()
-    kills = rounds = 0
+    tap.diag(f"{mode}: seed {SEED}")
     killer = crashkill.Killer(t, rng, _FX.full_run, maildirs, _FX.by_id,
                               check_records)
-    while kills < KILLS:
-        rounds += 1
-        d = t.tmp / f"{mode}-round{rounds}"
-        d.mkdir()
+
+    def setup(d):
         reset_server(srv)
-        cfg = make_config(srv, d, mode)
-        k, _ = killer.run_to_completion(d, cfg, KILLS - kills, hist, mode)
-        kills += k
-        verify_final(srv, d, mode, cfg)
-        if rounds > 50:
-            raise AssertionError("too many rounds")
-        if not tap.keep_tmp():
-            tap.rmtree(d)
-    tap.diag(f"{mode}: {kills} kills in {rounds} rounds; where they "
-             "landed: " + ", ".join(f"{k}={v}" for k, v in
-                                    sorted(hist.items())))
+        return make_config(srv, d, mode)
+    hist = killer.rounds(KILLS, mode, setup,
+                         lambda d, cfg: verify_final(srv, d, mode, cfg))
     tap.diag(f"{mode}: {killer.records_checked} state records checked "
              "after kills")
-    assert kills >= KILLS
-    assert hist["commit-window"] > 0, "no kill landed in the commit window"
-    assert killer.records_checked > 0, "no state record was ever checked"
-    assert len(hist) >= 3, f"kills landed in too few phases: {dict(hist)}"
+    crashkill.assert_spread(hist, killer.records_checked)
 
 
 @tap.test(name="SIGKILL at random, keep mode: 0 lost, 0 duplicated, "
@@ -267,27 +235,6 @@ def test_crash_move(t):
 
 # ---------------------------------------------------------------------------
 # the full disk (root: a tmpfs)
-
-def _mount_problem():
-    if os.geteuid() != 0:
-        return "needs root to mount a tmpfs"
-    d = tap.mkdtemp(prefix="maild-disk-probe-")
-    try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k",
-                            "tmpfs", str(d)], capture_output=True,
-                           text=True, timeout=20)
-        if r.returncode != 0:
-            return f"cannot mount a tmpfs here: {r.stderr.strip()}"
-        mt.umount(d)
-        return None
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"cannot mount a tmpfs here: {e}"
-    finally:
-        try:
-            os.rmdir(d)
-        except OSError:
-            pass
-
 
 def tmpfs(t, path, opts):
     path.mkdir(parents=True, exist_ok=True)
@@ -312,7 +259,7 @@ def big_messages(prefix, n, size):
 
 def _disk_full_test(opts, m, what):
     def test(t):
-        why = _mount_problem()
+        why = mt.tmpfs_problem()
         if why:
             t.skip(why)
         md = tmpfs(t, t.tmp / "mnt", opts) / "Maildir"

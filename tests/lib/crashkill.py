@@ -3,7 +3,12 @@ until a run completes by itself (for test_crash.py and
 test_imap_crash.py).
 
     k = crashkill.Killer(t, rng, full_run, maildirs, by_id, check)
-    kills, err = k.run_to_completion(d, cfg, kills_left, hist, mode)
+    hist = k.rounds(kills_wanted, mode, setup, verify)
+
+rounds() repeats: a fresh directory, setup(d) -> config path (the server
+reset), kills until a run completes, verify(d, cfg) (the final state;
+check_run() is the usual last step), until kills_wanted kills were made;
+it prints where the kills landed and returns the histogram.
 
 Kill delays are drawn so that kills land in every phase: connect, TLS,
 login, listing, transfer, and the commit window: new/ is polled and maild
@@ -26,6 +31,7 @@ import time
 
 import corpus
 import maildtest as mt
+import tap
 
 RUN_TIMEOUT = 120          # one maild run
 MAX_ATTEMPTS_PER_ROUND = 200
@@ -56,6 +62,26 @@ def check_new_consistent(maildirs, by_id):
         problems += [f"{u}: {mid} is there {n} times"
                      for mid, n in seen.items() if n > 1]
     return problems
+
+
+def record_problem(u, what, kind, data, extra, md, have):
+    """A record of account u (what: how to name it) for the message data:
+    a D record's message must be complete in new/ or cur/ (have: their
+    contents), a P record's file in tmp/ or new/ of md.  The problem, or
+    None."""
+    if kind == "D" and data not in have:
+        return (f"{u}: {what} ({corpus.test_id(data)}) is recorded as "
+                "delivered but not in new/")
+    if kind != "P":
+        return None
+    if not extra["file"]:
+        return f"{u}: P record without a file: {what}"
+    final = mt.unescape_state(extra["file"]).decode("utf-8", "replace")
+    base = final.split(",")[0]
+    if not ((md / "tmp" / base).exists() or (md / "new" / final).exists()):
+        return (f"{u}: pending {what} ({final}): file neither in tmp/ nor "
+                "in new/")
+    return None
 
 
 def state_stamps(d):
@@ -186,3 +212,47 @@ class Killer:
             return kills, err
         raise AssertionError(f"no complete run after {MAX_ATTEMPTS_PER_ROUND}"
                              " attempts")
+
+    def rounds(self, kills_wanted, mode, setup, verify):
+        """Rounds of kills (see the top) until kills_wanted were made."""
+        t = self.t
+        tap.diag(f"{mode}: {kills_wanted} kills wanted (MAILD_CRASH_SEED, "
+                 "MAILD_CRASH_KILLS)")
+        hist = collections.Counter()
+        kills = rounds = 0
+        while kills < kills_wanted:
+            rounds += 1
+            if rounds > 50:
+                raise AssertionError("too many rounds")
+            d = t.tmp / f"{mode}-round{rounds}"
+            d.mkdir()
+            cfg = setup(d)
+            k, _ = self.run_to_completion(d, cfg, kills_wanted - kills, hist,
+                                          mode)
+            kills += k
+            verify(d, cfg)
+            if not tap.keep_tmp():
+                tap.rmtree(d)
+        tap.diag(f"{mode}: {kills} kills in {rounds} rounds; where they "
+                 "landed: " + ", ".join(f"{k}={v}" for k, v in
+                                        sorted(hist.items())))
+        assert kills >= kills_wanted
+        return hist
+
+
+def assert_spread(hist, records_checked):
+    """The kills landed in the commit window, in at least three phases,
+    and state records were checked after them."""
+    assert hist["commit-window"] > 0, "no kill landed in the commit window"
+    assert records_checked > 0, "no state record was ever checked"
+    assert len(hist) >= 3, f"kills landed in too few phases: {dict(hist)}"
+
+
+def check_run(cfg, accounts):
+    """One more run of a finished round: exit 0, nothing fetched."""
+    r = mt.run_maild(["--once", "-f", cfg], timeout=RUN_TIMEOUT,
+                     label="check run")
+    assert r.rc == 0, f"check run: exit {r.rc}"
+    for u in accounts:
+        s = r.account(u)
+        assert s["fetched"] == 0, f"{u}: check run fetched {s['fetched']}"
