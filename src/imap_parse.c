@@ -65,7 +65,9 @@ imap_number(const char *p, size_t len, uint64_t max, uint64_t *out)
 	for (i = 0; i < len; i++) {
 		if (p[i] < '0' || p[i] > '9')
 			return (-1);
-		if (v > (max - (uint64_t)(p[i] - '0')) / 10)
+		/* v * 10 + digit <= max, without overflow (max may be < 9) */
+		if ((uint64_t)(p[i] - '0') > max ||
+		    v > (max - (uint64_t)(p[i] - '0')) / 10)
 			return (-1);
 		v = v * 10 + (uint64_t)(p[i] - '0');
 	}
@@ -151,7 +153,8 @@ imap_lex_quoted(struct imap_lexer *lx, struct imap_node **out)
 
 /*
  * An atom, number or NIL; "BODY[...]"-like sections (brackets balanced,
- * with lists inside) and a partial "<n>" are part of the atom.
+ * with lists inside, on one line, no NUL) and a partial "<n>" (atom
+ * characters) are part of the atom.
  */
 static int
 imap_lex_atom(struct imap_lexer *lx, struct imap_node **out)
@@ -168,7 +171,7 @@ imap_lex_atom(struct imap_lexer *lx, struct imap_node **out)
 	}
 	while (p < lx->end) {
 		if (depth > 0) {
-			if (*p == '\r' || *p == '\n')
+			if (*p == '\r' || *p == '\n' || *p == '\0')
 				return (-1);
 			if (*p == '[')
 				depth++;
@@ -188,14 +191,6 @@ imap_lex_atom(struct imap_lexer *lx, struct imap_node **out)
 	}
 	if (depth != 0 || p == start)
 		return (-1);
-	/* <origin> of a partial fetch */
-	if (p < lx->end && *p == '<' && p[-1] == ']') {
-		while (p < lx->end && *p != '>')
-			p++;
-		if (p >= lx->end)
-			return (-1);
-		p++;
-	}
 	if ((*out = imap_new_node(lx, IMAP_ATOM, start, p - start)) == NULL)
 		return (-1);
 	if (imap_number(start, p - start, UINT64_MAX, &v) == 0) {
@@ -290,8 +285,8 @@ imap_cond(const char *p, size_t len)
 }
 
 /*
- * The rest of a status response: "[CODE args] text" or "text".  The text
- * runs to the end of the line; a literal there is not allowed.
+ * The rest of a status response: "[CODE args] text" or "text".  It is
+ * one line: no CR, LF or NUL before its CRLF (so no literal either).
  */
 static int
 imap_status_text(const char *p, const char *end, struct imap_resp *r)
@@ -301,13 +296,19 @@ imap_status_text(const char *p, const char *end, struct imap_resp *r)
 	if (end - p < 2 || end[-2] != '\r' || end[-1] != '\n')
 		return (-1);
 	end -= 2;
+	for (q = p; q < end; q++) {
+		if (*q == '\r' || *q == '\n' || *q == '\0')
+			return (-1);
+	}
 	while (p < end && *p == ' ')
 		p++;
 	if (p < end && *p == '[') {
 		if ((close = memchr(p, ']', end - p)) == NULL)
 			return (-1);
-		for (q = p + 1; q < close && *q != ' '; q++)
-			;
+		for (q = p + 1; q < close && *q != ' '; q++) {
+			if (!imap_atom_char((unsigned char)*q))
+				return (-1);
+		}
 		r->code = p + 1;
 		r->codelen = q - (p + 1);
 		if (q < close) {
@@ -320,12 +321,34 @@ imap_status_text(const char *p, const char *end, struct imap_resp *r)
 		while (p < end && *p == ' ')
 			p++;
 	}
-	if (memchr(p, '\r', end - p) != NULL ||
-	    memchr(p, '\n', end - p) != NULL)
-		return (-1);
 	r->text = p;
 	r->textlen = end - p;
 	return (0);
+}
+
+/* The end of a word of atom characters at p, followed by " " or CRLF. */
+static const char *
+imap_word(const char *p, const char *end)
+{
+	const char	*w;
+
+	for (w = p; w < end && imap_atom_char((unsigned char)*w); w++)
+		;
+	if (w == p || w >= end || (*w != ' ' && *w != '\r'))
+		return (NULL);
+	return (w);
+}
+
+static int
+imap_all_digits(const char *p, size_t len)
+{
+	size_t	i;
+
+	for (i = 0; i < len; i++) {
+		if (p[i] < '0' || p[i] > '9')
+			return (0);
+	}
+	return (len > 0);
 }
 
 /*
@@ -351,7 +374,10 @@ imap_parse(const char *buf, size_t len, struct imap_node *nodes, size_t max,
 		r->textlen = end - 2 - r->text;
 		if (r->textlen > (size_t)(end - p))
 			r->textlen = 0;
-		return (memchr(r->text, '\r', r->textlen) == NULL ? 0 : -1);
+		if (memchr(r->text, '\r', r->textlen) != NULL ||
+		    memchr(r->text, '\n', r->textlen) != NULL)
+			return (-1);
+		return (0);
 	}
 	if (p[0] == '*' && p[1] == ' ') {
 		r->kind = IMAP_UNTAGGED;
@@ -367,21 +393,21 @@ imap_parse(const char *buf, size_t len, struct imap_node *nodes, size_t max,
 		r->taglen = w - p;
 		p = w + 1;
 	}
-	/* The first word: a number (for "* n EXISTS") or a keyword. */
-	for (w = p; w < end && *w != ' ' && *w != '\r'; w++)
-		;
-	if (w == p)
+	/*
+	 * The first word: a number (for "* n EXISTS") or a keyword, of atom
+	 * characters; digits are a number that fits in 32 bits, or nothing.
+	 */
+	if ((w = imap_word(p, end)) == NULL)
 		return (-1);
-	if (r->kind == IMAP_UNTAGGED &&
-	    imap_number(p, w - p, UINT32_MAX, &v) == 0) {
+	if (r->kind == IMAP_UNTAGGED && imap_all_digits(p, w - p)) {
+		if (imap_number(p, w - p, UINT32_MAX, &v) == -1)
+			return (-1);
 		r->num = (uint32_t)v;
 		r->has_num = 1;
-		if (w >= end || *w != ' ')
+		if (*w != ' ')
 			return (-1);
 		p = w + 1;
-		for (w = p; w < end && *w != ' ' && *w != '\r'; w++)
-			;
-		if (w == p)
+		if ((w = imap_word(p, end)) == NULL)
 			return (-1);
 	}
 	if ((size_t)(w - p) >= sizeof r->name)
@@ -420,9 +446,11 @@ imap_literal_is_body(const char *buf, size_t len, uint64_t *n)
 
 	if (len < 5 || end[-2] != '\r' || end[-1] != '\n' || end[-3] != '}')
 		return (-1);
-	for (open = end - 3; open > buf && open[-1] != '{'; open--)
+	/* Back over the digits (at most 20) to the "{". */
+	for (open = end - 3; open > buf && open[-1] >= '0' &&
+	    open[-1] <= '9' && end - 3 - open < 21; open--)
 		;
-	if (open == buf)
+	if (open == buf || open[-1] != '{')
 		return (-1);
 	if (imap_number(open, end - 3 - open, IMAP_LITERAL_LEN_MAX, n) == -1)
 		return (-1);

@@ -16,6 +16,14 @@ RSS_LIMIT_MB, finished within `within` seconds, no file appeared in the
 test directory outside the Maildir and the state directory, and a failed
 run has a summary line naming the account with an error="...".
 
+IMAP (fakeimap):
+
+    with hostile.imap_server(msgs, handlers={"UID FETCH": ...}) as srv:
+        acct = hostile.ImapAccount(t, srv, keep=False)
+        acct.once(expect_rc=76, within=10)
+        acct.assert_server_untouched(msgs)     # no STORE, EXPUNGE, MOVE...
+        acct.changes()                          # what maild changed
+
 Handler factories for fakepop3 (fn(conn, cmd) -> response):
   body_of(srv, k)        answer RETR with the body of message k instead
   inject(data, verb, nth) send data before the default answer
@@ -62,6 +70,15 @@ def server(messages=(), tls="server", **kw):
     if tls is not None:
         tls = getattr(certs.get(), tls)
     return fakepop3.FakePOP3(messages, tls=tls, **kw)
+
+
+def imap_server(messages=(), tls="server", **kw):
+    """A fake IMAP server (implicit TLS with the test CA's certificate
+    unless tls=None or implicit_tls=False)."""
+    import fakeimap
+    if tls is not None:
+        tls = getattr(certs.get(), tls)
+    return fakeimap.FakeIMAP(messages, tls=tls, **kw)
 
 
 def msgs(prefix, n, seed=11, **kw):
@@ -226,6 +243,70 @@ class Account:
                if c.verb in ("USER", "PASS", "APOP", "AUTH") or
                pw in c.line]
         assert not bad, f"login commands sent: {bad}"
+
+
+class ImapAccount(Account):
+    """An IMAP account (protocol = imap) against a fakeimap server."""
+
+    def __init__(self, t, srv, keep=True, **extra):
+        extra.setdefault("protocol", "imap")
+        super().__init__(t, srv, keep=keep, **extra)
+
+    def changes(self, folder=None):
+        """What clients changed on the server (fakeimap events: STORE,
+        EXPUNGE, UID EXPUNGE, CLOSE, COPY, MOVE), other than APPEND."""
+        return [e for e in self.srv.events if e.kind != "APPEND" and
+                (folder is None or e.folder == folder)]
+
+    def assert_server_untouched(self, expected_msgs=None, folder="INBOX"):
+        """No flag stored, nothing copied, moved or expunged; the folder
+        holds as many messages as expected_msgs."""
+        if self.srv is None:
+            return
+        ch = self.changes()
+        assert not ch, f"the server was changed: {ch[:5]}"
+        if expected_msgs is not None:
+            n = len(self.srv.messages(folder))
+            assert n == len(expected_msgs), \
+                f"{n} messages in {folder}, expected {len(expected_msgs)}"
+
+    def assert_no_password_sent(self):
+        pw = self.srv.password.encode()
+        bad = [c.line for c in self.srv.commands()
+               if c.verb in ("LOGIN", "AUTHENTICATE", "SASL-RESPONSE") or
+               pw in c.line]
+        assert not bad, f"login commands sent: {bad}"
+
+
+def imap_durable_watch(acct, violations):
+    """An on_command hook for fakeimap: every UID STORE \\Deleted, UID
+    MOVE, UID COPY, UID EXPUNGE and EXPUNGE must address only messages
+    complete in new/ (or cur/) and recorded in the state at the moment
+    the command arrives (a D record, or a P record: deliver.c writes the
+    D records at the next sync); what does not goes to violations."""
+    srv = acct.srv
+
+    def hook(conn, cmd):
+        if cmd.verb not in ("UID STORE", "UID MOVE", "UID COPY",
+                            "UID EXPUNGE", "EXPUNGE"):
+            return
+        if cmd.verb == "UID STORE" and "DELETED" not in cmd.arg.upper():
+            return
+        uids = conn.uids_of(cmd) if cmd.verb != "EXPUNGE" else \
+            [x.uid for x in srv.messages() if "\\Deleted" in x.flags]
+        have = {mt.strip_trace(p.read_bytes()) for _, _, p in
+                mt.maildir_files(acct.maildir, ("new", "cur"))}
+        keys = {k.rsplit(b"\0", 1)[-1] for kind, k, _ in
+                mt.state_records(acct.state, acct.name)}
+        for u in uids:
+            x = srv.folder().by_uid(u)
+            if x is None:
+                continue
+            if x.data not in have:
+                violations.append(f"{cmd.verb} of UID {u}: not in new/")
+            if str(u).encode() not in keys:
+                violations.append(f"{cmd.verb} of UID {u}: not recorded")
+    return hook
 
 
 def assert_error_mentions(r, name, *words):

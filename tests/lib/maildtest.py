@@ -693,6 +693,29 @@ def umount(path):
                    timeout=30)
 
 
+def tmpfs_problem():
+    """Why no tmpfs can be mounted here (not root, or mount refuses), or
+    None: for the full-disk tests."""
+    if os.geteuid() != 0:
+        return "needs root to mount a tmpfs"
+    d = tap.mkdtemp(prefix="maild-disk-probe-")
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k",
+                            "tmpfs", str(d)], capture_output=True,
+                           text=True, timeout=20)
+        if r.returncode != 0:
+            return f"cannot mount a tmpfs here: {r.stderr.strip()}"
+        subprocess.run(["umount", str(d)], timeout=20)
+        return None
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"cannot mount a tmpfs here: {e}"
+    finally:
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
+
 def fs_snapshot(root):
     """Set of all paths below root (for "nothing outside" checks)."""
     root = Path(root)
