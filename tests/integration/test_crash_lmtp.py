@@ -333,6 +333,9 @@ def lmtp_mode(t, keep):
                          label="check run")
         assert r.rc == 0 and all(r.account(u)["fetched"] == 0
                                  for u in SOURCES), mt.tail(r.stderr)
+        for u in SOURCES:
+            left = os.listdir(d / "state" / f"{u}.spool" / "tmp")
+            assert not left, f"{u}: {len(left)} files left in the spool"
         assert rounds <= 50, "too many rounds"
         if not tap.keep_tmp():
             tap.rmtree(d)

@@ -255,6 +255,30 @@ def lhlo_refused(t):
         n=2)
 
 
+@tap.test(name="the source server drops the connection while the LMTP "
+          "server takes the batch: what it took is recorded, nothing comes "
+          "twice")
+def source_lost_mid_batch(t):
+    m = msgs("midbatch", 10)
+    n = len(m)
+
+    def retr(conn, cmd):
+        if cmd.nth == n:        # the last one: then the connection goes
+            return [conn.default(cmd), Sleep(0.6), DROP]
+        return None
+    with pop3(m, handlers={"RETR": retr}) as src, fakelmtp.FakeLMTP(
+            handlers={"DOT": lambda c, x: [Sleep(0.15),
+                                           b"250 2.0.0 Saved\r\n"]}) as lm:
+        a = delivery.Account(t, src, f"127.0.0.1:{lm.port}", timeout=10)
+        r = a.once(within=60)
+        took = len(lm.delivered)
+        t.note(f"first run: exit {r.rc}, the LMTP server took {took}; "
+               f"records: {len(a.records())}")
+        src.handlers.clear()
+        a.once(expect_rc=0, within=60)
+        assert_fake_got(lm, m)
+
+
 @tap.test(name="a unix socket that is not there: exit 75, messages stay")
 def socket_missing(t):
     m = msgs("nosock", 3)
