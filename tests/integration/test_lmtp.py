@@ -279,6 +279,16 @@ def source_lost_mid_batch(t):
         assert_fake_got(lm, m)
 
 
+@tap.test(name="the fake LMTP server on a unix socket: delivered, byte-exact")
+def fake_unix(t):
+    m = msgs("unix", 12)
+    with pop3(m) as src, fakelmtp.FakeLMTP(unix=t.tmp / "lmtp.sock") as lm:
+        delivery.Account(t, src, f"unix:{t.tmp}/lmtp.sock").once(
+            expect_rc=0)
+        assert_fake_got(lm, m)
+        assert src.mailbox == []
+
+
 @tap.test(name="a unix socket that is not there: exit 75, messages stay")
 def socket_missing(t):
     m = msgs("nosock", 3)

@@ -43,7 +43,6 @@ bare_lf / bare_cr (a line end that was not CRLF), replies (what the
 server answered after "."), nth (1-based, server-wide).
 """
 
-import asyncio
 import os
 import time
 
@@ -171,46 +170,13 @@ class FakeLMTP(ThreadedServer):
                 caps.insert(0, "PIPELINING")
         self.caps = caps
         self.handlers = dict(handlers or {})
-        self.unix = str(unix) if unix else None
+        if unix:
+            self.unix = str(unix)
+            if os.path.exists(self.unix):
+                os.unlink(self.unix)
         self.transactions = []
         self.delivered = []
         self.txn_count = 0
-
-    # -- listening on a unix socket ----------------------------------------
-    async def _main(self):
-        if self.unix is None:
-            return await super()._main()
-        from fakeserver import LINE_LIMIT, TimedReader
-        loop = asyncio.get_running_loop()
-        self._stop_ev = asyncio.Event()
-        loop.set_exception_handler(
-            lambda lp, ctx: self.errors.append(ctx.get("exception")
-                                               or ctx.get("message")))
-
-        def factory():
-            reader = TimedReader(limit=LINE_LIMIT, loop=loop)
-            return asyncio.StreamReaderProtocol(reader, self._client,
-                                                loop=loop)
-        try:
-            if os.path.exists(self.unix):
-                os.unlink(self.unix)
-            server = await loop.create_unix_server(factory, self.unix)
-        except OSError as e:
-            self._start_error = e
-            self._ready.set()
-            return
-        self._loop = loop
-        self._ready.set()
-        await self._stop_ev.wait()
-        server.close()
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
-        try:
-            await asyncio.wait_for(server.wait_closed(), 5)
-        except (asyncio.TimeoutError, Exception):
-            pass
 
     def _new_conn(self, cid, peer):
         return Conn(self, cid, peer)
