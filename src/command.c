@@ -22,6 +22,12 @@
  * bound for the log, its time limited (then its whole process group is
  * killed), its exit status reported once, from the event loop.  It gets
  * stdin, stdout, stderr and nothing else of maild's.
+ *
+ * It has ended when it has exited, not when its output has: a child it
+ * left in the background ("notify-send ... &") may hold that open for
+ * long.  So its exit is looked for every COMMAND_POLL_MS while it runs
+ * (at once when its output ends), and what it printed until then is
+ * what is reported.
  */
 
 #include "config.h"
@@ -44,6 +50,9 @@
 /* Output kept for the log; the rest is read and dropped. */
 #define COMMAND_OUTPUT_MAX	4096
 #define COMMAND_CHUNK		(64U << 10)
+/* How often to look for its exit while its output is open, and after. */
+#define COMMAND_POLL_MS		50
+#define COMMAND_POLL_EOF_MS	10
 
 struct command {
 	struct event_base	*base;
@@ -52,10 +61,9 @@ struct command {
 	int			 infile;	/* what goes in after inbuf */
 	struct evbuffer		*inbuf;
 	struct event		*inev, *outev, *timer, *waitev;
-	double			 deadline;
+	int			 eof;		/* its output has ended */
 	char			 output[COMMAND_OUTPUT_MAX + 1];
 	size_t			 outlen;
-	int			 timedout;
 	command_done_cb		 cb;
 	void			*arg;
 };
@@ -65,6 +73,7 @@ static void	command_read_cb(evutil_socket_t, short, void *);
 static void	command_timer_cb(evutil_socket_t, short, void *);
 static void	command_wait_cb(evutil_socket_t, short, void *);
 static void	command_end(struct command *, int);
+static void	command_wait_later(struct command *);
 
 /*
  * Start "sh -c cmd" with env (NULL-terminated "NAME=value" strings added
@@ -127,7 +136,6 @@ command_run(struct event_base *base, const char *cmd, char *const *env,
 	c->infile = infd;
 	c->cb = cb;
 	c->arg = arg;
-	c->deadline = now_mono() + timeout;
 	c->inbuf = evbuffer_new();
 	if (inlen > 0)
 		evbuffer_add(c->inbuf, inbuf, inlen);
@@ -138,9 +146,11 @@ command_run(struct event_base *base, const char *cmd, char *const *env,
 	c->outev = event_new(base, c->out, EV_READ | EV_PERSIST,
 	    command_read_cb, c);
 	c->timer = evtimer_new(base, command_timer_cb, c);
+	c->waitev = evtimer_new(base, command_wait_cb, c);
 	event_add(c->inev, NULL);
 	event_add(c->outev, NULL);
 	evtimer_add(c->timer, &tv);
+	command_wait_later(c);
 	return (c);
 
 fail:
@@ -200,53 +210,73 @@ command_write_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-static void
-command_read_cb(evutil_socket_t fd, short what, void *arg)
+/* Read what it printed so far; 1 at the end of its output. */
+static int
+command_drain(struct command *c)
 {
-	struct command	*c = arg;
 	char		 buf[4096];
 	ssize_t		 n;
 	size_t		 k;
 
+	if (c->out == -1)
+		return (1);
 	for (;;) {
-		n = read(fd, buf, sizeof buf);
+		n = read(c->out, buf, sizeof buf);
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1 && errno == EAGAIN)
-			return;
+			return (0);
 		if (n <= 0)
-			break;
+			return (1);
 		k = (size_t)n;
 		if (k > COMMAND_OUTPUT_MAX - c->outlen)
 			k = COMMAND_OUTPUT_MAX - c->outlen;
 		memcpy(c->output + c->outlen, buf, k);
 		c->outlen += k;
 	}
-	/* End of its output: its exit status follows. */
+}
+
+static void
+command_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct command	*c = arg;
+
+	if (!command_drain(c))
+		return;
+	/* End of its output: its exit status follows, soon. */
 	event_free(c->outev);
 	c->outev = NULL;
 	close(c->out);
 	c->out = -1;
+	c->eof = 1;
 	command_wait_cb(-1, 0, c);
 }
 
-/* Poll for its exit, briefly: its output has ended already. */
+static void
+command_wait_later(struct command *c)
+{
+	struct timeval	 tv = { 0, 1000 * (c->eof ? COMMAND_POLL_EOF_MS :
+			    COMMAND_POLL_MS) };
+
+	evtimer_add(c->waitev, &tv);
+}
+
+/* Has it exited?  Then it has ended, whatever holds its output open. */
 static void
 command_wait_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct command	*c = arg;
-	struct timeval	 tv = { 0, 10000 };
 	int		 status;
 	pid_t		 r;
 
 	r = waitpid(c->pid, &status, WNOHANG);
 	if (r == 0) {
-		if (c->waitev == NULL)
-			c->waitev = evtimer_new(c->base, command_wait_cb, c);
-		evtimer_add(c->waitev, &tv);
+		command_wait_later(c);
 		return;
 	}
 	c->pid = -1;
+	/* What it wrote before it exited is in the pipe. */
+	command_drain(c);
 	command_end(c, r == -1 ? -1 : status);
 }
 
@@ -255,7 +285,6 @@ command_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct command	*c = arg;
 
-	c->timedout = 1;
 	command_end(c, -1);
 }
 

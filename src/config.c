@@ -25,6 +25,7 @@
 #include "config.h"
 
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include <arpa/inet.h>
 
@@ -794,6 +795,47 @@ conf_command(cfg_t *sec, const char *opt, char **out)
 }
 
 /*
+ * lmtp = "unix:/absolute/path" (short enough for a socket address) or
+ * "host:port" ("[v6 address]:port" too).
+ */
+static int
+conf_lmtp(cfg_t *sec, const char *v)
+{
+	struct sockaddr_un	 sun;
+	const char		*colon;
+	uint64_t		 port;
+
+	if (strncmp(v, "unix:", 5) == 0) {
+		if (v[5] != '/') {
+			conf_account_error(sec, "lmtp", "the LMTP socket must be "
+			    "an absolute path, like \"unix:/run/dovecot/lmtp\"");
+			return (-1);
+		}
+		if (strlen(v + 5) >= sizeof sun.sun_path) {
+			conf_account_error(sec, "lmtp", "the LMTP socket path is "
+			    "longer than %zu bytes", sizeof sun.sun_path - 1);
+			return (-1);
+		}
+		return (0);
+	}
+	colon = strrchr(v, ':');
+	if (colon == NULL || colon == v || (v[0] == '[' && colon[-1] != ']') ||
+	    (v[0] != '[' && strchr(v, ':') != colon) ||
+	    (size_t)(colon - v) > 255) {
+		conf_account_error(sec, "lmtp", "lmtp must be "
+		    "\"unix:/path/to/socket\" or \"host:port\" (\"[::1]:24\" "
+		    "for an IPv6 address)");
+		return (-1);
+	}
+	if (parse_u64(colon + 1, 65535, &port) == -1 || port == 0) {
+		conf_account_error(sec, "lmtp", "lmtp: the port must be a "
+		    "number from 1 to 65535 (LMTP's is usually 24)");
+		return (-1);
+	}
+	return (0);
+}
+
+/*
  * Where the mail goes: deliver = maildir (maildir required), lmtp (lmtp
  * required, lmtp-recipient defaulting to the user) or mda (mda
  * required); for the last two, messages are spooled in the state
@@ -845,16 +887,14 @@ conf_account_delivery(cfg_t *sec, struct config *conf, struct account_conf *a)
 		if (conf_command(sec, v, a->deliver == DELIVER_LMTP ?
 		    &a->lmtp : &a->mda) == -1)
 			return (-1);
-		if (a->deliver == DELIVER_LMTP && strncmp(a->lmtp, "unix:",
-		    5) != 0 && strrchr(a->lmtp, ':') == NULL) {
-			conf_account_error(sec, "lmtp", "lmtp must be "
-			    "\"unix:/path/to/socket\" or \"host:port\"");
+		if (a->deliver == DELIVER_LMTP && conf_lmtp(sec, a->lmtp) == -1)
 			return (-1);
-		}
-		if (a->deliver == DELIVER_LMTP && strncmp(a->lmtp, "unix:",
-		    5) == 0 && a->lmtp[5] != '/') {
-			conf_account_error(sec, "lmtp", "the LMTP socket must be "
-			    "an absolute path");
+		if (a->deliver != DELIVER_MAILDIR && a->folder_subdirs) {
+			conf_account_error(sec, "folder-subdirs", "folder-subdirs "
+			    "is for deliver = maildir; with deliver = %s, %s "
+			    "files the mail", delivers[a->deliver],
+			    a->deliver == DELIVER_LMTP ? "the LMTP server (Sieve)" :
+			    "the mda");
 			return (-1);
 		}
 		if (cfg_size(sec, "lmtp-recipient") > 0) {
@@ -866,14 +906,28 @@ conf_account_delivery(cfg_t *sec, struct config *conf, struct account_conf *a)
 			if (conf_command(sec, "lmtp-recipient",
 			    &a->lmtp_recipient) == -1)
 				return (-1);
+			if (strlen(a->lmtp_recipient) > LMTP_RECIPIENT_MAX) {
+				conf_account_error(sec, "lmtp-recipient",
+				    "lmtp-recipient is longer than %d bytes",
+				    LMTP_RECIPIENT_MAX);
+				return (-1);
+			}
 			if (strpbrk(a->lmtp_recipient, "<> ") != NULL) {
 				conf_account_error(sec, "lmtp-recipient",
 				    "lmtp-recipient is an address, without <> "
 				    "or spaces");
 				return (-1);
 			}
-		} else if (a->deliver == DELIVER_LMTP)
+		} else if (a->deliver == DELIVER_LMTP) {
+			if (strlen(a->user) > LMTP_RECIPIENT_MAX ||
+			    strpbrk(a->user, "<> ") != NULL) {
+				conf_account_error(sec, "deliver", "the user "
+				    "name is no LMTP recipient: set "
+				    "lmtp-recipient");
+				return (-1);
+			}
 			a->lmtp_recipient = xstrdup(a->user);
+		}
 		xasprintf(&a->maildir, "%s/%s.spool", conf->state_dir,
 		    a->name);
 	}

@@ -91,6 +91,8 @@ enum protocol {
 #define DELIVER_MAILDIR	0
 #define DELIVER_LMTP	1
 #define DELIVER_MDA	2
+/* RFC 5321 4.5.3.1.3: a path is at most 256 octets. */
+#define LMTP_RECIPIENT_MAX	254
 #define IDLE_NO		0
 #define IDLE_YES	1
 #define IDLE_AUTO	2

@@ -17,10 +17,17 @@
 /*
  * mda.c: deliver = mda, a destination (see dest.c) that runs the account's
  * mda command once per message (dovecot-lda, procmail, maildrop...), the
- * message on its standard input, one at a time in the order given.  Exit
- * status 0 is delivered, 75 (EX_TEMPFAIL) refused for now, anything else
- * (or a signal) refused, with what the command printed in the log; one
- * that takes longer than its time limit is killed with its process group.
+ * message on its standard input.  Exit status 0 is delivered, 75
+ * (EX_TEMPFAIL) refused for now, anything else (or a signal) refused,
+ * with what the command printed in the log; one that takes longer than
+ * its time limit is killed with its process group.
+ *
+ * One command runs at a time per command line, for all the accounts
+ * that have the same one, in the order the messages were handed over:
+ * an MDA such as dovecot-lda keeps a duplicate database per user that
+ * deliveries running side by side may each overwrite, and the Sieve
+ * duplicate test that makes a crash harmless (see deliver.c) needs it
+ * whole.  Accounts with different command lines run side by side.
  */
 
 #include "config.h"
@@ -38,41 +45,64 @@
 /* An MDA gets this many times the timeout to take one message. */
 #define MDA_TIMEOUT_FACTOR	10
 
+struct mda_runner;
+
+/* An account's handle on the runner of its command. */
+struct mda {
+	struct mda_runner	*r;
+	struct dest		*dest;
+	char			*env[3];	/* MAILD_ACCOUNT, MAILD_USER */
+};
+
 struct mda_job {
 	TAILQ_ENTRY(mda_job)	 entry;
+	struct mda		*m;
 	int			 fd;
 	char			*header;
 	dest_done_cb		 cb;
 	void			*arg;
 };
 
-struct mda {
+/* The runner of one command line: one message at a time. */
+struct mda_runner {
+	LIST_ENTRY(mda_runner)	 entry;
+	char			*cmd;
+	int			 refs;
 	struct event_base	*base;
-	struct dest		*dest;
-	const struct account_conf *ac;
 	int			 timeout;
 	struct command		*running;
 	struct mda_job		*current;
-	char			*env[3];
 	TAILQ_HEAD(, mda_job)	 queue;
 };
+static LIST_HEAD(, mda_runner) runners = LIST_HEAD_INITIALIZER(runners);
 
-static void	mda_next(struct mda *);
+static void	mda_next(struct mda_runner *);
 
 struct mda *
 mda_open(const struct session_env *env, const struct account_conf *ac,
     struct dest *dest, int timeout, char **cause)
 {
-	struct mda	*m;
+	struct mda_runner	*r;
+	struct mda		*m;
 
+	LIST_FOREACH(r, &runners, entry) {
+		if (strcmp(r->cmd, ac->mda) == 0)
+			break;
+	}
+	if (r == NULL) {
+		r = xcalloc(1, sizeof *r);
+		r->cmd = xstrdup(ac->mda);
+		r->base = env->base;
+		r->timeout = timeout * MDA_TIMEOUT_FACTOR;
+		TAILQ_INIT(&r->queue);
+		LIST_INSERT_HEAD(&runners, r, entry);
+	}
+	r->refs++;
 	m = xcalloc(1, sizeof *m);
-	m->base = env->base;
+	m->r = r;
 	m->dest = dest;
-	m->ac = ac;
-	m->timeout = timeout * MDA_TIMEOUT_FACTOR;
 	xasprintf(&m->env[0], "MAILD_ACCOUNT=%s", ac->name);
 	xasprintf(&m->env[1], "MAILD_USER=%s", ac->user);
-	TAILQ_INIT(&m->queue);
 	return (m);
 }
 
@@ -84,13 +114,14 @@ mda_send(struct mda *m, int fd, const char *header, dest_done_cb cb,
 	struct mda_job	*j;
 
 	j = xcalloc(1, sizeof *j);
+	j->m = m;
 	j->fd = fd;
 	j->header = xstrdup(header);
 	j->cb = cb;
 	j->arg = arg;
-	TAILQ_INSERT_TAIL(&m->queue, j, entry);
-	if (m->running == NULL)
-		mda_next(m);
+	TAILQ_INSERT_TAIL(&m->r->queue, j, entry);
+	if (m->r->running == NULL)
+		mda_next(m->r);
 }
 
 static void
@@ -105,74 +136,96 @@ mda_job_free(struct mda_job *j)
 static void
 mda_done_cb(int status, const char *output, void *arg)
 {
-	struct mda	*m = arg;
-	struct mda_job	*j = m->current;
-	char		 why[128], *reply;
-	size_t		 n;
-	int		 r;
+	struct mda_runner	*r = arg;
+	struct mda_job		*j = r->current;
+	dest_done_cb		 cb = j->cb;
+	void			*cbarg = j->arg;
+	char			 why[128], *reply;
+	size_t			 n;
+	int			 st;
 
-	m->running = NULL;
-	m->current = NULL;
+	r->running = NULL;
+	r->current = NULL;
 	if (status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0)
-		r = DEST_OK;
+		st = DEST_OK;
 	else if (status == -1 || (WIFEXITED(status) &&
 	    WEXITSTATUS(status) == 75))
-		r = DEST_TEMP;
+		st = DEST_TEMP;
 	else
-		r = DEST_PERM;
+		st = DEST_PERM;
 	/* Its words, on one line, after how it ended. */
 	n = strlen(output);
 	while (n > 0 && (output[n - 1] == '\n' || output[n - 1] == '\r'))
 		n--;
 	xasprintf(&reply, "mda %s%s%.*s", command_status(status, why,
 	    sizeof why), n > 0 ? ": " : "", (int)n, output);
-	j->cb(r, reply, j->arg);
-	free(reply);
 	mda_job_free(j);
-	mda_next(m);
+	mda_next(r);
+	/* Last, from the command's own event: r may be gone after it. */
+	cb(st, reply, cbarg);
+	free(reply);
 }
 
 /* Start the next message's MDA. */
 static void
-mda_next(struct mda *m)
+mda_next(struct mda_runner *r)
 {
 	struct mda_job	*j;
 	char		*cause = NULL;
 
-	while ((j = TAILQ_FIRST(&m->queue)) != NULL) {
-		TAILQ_REMOVE(&m->queue, j, entry);
-		m->current = j;
-		m->running = command_run(m->base, m->ac->mda, m->env,
-		    j->header, strlen(j->header), j->fd, m->timeout,
-		    mda_done_cb, m, &cause);
+	while (r->running == NULL && (j = TAILQ_FIRST(&r->queue)) != NULL) {
+		TAILQ_REMOVE(&r->queue, j, entry);
+		r->current = j;
+		r->running = command_run(r->base, r->cmd, j->m->env,
+		    j->header, strlen(j->header), j->fd, r->timeout,
+		    mda_done_cb, r, &cause);
 		j->fd = -1;	/* the command has it */
-		if (m->running != NULL)
+		if (r->running != NULL)
 			return;
-		m->current = NULL;
+		r->current = NULL;
 		/* Not even started: refused for now, from a fresh event. */
-		dest_answer_later(m->dest, j->cb, j->arg, DEST_TEMP, cause);
+		dest_answer_later(j->m->dest, j->cb, j->arg, DEST_TEMP, cause);
 		free(cause);
 		cause = NULL;
 		mda_job_free(j);
 	}
 }
 
-/* Stop: the running MDA is killed; no callback runs any more. */
+/*
+ * An account lets go: its waiting messages are dropped and its running
+ * MDA, if any, is killed; no callback of its runs any more.  The other
+ * accounts' messages go on.
+ */
 void
 mda_close(struct mda *m)
 {
-	struct mda_job	*j;
+	struct mda_runner	*r;
+	struct mda_job		*j, *next;
 
 	if (m == NULL)
 		return;
-	command_cancel(m->running);
-	if (m->current != NULL)
-		mda_job_free(m->current);
-	while ((j = TAILQ_FIRST(&m->queue)) != NULL) {
-		TAILQ_REMOVE(&m->queue, j, entry);
-		mda_job_free(j);
+	r = m->r;
+	for (j = TAILQ_FIRST(&r->queue); j != NULL; j = next) {
+		next = TAILQ_NEXT(j, entry);
+		if (j->m == m) {
+			TAILQ_REMOVE(&r->queue, j, entry);
+			mda_job_free(j);
+		}
+	}
+	if (r->current != NULL && r->current->m == m) {
+		command_cancel(r->running);
+		r->running = NULL;
+		mda_job_free(r->current);
+		r->current = NULL;
 	}
 	free(m->env[0]);
 	free(m->env[1]);
 	free(m);
+	if (--r->refs > 0) {
+		mda_next(r);
+		return;
+	}
+	LIST_REMOVE(r, entry);
+	free(r->cmd);
+	free(r);
 }
