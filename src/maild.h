@@ -523,6 +523,7 @@ int		 maildir_name_tag(const char *, uint32_t *);
 /* deliver.c: the one delivery core; see deliver.c. */
 #define DELIVER_NEW	0
 #define DELIVER_DONE	1
+#define DELIVER_LATER	2	/* dedupe: another account delivers it now */
 struct deliver;
 struct deliver_msg {
 	struct maildir_file	 file;
@@ -578,6 +579,7 @@ int		 deliver_end(struct deliver *, struct deliver_msg *, const char *,
 size_t		 deliver_batched(const struct deliver *);
 int		 deliver_commit(struct deliver *, char **);
 int		 deliver_abort(struct deliver *, char **);
+int		 deliver_in_flight(const struct deliver *);
 void		 deliver_removal_acked(struct deliver *, const char *, size_t,
 		     uint32_t);
 int		 deliver_removing(struct deliver *, char **);
