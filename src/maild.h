@@ -400,7 +400,11 @@ struct imap_resp {
 int		 imap_number(const char *, size_t, uint64_t, uint64_t *);
 int		 imap_parse(const char *, size_t, struct imap_node *, size_t,
 		     struct imap_resp *);
+int		 imap_literal_marker(const char *, size_t);
 int		 imap_literal_is_body(const char *, size_t, uint64_t *);
+int		 imap_fetch_size_before(const char *, size_t, uint64_t *);
+ssize_t		 imap_maildir_folder(const char *, size_t, char, char *,
+		     size_t);
 size_t		 imap_fetch_att(const struct imap_resp *, const char *);
 int		 imap_node_number(const struct imap_resp *, size_t, uint64_t,
 		     uint64_t *);
