@@ -61,7 +61,9 @@
  *    DELE), the record is forgotten at once, so that a server reusing the
  *    key for a new message does not get that one removed undelivered;
  *  - a message listed with a size other than the one recorded (both known,
- *    exact-sizes) is a different message under a reused key: it is new;
+ *    exact-sizes) is a different message under a reused key: it is new
+ *    (not for keys a session declares stable, deliver_stable_keys():
+ *    IMAP never reuses a UID under one UIDVALIDITY);
  *  - records of messages the listings no longer show are forgotten only
  *    after FORGET_LISTINGS complete listings in a row and FORGET_SECONDS
  *    without them, so that one empty or partial listing (a server glitch)
@@ -165,6 +167,7 @@ struct deliver {
 	struct state		*seen;		/* digests of this session */
 	EVP_MD_CTX		*mdctx;
 	int			 hash;		/* digest every message */
+	int			 stable_keys;	/* a key names one message */
 	char			*reident;	/* folder prefix: match digests */
 	size_t			 reidentlen;
 	char			*current;	/* ... not under this prefix */
@@ -236,6 +239,10 @@ store_dir(struct store *s, const char *name, char **cause)
 		return (-1);
 	}
 	free(path);
+	if (maildir_mark_folder(&dir->md, cause) == -1) {
+		maildir_close(&dir->md);
+		return (-1);
+	}
 	dir->name = xstrdup(name);
 	return ((long)s->ndirs++);
 }
@@ -834,6 +841,17 @@ deliver_use_keys(struct deliver *d)
 	state_set_meta(d->s->st, "records", NULL);
 }
 
+/*
+ * This session's keys are never given to another message (IMAP:
+ * UIDVALIDITY and UID): a message listed with a size other than the
+ * recorded one is still the one delivered, not a new one.
+ */
+void
+deliver_stable_keys(struct deliver *d)
+{
+	d->stable_keys = 1;
+}
+
 /* Does a record's key start with prefix? */
 static int
 rec_in(struct state *st, const struct state_rec *r, const char *prefix,
@@ -879,8 +897,8 @@ deliver_listed(struct deliver *d, const char *key, size_t len,
 	if ((id = state_find(st, key, len, ordinal)) == STATE_NONE)
 		return (DELIVER_NEW);
 	r = state_rec(st, id);
-	if (d->ac->exact_sizes && size != 0 && r->size != 0 &&
-	    size != r->size) {
+	if (!d->stable_keys && d->ac->exact_sizes && size != 0 &&
+	    r->size != 0 && size != r->size) {
 		/* Not listed: the old record goes if it stays unlisted. */
 		log_warnx("account=%s the server lists \"%s\" with %llu bytes, "
 		    "but the message maild delivered under that id had %llu: "

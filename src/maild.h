@@ -400,7 +400,11 @@ struct imap_resp {
 int		 imap_number(const char *, size_t, uint64_t, uint64_t *);
 int		 imap_parse(const char *, size_t, struct imap_node *, size_t,
 		     struct imap_resp *);
+int		 imap_literal_marker(const char *, size_t);
 int		 imap_literal_is_body(const char *, size_t, uint64_t *);
+int		 imap_fetch_size_before(const char *, size_t, uint64_t *);
+ssize_t		 imap_maildir_folder(const char *, size_t, char, char *,
+		     size_t);
 size_t		 imap_fetch_att(const struct imap_resp *, const char *);
 int		 imap_node_number(const struct imap_resp *, size_t, uint64_t,
 		     uint64_t *);
@@ -505,6 +509,7 @@ struct maildir_file {
 int		 maildir_open(struct maildir *, const char *, uint32_t,
 		     const char *, char **);
 void		 maildir_close(struct maildir *);
+int		 maildir_mark_folder(struct maildir *, char **);
 int		 maildir_create(struct maildir *, struct maildir_file *, char **);
 int		 maildir_write(struct maildir_file *, const void *, size_t);
 int		 maildir_finish(struct maildir_file *, char **);
@@ -551,6 +556,7 @@ int		 deliver_sync(struct deliver *, char **);
 int		 deliver_use_digests(struct deliver *);
 void		 deliver_use_keys(struct deliver *);
 void		 deliver_want_digests(struct deliver *);
+void		 deliver_stable_keys(struct deliver *);
 void		 deliver_listing_start(struct deliver *, const char *, size_t);
 int		 deliver_listed(struct deliver *, const char *, size_t, uint32_t,
 		     uint64_t, int64_t *);
