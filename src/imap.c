@@ -2349,7 +2349,10 @@ imap_read(struct session *s, struct evbuffer *in)
 			len++;
 		}
 		p->resplen += len;
-		session_arm_progress(s);
+		/* In IDLE a server's "* OK still here" is not progress: a
+		   re-armed clock would fire in the silence that follows. */
+		if ((p->flags & (I_IDLING | I_DONE_SENT)) != I_IDLING)
+			session_arm_progress(s);
 		if (imap_literal_marker(p->resp, p->resplen)) {
 			body = imap_literal_is_body(p->resp, p->resplen, &n);
 			if (body == -1) {

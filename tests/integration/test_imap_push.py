@@ -521,6 +521,32 @@ def test_fake_done_never_answered(t):
         mt.assert_maildir(md, m + [late])
 
 
+@tap.test(name="fake: \"* OK Still here\" in IDLE, then a silence longer "
+          "than timeout: the IDLE lives on and a later message comes at "
+          "once", timeout=90)
+def test_fake_keepalive_then_silence(t):
+    # Dovecot says "Still here" every 2 minutes; timeout is 60 s.  Scaled
+    # down: a keep-alive every 4 s, timeout 3 s.  (maild took the
+    # keep-alive as progress, re-armed its clock, and failed the IDLE 3 s
+    # later: mail waited for the backoff.)
+    m = [corpus.simple("ka/1")]
+    with fake(m, idle_keepalive=4) as srv:
+        md = t.tmp / "Maildir"
+        d = Daemon(t, fake_config(t, srv, {"timeout": 3}))
+        d.idling()
+        mark = d.mark()
+        time.sleep(10)
+        assert "error=" not in d.log(since=mark), d.log(since=mark)
+        assert len(srv.connections) == 1, \
+            f"{len(srv.connections)} connections: the IDLE was dropped"
+        late = corpus.simple("ka/late")
+        srv.add(late)
+        wait_new(d, md, 2)
+        rc, _ = d.stop()
+        assert rc == 0
+        mt.assert_maildir(md, m + [late])
+
+
 @tap.test(name="fake: the highest UID is 2^32-1 and EXISTS comes: no "
           "\"UID FETCH 0:*\" (the next UID overflowed), no error",
           timeout=60)
