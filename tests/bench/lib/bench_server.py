@@ -33,6 +33,13 @@ from bench_common import (DEFAULT_PASSWORD, LOOPBACK, die, log, free_port,
                           pid_alive, stop_pid, load_json, save_json)
 
 MARKER = ".bench-pop3-server"
+# As root, the mail of user N is served as uid USER_UID_BASE + N (no passwd
+# entry needed; the group stays the mail user's).  One uid for every user
+# would put all of Dovecot's IMAP session processes under one inotify
+# instance limit (fs.inotify.max_user_instances, 128 by default): with 200
+# sessions in IDLE (I6) the rest would fall back to looking for new mail
+# every mailbox_idle_check_interval (30 s) instead of at once.
+USER_UID_BASE = 70000
 
 # Where distributions put Dovecot's protocol binaries (Debian: /usr/lib/dovecot).
 _DOVECOT_LIBEXEC = ("/usr/lib/dovecot", "/usr/libexec/dovecot",
@@ -239,6 +246,9 @@ def create(d, n_users=1, password=DEFAULT_PASSWORD, pop3s_port=0, pop3_port=0,
     else:
         imaps_port = None
     users = user_names(n_users)
+    # a uid per user (see USER_UID_BASE), unless a mail user was asked for
+    uids = ({u: USER_UID_BASE + i for i, u in enumerate(users, 1)}
+            if as_root and mail_user is None else {})
     info = {
         "dir": str(d), "host": LOOPBACK,
         "pop3s_port": pop3s_port, "pop3_port": pop3_port,
@@ -248,6 +258,7 @@ def create(d, n_users=1, password=DEFAULT_PASSWORD, pop3s_port=0, pop3_port=0,
         "users": users, "password": password,
         "mail_root": str(d / "mail"),
         "mail_user": mu.pw_name, "mail_uid": mu.pw_uid, "mail_gid": mu.pw_gid,
+        "user_uids": uids,
         "internal_user": internal_user, "login_user": login_user,
         "conf": str(d / "dovecot.conf"),
         "log": str(d / "log" / "dovecot.log"),
@@ -271,16 +282,21 @@ def create(d, n_users=1, password=DEFAULT_PASSWORD, pop3s_port=0, pop3_port=0,
                 key_type=key_type)
     with open(d / "users", "w") as f:
         for u in users:
-            f.write(f"{u}:{{PLAIN}}{password}:{mu.pw_uid}:{mu.pw_gid}::"
+            f.write(f"{u}:{{PLAIN}}{password}:{uid_of(info, u)}:{mu.pw_gid}::"
                     f"{d / 'mail' / u}::\n")
     os.chmod(d / "users", 0o600)
     write_accounts(d / "accounts.txt", [(u, password) for u in users])
     (d / "dovecot.conf").write_text(_conf_text(d, info, as_root))
     for u in users:
         make_maildir(d / "mail" / u / "Maildir")
-        chown_tree(d / "mail" / u, mu.pw_uid, mu.pw_gid)
+        chown_tree(d / "mail" / u, uid_of(info, u), mu.pw_gid)
     save_json(d / "server.json", info)
     return info
+
+
+def uid_of(info, user):
+    """The uid user's mail is served as."""
+    return info.get("user_uids", {}).get(user, info["mail_uid"])
 
 
 def info_of(d):
@@ -363,7 +379,7 @@ def _rmtree_retry(path, tries=20):
 def reset(d, corpus=None):
     """Give every user a fresh Maildir, filled from corpus/<user>/cur/*."""
     info = info_of(d)
-    uid, gid = info["mail_uid"], info["mail_gid"]
+    gid = info["mail_gid"]
     mail_root = Path(info["mail_root"])
     for u in info["users"]:
         home = mail_root / u
@@ -373,7 +389,7 @@ def reset(d, corpus=None):
         if src is not None and src.is_dir():
             for name in sorted(os.listdir(src)):
                 shutil.copyfile(src / name, md / "cur" / name)
-        chown_tree(home, uid, gid)
+        chown_tree(home, uid_of(info, u), gid)
 
 
 def ssl_context(cafile):
