@@ -53,16 +53,20 @@ def _med(vals):
     return statistics.median(vals) if vals else None
 
 
+def _trouble(d):
+    """What went wrong in a push or idle run, in words ("" if nothing)."""
+    s = f" ({d['error']})" if d.get("error") else ""
+    if d.get("early_exit") is not None:
+        s += f" (client exited by itself, rc {d['early_exit']})"
+    return s
+
+
 def push_line(pu):
     """One run of I5, in words."""
     s = f"{pu['arrived']}/{pu['appended']} arrived"
     if pu["median"] is not None:
         s += f", latency median {pu['median']:.3f} s, max {pu['max']:.3f} s"
-    if pu.get("error"):
-        s += f" ({pu['error']})"
-    if pu.get("early_exit") is not None:
-        s += f" (client exited by itself, rc {pu['early_exit']})"
-    return s
+    return s + _trouble(pu)
 
 
 def idle_line(idle):
@@ -77,11 +81,7 @@ def idle_line(idle):
     d = idle.get("delivery")
     if d:
         s += "; then " + push_line(d)
-    if idle.get("error"):
-        s += f" ({idle['error']})"
-    if idle.get("early_exit") is not None:
-        s += f" (client exited by itself, rc {idle['early_exit']})"
-    return s
+    return s + _trouble(idle)
 
 
 def run_ok(r):
@@ -233,29 +233,25 @@ def targets(cs, sizes_differ=False):
             best = min(peers, key=lambda c: peers[c].wall)
             faster(sc, best, factor, what + f" ({best})")
 
-    def max_rss(sc, limit):
+    def under(sc, what, value, fmt, limit):
+        """maild's value(cell) below limit (value of a correct cell)."""
         m, err = ref_cell(sc)
-        what = f"maild peak RSS < {limit:g} MiB"
         if m is None:
             add(sc, what, err, "n/a")
             return
-        meas = f"maild max RSS {m.rss_max:.1f} MiB (worst run)"
+        meas = fmt.format(value(m))
         if err:
             add(sc, what, meas + "; " + err, "FAIL")
         else:
-            add(sc, what, meas, "PASS" if m.rss_max < limit else "FAIL")
+            add(sc, what, meas, "PASS" if value(m) < limit else "FAIL")
+
+    def max_rss(sc, limit):
+        under(sc, f"maild peak RSS < {limit:g} MiB", lambda m: m.rss_max,
+              "maild max RSS {:.1f} MiB (worst run)", limit)
 
     def wall_under(sc, limit):
-        m, err = ref_cell(sc)
-        what = f"maild < {limit:g} s"
-        if m is None:
-            add(sc, what, err, "n/a")
-            return
-        meas = f"maild {m.wall:.2f} s (median)"
-        if err:
-            add(sc, what, meas + "; " + err, "FAIL")
-        else:
-            add(sc, what, meas, "PASS" if m.wall < limit else "FAIL")
+        under(sc, f"maild < {limit:g} s", lambda m: m.wall,
+              "maild {:.2f} s (median)", limit)
 
     # S1: wall <= 0.6 x mpop, CPU <= 0.7 x mpop
     if "S1" in cs:
@@ -434,118 +430,99 @@ def _worst(g):
             max(r["verify"]["corrupted"] for r in g))
 
 
-def _batch_table(cs, args):
-    lines = ["| Scenario | Client | Runs ok | Wall s, median (min-max) | "
-             "CPU user+sys s | (user / sys) | Max RSS MiB | "
-             "Lost / Dup / Corrupt | Server CPU s | Notes |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+def _cell_row(sc, client, c, args, ncols, body):
+    """One table row: scenario, client, runs ok, the ncols measured columns
+    body(c) returns (dashes if nothing was measured, n/a with the reason),
+    the notes."""
+    if c.na:
+        cols, runs_ok, notes = ["-"] * ncols, "n/a", [c.na]
+    else:
+        rs = [r for r in c.runs if "na" not in r]
+        runs_ok = f"{len(c.ok)}/{len(rs)}"
+        notes = _notes(c, args)
+        cols = body(c) if c.good else ["-"] * ncols
+    return "| " + " | ".join([sc, client, runs_ok] + cols
+                             + ["; ".join(notes)]) + " |"
+
+
+def _batch_cols(c):
+    m = c.measured
+    lost, dup, cor = _worst(c.good)
+    us = (f"{_med([r.get('user', 0) for r in m]):.2f} / "
+          f"{_med([r.get('sys', 0) for r in m]):.2f}")
+    return [fmt_med([r["wall"] for r in m]),
+            fmt_med([r.get("user", 0) + r.get("sys", 0) for r in m]), us,
+            fmt_med([r.get("maxrss_kb", 0) / 1024 for r in m], 1),
+            f"{lost} / {dup} / {cor}", fmt_med([r["server_cpu"] for r in m])]
+
+
+def _push_cols(c):
+    g = c.good
+    lost, dup, cor = _worst(g)
+    meds = [r["push"]["median"] for r in g if r["push"]["median"] is not None]
+    pooled = [x for r in g for x in r["push"]["latencies"]]
+    med = f"{statistics.median(pooled):.3f}" if pooled else "-"
+    if len(meds) > 1:
+        med += f" ({min(meds):.3f}-{max(meds):.3f})"
+    return [g[0].get("push_mode", "?"), med,
+            f"{max(pooled):.3f}" if pooled else "-",
+            "; ".join(f"{r['push']['arrived']}/{r['push']['messages']}"
+                      for r in g),
+            fmt_med([r.get("user", 0) + r.get("sys", 0) for r in g]),
+            fmt_med([r.get("maxrss_kb", 0) / 1024 for r in g], 1),
+            f"{lost} / {dup} / {cor}", fmt_med([r["server_cpu"] for r in g])]
+
+
+def _idle_cols(c):
+    g = c.good
+    lost, dup, cor = _worst(g)
+    ids = [r["idle"] for r in g]
+    meas = [i for i in ids if "cpu" in i]
+    cpu = fmt_med([i["cpu"] for i in meas])
+    share = _med([i["cpu"] / i["seconds"] for i in meas])
+    if share is not None:
+        cpu += f" ({share:.2%} over {_med([i['seconds'] for i in meas]):.0f} s)"
+    dl = [i["delivery"] for i in ids if i.get("delivery")]
+    lat = [x for d in dl for x in d["latencies"]]
+    arr = "; ".join(f"{d['arrived']}/{d['appended']}" for d in dl) or "-"
+    if lat:
+        arr += f" ({statistics.median(lat):.2f} / {max(lat):.2f})"
+    return ["; ".join(f"{i.get('sessions_idle', 0)}/{i['accounts']}"
+                      for i in ids),
+            fmt_med([i["rss_max_kb"] / 1024 for i in meas], 1), cpu,
+            fmt_med([i["ctxsw"] for i in meas], 0),
+            fmt_med([r.get("maxrss_kb", 0) / 1024 for r in g], 1), arr,
+            f"{lost} / {dup} / {cor}",
+            fmt_med([i["server_cpu"] for i in meas])]
+
+
+TABLES = {
+    # scenario (None: all the others): header columns after "Runs ok"
+    None: ("Wall s, median (min-max)", "CPU user+sys s", "(user / sys)",
+           "Max RSS MiB", "Lost / Dup / Corrupt", "Server CPU s"),
+    PUSH: ("Push mode", "Latency s, median (min-max of runs)",
+           "Latency max s", "Arrived", "CPU user+sys s", "Max RSS MiB",
+           "Lost / Dup / Corrupt", "Server CPU s"),
+    IDLE: ("Accounts in IDLE", "RSS while idle MiB",
+           "CPU while idle s (share of a core)",
+           "Context switches while idle", "Peak RSS MiB (whole run)",
+           "Then arrived (latency median / max s)", "Lost / Dup / Corrupt",
+           "Server CPU while idle s"),
+}
+COLUMNS = {None: _batch_cols, PUSH: _push_cols, IDLE: _idle_cols}
+
+
+def _table(cs, which, args):
+    """The table of scenario `which` (None: every batch scenario)."""
+    head = ("Scenario", "Client", "Runs ok") + TABLES[which] + ("Notes",)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for sc, row in cs.items():
-        if sc in (PUSH, IDLE):
+        if (sc in (PUSH, IDLE)) != (which is not None) or \
+                (which is not None and sc != which):
             continue
         for client, c in row.items():
-            rs = [r for r in c.runs if "na" not in r]
-            if c.na:
-                lines.append(f"| {sc} | {client} | n/a | - | - | - | - | - | - "
-                             f"| {c.na} |")
-                continue
-            notes = _notes(c, args)
-            if not c.good:
-                lines.append(f"| {sc} | {client} | 0/{len(rs)} | - | - | - | - "
-                             f"| - | - | {'; '.join(notes)} |")
-                continue
-            lost, dup, cor = _worst(c.good)
-            m = c.measured
-            wall = [r["wall"] for r in m]
-            cpu = [r.get("user", 0) + r.get("sys", 0) for r in m]
-            rss = [r.get("maxrss_kb", 0) / 1024 for r in m]
-            srv = [r["server_cpu"] for r in m]
-            us = (f"{_med([r.get('user', 0) for r in m]):.2f} / "
-                  f"{_med([r.get('sys', 0) for r in m]):.2f}")
-            lines.append(
-                f"| {sc} | {client} | {len(c.ok)}/{len(rs)} | {fmt_med(wall)} | "
-                f"{fmt_med(cpu)} | {us} | {fmt_med(rss, 1)} | "
-                f"{lost} / {dup} / {cor} | {fmt_med(srv)} | {'; '.join(notes)} |")
-    return lines
-
-
-def _push_table(row, args):
-    lines = ["| Scenario | Client | Runs ok | Push mode | Latency s, median "
-             "(min-max of runs) | Latency max s | Arrived | CPU user+sys s | "
-             "Max RSS MiB | Lost / Dup / Corrupt | Server CPU s | Notes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for client, c in row.items():
-        rs = [r for r in c.runs if "na" not in r]
-        if c.na:
-            lines.append(f"| {PUSH} | {client} | n/a | - | - | - | - | - | - "
-                         f"| - | - | {c.na} |")
-            continue
-        notes = _notes(c, args)
-        g = c.good
-        if not g:
-            lines.append(f"| {PUSH} | {client} | 0/{len(rs)} | - | - | - | - "
-                         f"| - | - | - | - | {'; '.join(notes)} |")
-            continue
-        lost, dup, cor = _worst(g)
-        meds = [r["push"]["median"] for r in g if r["push"]["median"] is not None]
-        pooled = [x for r in g for x in r["push"]["latencies"]]
-        med = f"{statistics.median(pooled):.3f}" if pooled else "-"
-        if len(meds) > 1:
-            med += f" ({min(meds):.3f}-{max(meds):.3f})"
-        mx = f"{max(pooled):.3f}" if pooled else "-"
-        arrived = "; ".join(f"{r['push']['arrived']}/{r['push']['messages']}"
-                            for r in g)
-        cpu = [r.get("user", 0) + r.get("sys", 0) for r in g]
-        rss = [r.get("maxrss_kb", 0) / 1024 for r in g]
-        srv = [r["server_cpu"] for r in g]
-        lines.append(
-            f"| {PUSH} | {client} | {len(c.ok)}/{len(rs)} | "
-            f"{g[0].get('push_mode', '?')} | {med} | {mx} | {arrived} | "
-            f"{fmt_med(cpu)} | {fmt_med(rss, 1)} | {lost} / {dup} / {cor} | "
-            f"{fmt_med(srv)} | {'; '.join(notes)} |")
-    return lines
-
-
-def _idle_table(row, args):
-    lines = ["| Scenario | Client | Runs ok | Accounts in IDLE | RSS while "
-             "idle MiB | CPU while idle s (share of a core) | Context "
-             "switches while idle | Peak RSS MiB (whole run) | Then arrived "
-             "(latency median / max s) | Lost / Dup / Corrupt | Server CPU "
-             "while idle s | Notes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for client, c in row.items():
-        rs = [r for r in c.runs if "na" not in r]
-        if c.na:
-            lines.append(f"| {IDLE} | {client} | n/a | - | - | - | - | - | - "
-                         f"| - | - | {c.na} |")
-            continue
-        notes = _notes(c, args)
-        g = c.good
-        if not g:
-            lines.append(f"| {IDLE} | {client} | 0/{len(rs)} | - | - | - | - "
-                         f"| - | - | - | - | {'; '.join(notes)} |")
-            continue
-        lost, dup, cor = _worst(g)
-        ids = [r["idle"] for r in g]
-        meas = [i for i in ids if "cpu" in i]
-        sess = "; ".join(f"{i.get('sessions_idle', 0)}/{i['accounts']}"
-                         for i in ids)
-        rss = fmt_med([i["rss_max_kb"] / 1024 for i in meas], 1)
-        cpu = fmt_med([i["cpu"] for i in meas])
-        share = _med([i["cpu"] / i["seconds"] for i in meas])
-        if share is not None:
-            cpu += f" ({share:.2%} over {_med([i['seconds'] for i in meas]):.0f} s)"
-        ctx = fmt_med([i["ctxsw"] for i in meas], 0)
-        peak = fmt_med([r.get("maxrss_kb", 0) / 1024 for r in g], 1)
-        dl = [i["delivery"] for i in ids if i.get("delivery")]
-        lat = [x for d in dl for x in d["latencies"]]
-        arr = "; ".join(f"{d['arrived']}/{d['appended']}" for d in dl) or "-"
-        if lat:
-            arr += (f" ({statistics.median(lat):.2f} / {max(lat):.2f})")
-        srv = fmt_med([i["server_cpu"] for i in meas])
-        lines.append(
-            f"| {IDLE} | {client} | {len(c.ok)}/{len(rs)} | {sess} | {rss} | "
-            f"{cpu} | {ctx} | {peak} | {arr} | {lost} / {dup} / {cor} | "
-            f"{srv} | {'; '.join(notes)} |")
+            lines.append(_cell_row(sc, client, c, args, len(TABLES[which]),
+                                   COLUMNS[which]))
     return lines
 
 
@@ -584,11 +561,10 @@ def markdown(env, args, results):
     for sc in cs:
         lines.append(f"- **{sc}**: {SCENARIOS[sc].format(**fmt)}")
     if any(sc not in (PUSH, IDLE) for sc in cs):
-        lines += [""] + _batch_table(cs, args)
-    if PUSH in cs:
-        lines += [""] + _push_table(cs[PUSH], args)
-    if IDLE in cs:
-        lines += [""] + _idle_table(cs[IDLE], args)
+        lines += [""] + _table(cs, None, args)
+    for which in (PUSH, IDLE):
+        if which in cs:
+            lines += [""] + _table(cs, which, args)
 
     # ratios
     batch = {sc: row for sc, row in cs.items() if sc not in (PUSH, IDLE)}
