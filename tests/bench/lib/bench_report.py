@@ -53,6 +53,23 @@ def _med(vals):
     return statistics.median(vals) if vals else None
 
 
+def _cpu(r):
+    """user + sys CPU seconds of a run; None if time -v wrote no report (a
+    run killed at --timeout takes time itself down with it)."""
+    return r["user"] + r["sys"] if "user" in r and "sys" in r else None
+
+
+def _rss(r):
+    """Max RSS of a run in MiB (None: no time -v report)."""
+    return r["maxrss_kb"] / 1024 if "maxrss_kb" in r else None
+
+
+def _us(rs):
+    """The (user / sys) column."""
+    u, s = _med([r.get("user") for r in rs]), _med([r.get("sys") for r in rs])
+    return "-" if u is None or s is None else f"{u:.2f} / {s:.2f}"
+
+
 def _trouble(d):
     """What went wrong in a push or idle run, in words ("" if nothing)."""
     s = f" ({d['error']})" if d.get("error") else ""
@@ -125,9 +142,9 @@ class Cell:
         self.measured = self.ok or self.good
         m = self.measured
         self.wall = _med([r["wall"] for r in m])
-        self.cpu = _med([r.get("user", 0) + r.get("sys", 0) for r in m])
-        self.rss = _med([r.get("maxrss_kb", 0) / 1024 for r in m])
-        self.rss_max = max([r.get("maxrss_kb", 0) / 1024 for r in m],
+        self.cpu = _med([_cpu(r) for r in m])
+        self.rss = _med([_rss(r) for r in m])
+        self.rss_max = max([x for x in map(_rss, m) if x is not None],
                            default=None)
 
     def why_not_correct(self):
@@ -238,6 +255,10 @@ def targets(cs, sizes_differ=False):
         m, err = ref_cell(sc)
         if m is None:
             add(sc, what, err, "n/a")
+            return
+        if value(m) is None:
+            add(sc, what, "not measured" + (f"; {err}" if err else ""),
+                "FAIL")
             return
         meas = fmt.format(value(m))
         if err:
@@ -448,11 +469,9 @@ def _cell_row(sc, client, c, args, ncols, body):
 def _batch_cols(c):
     m = c.measured
     lost, dup, cor = _worst(c.good)
-    us = (f"{_med([r.get('user', 0) for r in m]):.2f} / "
-          f"{_med([r.get('sys', 0) for r in m]):.2f}")
     return [fmt_med([r["wall"] for r in m]),
-            fmt_med([r.get("user", 0) + r.get("sys", 0) for r in m]), us,
-            fmt_med([r.get("maxrss_kb", 0) / 1024 for r in m], 1),
+            fmt_med([_cpu(r) for r in m]), _us(m),
+            fmt_med([_rss(r) for r in m], 1),
             f"{lost} / {dup} / {cor}", fmt_med([r["server_cpu"] for r in m])]
 
 
@@ -468,8 +487,8 @@ def _push_cols(c):
             f"{max(pooled):.3f}" if pooled else "-",
             "; ".join(f"{r['push']['arrived']}/{r['push']['messages']}"
                       for r in g),
-            fmt_med([r.get("user", 0) + r.get("sys", 0) for r in g]),
-            fmt_med([r.get("maxrss_kb", 0) / 1024 for r in g], 1),
+            fmt_med([_cpu(r) for r in g]),
+            fmt_med([_rss(r) for r in g], 1),
             f"{lost} / {dup} / {cor}", fmt_med([r["server_cpu"] for r in g])]
 
 
@@ -491,7 +510,7 @@ def _idle_cols(c):
                       for i in ids),
             fmt_med([i["rss_max_kb"] / 1024 for i in meas], 1), cpu,
             fmt_med([i["ctxsw"] for i in meas], 0),
-            fmt_med([r.get("maxrss_kb", 0) / 1024 for r in g], 1), arr,
+            fmt_med([_rss(r) for r in g], 1), arr,
             f"{lost} / {dup} / {cor}",
             fmt_med([i["server_cpu"] for i in meas])]
 
