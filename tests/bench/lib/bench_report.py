@@ -373,7 +373,7 @@ def idle_targets(cs, ref_cell, add):
 def _fmt_args(args):
     """Sizes for the scenario descriptions (results.json of older runs
     may lack the IMAP ones)."""
-    d = dict(REFERENCE_SIZES, idle_seconds=60)
+    d = dict(REFERENCE_SIZES, idle_seconds=130)
     d.update({k: v for k, v in args.items() if v is not None})
     return {"messages": d["messages"], "rtt": d["rtt_ms"],
             "huge_mb": d["huge_mb"], "s3_accounts": d["s3_accounts"],
