@@ -25,22 +25,18 @@
  * running ones by name: unchanged accounts keep their schedule and their
  * session, removed ones finish what is in flight and go, changed ones
  * finish and start again with the new settings, new ones start now.
- * After every poll, the status file in the state directory is rewritten.
+ * After every poll, the status file in the state directory is rewritten
+ * (status.c says what goes into it).
  */
 
 #include "config.h"
 
 #include <sys/queue.h>
-#include <sys/stat.h>
 
-#include <errno.h>
-#include <limits.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -85,6 +81,11 @@ struct account {
 	unsigned		 last_fetched;
 	unsigned long long	 fetched_total;
 	char			*last_error;
+	/* on-new-mail: the one running, and what waits for the next. */
+	struct command		*hook;
+	char			*hook_files;
+	size_t			 hook_len;
+	unsigned		 hook_count;
 };
 TAILQ_HEAD(account_list, account);
 
@@ -95,6 +96,7 @@ static struct config		*current;
 static int			 mode;		/* ACCOUNTS_* */
 static int			 stopping;
 static int			 active;
+static int			 hooks;		/* on-new-mail running */
 
 static void	account_timer_cb(evutil_socket_t, short, void *);
 static void	account_done_cb(struct session_result *, int, void *);
@@ -103,8 +105,6 @@ static void	account_schedule(struct account *, long);
 static void	account_schedule_ms(struct account *, long);
 static void	account_free(struct account *);
 static void	account_check_finished(void);
-static void	account_report_check(struct account *,
-		    const struct session_result *);
 static long	account_next_delay_ms(struct account *,
 		    const struct session_result *);
 static void	accounts_write_status(void);
@@ -146,6 +146,11 @@ account_free(struct account *a)
 	if (a->queued)
 		TAILQ_REMOVE(&waitq, a, waiting);
 	event_free(a->timer);
+	if (a->hook != NULL) {
+		command_cancel(a->hook);
+		hooks--;
+	}
+	free(a->hook_files);
 	SSL_CTX_free(a->ctx);
 	config_free(a->conf);
 	config_free(a->next_conf);
@@ -335,6 +340,15 @@ accounts_stop(void)
 	stopping = 1;
 	TAILQ_FOREACH(a, &accounts, entry) {
 		evtimer_del(a->timer);
+		/* A daemon's stop waits for no notification; --once,
+		   whose caller may want the hook's work done, does. */
+		if (mode == ACCOUNTS_DAEMON && a->hook != NULL) {
+			log_info("account=%s stopping: on-new-mail killed "
+			    "before it finished", a->ac->name);
+			command_cancel(a->hook);
+			a->hook = NULL;
+			hooks--;
+		}
 		if (a->queued) {
 			TAILQ_REMOVE(&waitq, a, waiting);
 			a->queued = 0;
@@ -405,6 +419,11 @@ account_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 	if (stopping || a->session != NULL || a->queued || a->removed)
 		return;
+	/* OAuth2: nothing to try until maild --authorize (or SIGHUP). */
+	if (mode == ACCOUNTS_DAEMON && oauth2_needs_authorization(a->ac)) {
+		account_schedule(a, a->ac->poll_interval);
+		return;
+	}
 	if (active >= current->max_connections) {
 		a->queued = 1;
 		TAILQ_INSERT_TAIL(&waitq, a, waiting);
@@ -503,6 +522,88 @@ account_log(struct account *a, const struct session_result *r, long next)
 		    "s", r->too_big == 1 ? "s" : "");
 }
 
+static void	account_hook_start(struct account *);
+
+static void
+account_hook_done(int status, const char *output, void *arg)
+{
+	struct account	*a = arg;
+	char		 why[128], esc[LOG_ESCAPE_MAX];
+	size_t		 n = strlen(output);
+
+	a->hook = NULL;
+	hooks--;
+	while (n > 0 && output[n - 1] == '\n')
+		n--;
+	if (status == 0)
+		log_debug("account=%s on-new-mail done%s%s", a->ac->name,
+		    n > 0 ? ": " : "", log_escape(esc, sizeof esc, output, n));
+	else
+		/* Delivery is done already: this changes nothing of it. */
+		log_warnx("account=%s on-new-mail %s%s%s", a->ac->name,
+		    command_status(status, why, sizeof why), n > 0 ? ": " : "",
+		    log_escape(esc, sizeof esc, output, n));
+	if (a->hook_count > 0)
+		account_hook_start(a);
+	account_check_finished();
+}
+
+/* Run on-new-mail for what waits (one at a time per account). */
+static void
+account_hook_start(struct account *a)
+{
+	char	*vars[4], *cause = NULL;
+	int	 i;
+
+	if (stopping && mode == ACCOUNTS_DAEMON)
+		return;		/* see accounts_stop() */
+	xasprintf(&vars[0], "MAILD_ACCOUNT=%s", a->ac->name);
+	xasprintf(&vars[1], "MAILD_COUNT=%u", a->hook_count);
+	if (a->ac->deliver == DELIVER_MAILDIR)
+		xasprintf(&vars[2], "MAILD_MAILDIR=%s", a->ac->maildir);
+	else
+		vars[2] = NULL;
+	vars[3] = NULL;
+	a->hook = command_run(env->base, a->ac->on_new_mail, vars,
+	    a->hook_files, a->hook_len, -1, a->conf->timeout * 10,
+	    account_hook_done, a, &cause);
+	for (i = 0; i < 3; i++)
+		free(vars[i]);
+	free(a->hook_files);
+	a->hook_files = NULL;
+	a->hook_len = 0;
+	a->hook_count = 0;
+	if (a->hook == NULL) {
+		log_warnx("account=%s cannot run on-new-mail: %s", a->ac->name,
+		    cause);
+		free(cause);
+		return;
+	}
+	hooks++;
+}
+
+/*
+ * After a poll that delivered something: run on-new-mail (once per poll,
+ * never per message), or, if it still runs, when it has ended.
+ */
+static void
+account_hook(struct account *a, const struct session_result *r)
+{
+	if (r->fetched == 0 || a->ac->on_new_mail == NULL ||
+	    mode == ACCOUNTS_CHECK)
+		return;
+	if (r->new_files_len > 0) {
+		a->hook_files = xreallocarray(a->hook_files, a->hook_len +
+		    r->new_files_len, 1);
+		memcpy(a->hook_files + a->hook_len, r->new_files,
+		    r->new_files_len);
+		a->hook_len += r->new_files_len;
+	}
+	a->hook_count += r->fetched;
+	if (a->hook == NULL)
+		account_hook_start(a);
+}
+
 /* A session that goes on (IMAP IDLE) fetched a round: log it. */
 static void
 account_cycle(struct account *a, const struct session_result *r)
@@ -517,6 +618,7 @@ account_cycle(struct account *a, const struct session_result *r)
 	a->fetched_total += r->fetched;
 	if (r->fetched > 0 || r->deleted > 0 || r->too_big > 0)
 		account_log(a, r, -1);
+	account_hook(a, r);
 	a->started = now_mono();	/* the next round's time */
 	accounts_write_status();
 }
@@ -543,15 +645,21 @@ account_done_cb(struct session_result *r, int final, void *arg)
 		a->last_error = r->error != NULL ? xstrdup(r->error) : NULL;
 		if (r->exitcode == 0)
 			a->last_success = time(NULL);
+		if (r->exitcode == EXIT_NOPERM)
+			oauth2_token_refused(a->ac);
 	}
 	next = account_next_delay_ms(a, r);
 	if (a->next_conf != NULL && a->next_ac != NULL &&
 	    !config_account_equal(a->conf, a->ac, a->next_conf, a->next_ac))
 		next = 0;		/* changed: it restarts at once */
-	if (mode == ACCOUNTS_CHECK)
-		account_report_check(a, r);
-	else
+	if (mode == ACCOUNTS_CHECK) {
+		if (status_report_check(a->conf, a->ac, r) == -1 &&
+		    a->exitcode == 0)
+			a->exitcode = EXIT_IOERR;
+	} else {
 		account_log(a, r, next);
+		account_hook(a, r);
+	}
 
 	if (r->nopipelining && !a->nopipelining) {
 		a->nopipelining = 1;
@@ -643,7 +751,7 @@ account_check_finished(void)
 
 	if (mode == ACCOUNTS_DAEMON && !stopping)
 		return;
-	if (active > 0 || !TAILQ_EMPTY(&waitq))
+	if (active > 0 || !TAILQ_EMPTY(&waitq) || hooks > 0)
 		return;
 	TAILQ_FOREACH(a, &accounts, entry) {
 		if (!stopping && evtimer_pending(a->timer, NULL))
@@ -652,142 +760,41 @@ account_check_finished(void)
 	event_base_loopexit(env->base, NULL);
 }
 
-/* --check: what worked and what did not, for a human. */
-static void
-account_report_check(struct account *a, const struct session_result *r)
-{
-	const char	*stage = r->stage != NULL ? r->stage : "?";
-	int		 reached_tls, logged_in;
-
-	printf("account \"%s\": %s@%s port %d\n", a->ac->name, a->ac->user,
-	    a->ac->host, a->ac->port);
-	if (r->peer[0] != '\0')
-		printf("  connect       ok      %s\n", r->peer);
-	reached_tls = r->tls[0] != '\0';
-	if (reached_tls)
-		printf("  tls           ok      %s, certificate %s\n", r->tls,
-		    a->ac->npins > 0 ? "matches tls-fingerprint" : "verified");
-	else if (a->ac->tls == TLS_NONE && r->peer[0] != '\0')
-		printf("  tls           NONE    (tls = none: not encrypted)\n");
-	if (r->capa[0] != '\0')
-		printf("  capabilities          %s\n", r->capa);
-	logged_in = r->login != NULL;
-	if (logged_in)
-		printf("  login         ok      %s\n", r->login);
-	if (r->exitcode == 0)
-		printf("  mailbox       ok      %llu message%s, %llu bytes\n",
-		    (unsigned long long)r->messages, r->messages == 1 ? "" :
-		    "s", (unsigned long long)r->octets);
-	else
-		printf("  %-13s FAILED  %s\n", stage, r->error != NULL ?
-		    r->error : "?");
-	if (check_account_report(a->conf, a->ac) == -1 && a->exitcode == 0)
-		a->exitcode = EXIT_IOERR;
-	fflush(stdout);
-}
-
-/* Times in the status file: UTC, ISO 8601; "-" for never. */
-static const char *
-status_time(time_t t, char *buf, size_t size)
-{
-	struct tm	tm;
-
-	if (t == 0)
-		return ("-");
-	gmtime_r(&t, &tm);
-	strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
-	return (buf);
-}
-
-/* Is the status file at path the one of a daemon that still runs? */
-static int
-status_of_running_daemon(const char *path)
-{
-	FILE	*f;
-	char	 line[256];
-	long	 pid;
-	int	 r = 0;
-
-	if ((f = fopen(path, "re")) == NULL)
-		return (0);
-	while (fgets(line, sizeof line, f) != NULL) {
-		if (strncmp(line, "pid=", 4) != 0)
-			continue;
-		pid = strtol(line + 4, NULL, 10);
-		r = strstr(line, " mode=daemon ") != NULL && pid > 0 &&
-		    pid != (long)getpid() && kill((pid_t)pid, 0) == 0;
-		break;
-	}
-	fclose(f);
-	return (r);
-}
-
 /*
- * Rewrite <state-dir>/maild.status (atomically) and tell systemd a
- * one-line summary: what "maild --status" shows.  A --once run leaves
- * alone the file of a daemon that is running.
+ * Rewrite the status file and tell systemd (status.c), after every poll
+ * and every change of the accounts.  --check has no status to tell.
  */
 static void
 accounts_write_status(void)
 {
-	struct account	*a;
-	char		 path[PATH_MAX], tmp[PATH_MAX], t1[32], t2[32], t3[32];
-	char		 esc[LOG_ESCAPE_MAX];
-	time_t		 last = 0;
-	FILE		*f;
-	int		 fd, n = 0, failing = 0;
+	struct account		*a;
+	struct status_account	*sa;
+	size_t			 n = 0;
 
 	if (mode == ACCOUNTS_CHECK)
 		return;
-	TAILQ_FOREACH(a, &accounts, entry) {
+	TAILQ_FOREACH(a, &accounts, entry)
 		n++;
-		if (a->exitcode != 0 && a->polls > 0)
-			failing++;
-		if (a->last_poll > last)
-			last = a->last_poll;
-	}
-	sdnotify("STATUS=%d account%s, last poll %s, %d failing", n,
-	    n == 1 ? "" : "s", status_time(last, t1, sizeof t1), failing);
-
-	if ((size_t)snprintf(path, sizeof path, "%s/maild.status",
-	    current->state_dir) >= sizeof path - 8)
-		return;
-	snprintf(tmp, sizeof tmp, "%.*s.XXXXXX", (int)(sizeof tmp - 8), path);
-	if (mode == ACCOUNTS_ONCE && status_of_running_daemon(path))
-		return;
-	if (mkdir_p(current->state_dir, 0700) == -1 ||
-	    (fd = mkstemp(tmp)) == -1)
-		return;
-	if ((f = fdopen(fd, "w")) == NULL) {
-		close(fd);
-		unlink(tmp);
-		return;
-	}
-	fprintf(f, "# maild status, see maild(8); times are UTC\n"
-	    "pid=%ld mode=%s written=%s\n", (long)getpid(),
-	    mode == ACCOUNTS_DAEMON ? "daemon" : "once",
-	    status_time(time(NULL), t1, sizeof t1));
+	sa = xcalloc(n ? n : 1, sizeof *sa);
+	n = 0;
 	TAILQ_FOREACH(a, &accounts, entry) {
-		fprintf(f, "account=%s state=%s last-poll=%s last-success=%s "
-		    "next-poll=%s fetched=%u fetched-total=%llu failures=%d",
-		    a->ac->name, a->session != NULL ? "polling" :
+		sa[n].name = a->ac->name;
+		sa[n].state = a->session != NULL ? "polling" :
+		    oauth2_needs_authorization(a->ac) ? "needs-authorization" :
 		    a->polls == 0 ? "waiting" : a->exitcode == 0 ? "ok" :
-		    "failing", status_time(a->last_poll, t1, sizeof t1),
-		    status_time(a->last_success, t2, sizeof t2),
-		    mode == ACCOUNTS_DAEMON && !stopping ?
-		    status_time(a->next_poll, t3, sizeof t3) : "-",
-		    a->last_fetched, a->fetched_total, a->failures);
-		if (a->last_error != NULL)
-			fprintf(f, " error=\"%s\"", log_escape(esc, sizeof esc,
-			    a->last_error, strlen(a->last_error)));
-		fputc('\n', f);
+		    "failing";
+		sa[n].failing = a->exitcode != 0 && a->polls > 0;
+		sa[n].last_poll = a->last_poll;
+		sa[n].last_success = a->last_success;
+		if (mode == ACCOUNTS_DAEMON && !stopping)
+			sa[n].next_poll = a->next_poll;
+		sa[n].fetched = a->last_fetched;
+		sa[n].fetched_total = a->fetched_total;
+		sa[n].failures = a->failures;
+		sa[n].error = a->last_error;
+		oauth2_status(a->ac, sa[n].token, sizeof sa[n].token);
+		n++;
 	}
-	if (fflush(f) == EOF || ferror(f)) {
-		fclose(f);
-		unlink(tmp);
-		return;
-	}
-	fclose(f);
-	if (rename(tmp, path) == -1)
-		unlink(tmp);
+	status_write(current->state_dir, mode, sa, n);
+	free(sa);
 }

@@ -51,6 +51,8 @@
 
 /* The most addresses of one host compared (-n, two accounts, one box). */
 #define CHECK_ADDRS_MAX	32
+/* What check_hint() says to do. */
+#define CHECK_HINT_MAX	128
 
 /* A host's addresses, without ports. */
 struct check_addrs {
@@ -130,7 +132,7 @@ check_probe_name(char *buf, size_t size, const char *dir)
 static char *
 check_create(const char *dir)
 {
-	char	 path[PATH_MAX], hint[128], *why = NULL;
+	char	 path[PATH_MAX], hint[CHECK_HINT_MAX], *why = NULL;
 	int	 fd, error;
 
 	if (check_probe_name(path, sizeof path, dir) == -1 ||
@@ -191,7 +193,7 @@ check_maildir(const char *path)
 {
 	const char	*subs[] = { "tmp", "new", "cur" };
 	char		 dir[3][PATH_MAX], from[PATH_MAX], to[PATH_MAX];
-	char		 hint[128], *why = NULL;
+	char		 hint[CHECK_HINT_MAX], *why = NULL;
 	struct stat	 sb;
 	size_t		 i;
 	int		 missing = 0, fd, n, error;
@@ -335,6 +337,14 @@ check_account_paths(const struct config *conf, const struct account_conf *a)
 		free(why);
 		r = -1;
 	}
+	if (a->oauth2_secret_source == SECRET_FILE &&
+	    private_path("oauth2-client-secret-file", a->oauth2_client_secret,
+	    &why) == -1) {
+		check_problem(conf, a->line, "account \"%s\": %s", a->name,
+		    why);
+		free(why);
+		r = -1;
+	}
 	if (a->tls_key_file != NULL &&
 	    private_path("tls-key-file", a->tls_key_file, &why) == -1) {
 		check_problem(conf, a->line, "account \"%s\": %s", a->name,
@@ -345,24 +355,48 @@ check_account_paths(const struct config *conf, const struct account_conf *a)
 	return (r);
 }
 
+/* Built-in OAuth2 without a token yet: say what to run. */
+static void
+check_oauth2_token(const struct config *conf, const struct account_conf *a)
+{
+	if (a->oauth2_provider == OAUTH2_NONE ||
+	    access(a->oauth2_file, F_OK) == 0 || errno != ENOENT)
+		return;
+	check_problem(conf, a->line, "warning: account \"%s\" has no OAuth2 "
+	    "token yet (%s): run maild --authorize %s", a->name,
+	    a->oauth2_file, a->name);
+}
+
 /* A port that says one thing and a tls setting that says another. */
 static void
 check_port_tls(const struct config *conf, const struct account_conf *a)
 {
-	int	line = a->port_line > 0 ? a->port_line : a->line;
+	int		 line = a->port_line > 0 ? a->port_line : a->line;
+	int		 imap = a->protocol == PROTOCOL_IMAP;
+	int		 tlsport = imap ? 993 : 995, plainport = imap ? 143 : 110;
+	const char	*tlsname = imap ? "IMAPS" : "POP3S";
+	const char	*plainname = imap ? "IMAP" : "POP3";
 
-	if (a->port == 995 && a->tls != TLS_IMPLICIT)
-		check_problem(conf, line, "warning: account \"%s\": port 995 "
-		    "is POP3S, where TLS starts at once, but tls = %s speaks "
-		    "plain POP3 first: set tls = implicit (or use port 110 for "
-		    "%s)",
-		    a->name, a->tls == TLS_STARTTLS ? "starttls" : "none",
-		    a->tls == TLS_STARTTLS ? "STARTTLS" : "plain POP3");
-	else if (a->port == 110 && a->tls == TLS_IMPLICIT)
-		check_problem(conf, line, "warning: account \"%s\": port 110 "
-		    "is plain POP3, but tls = implicit (the default) starts "
-		    "TLS at once: set tls = starttls (or use port 995 for "
-		    "POP3S)", a->name);
+	if (a->port == tlsport && a->tls != TLS_IMPLICIT)
+		check_problem(conf, line, "warning: account \"%s\": port %d "
+		    "is %s, where TLS starts at once, but tls = %s speaks "
+		    "plain %s first: set tls = implicit (or use port %d for "
+		    "%s)", a->name, tlsport, tlsname,
+		    a->tls == TLS_STARTTLS ? "starttls" : "none", plainname,
+		    plainport, a->tls == TLS_STARTTLS ? "STARTTLS" : plainname);
+	else if (a->port == plainport && a->tls == TLS_IMPLICIT)
+		check_problem(conf, line, "warning: account \"%s\": port %d "
+		    "is plain %s, but tls = implicit (the default) starts "
+		    "TLS at once: set tls = starttls (or use port %d for "
+		    "%s)", a->name, plainport, plainname, tlsport, tlsname);
+	else if ((a->port == 993 || a->port == 143) && !imap)
+		check_problem(conf, line, "warning: account \"%s\": port %d "
+		    "is IMAP's, but the account speaks POP3: set protocol = "
+		    "imap, or use port 995", a->name, a->port);
+	else if ((a->port == 995 || a->port == 110) && imap)
+		check_problem(conf, line, "warning: account \"%s\": port %d "
+		    "is POP3's, but the account speaks IMAP (protocol = imap): "
+		    "use port 993", a->name, a->port);
 }
 
 /* Resolve a host once (only "maild -n" does: the daemon never blocks). */
@@ -493,6 +527,7 @@ check_config(const struct config *conf)
 		if (check_account_paths(conf, &conf->accounts[i]) == -1)
 			r = -1;
 		check_port_tls(conf, &conf->accounts[i]);
+		check_oauth2_token(conf, &conf->accounts[i]);
 	}
 	check_same_mailbox(conf);
 	return (r);

@@ -25,6 +25,7 @@
 #include "config.h"
 
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include <arpa/inet.h>
 
@@ -41,6 +42,8 @@
 
 #include "maild.h"
 #include "confuse_compat.h"
+#include "http.h"
+#include "oauth2.h"
 
 #define DEFAULT_POLL_INTERVAL	300
 #define DEFAULT_TIMEOUT		60
@@ -83,9 +86,13 @@ static int	conf_keyword(cfg_t *, const char *, const char *const *);
 static int	conf_account_secret(cfg_t *, struct account_conf *);
 static int	conf_account_tls(cfg_t *, struct account_conf *);
 static int	conf_account_protocol(cfg_t *, struct account_conf *);
+static int	conf_account_delivery(cfg_t *, struct config *,
+		    struct account_conf *);
 static int	conf_account_policy(cfg_t *, struct config *,
 		    struct account_conf *);
 static int	conf_account_wire(cfg_t *, const struct account_conf *);
+static int	conf_account_oauth2(cfg_t *, struct config *,
+		    struct account_conf *);
 static int	conf_path(cfg_t *, const char *, char **);
 static int	conf_string(cfg_t *, const char *, int, char **);
 
@@ -121,6 +128,23 @@ static cfg_opt_t account_opts[] = {
 	CFG_BOOL("mark-seen", cfg_false, CFGF_NODEFAULT),
 	CFG_STR("idle", NULL, CFGF_NODEFAULT),
 	CFG_INT_CB("idle-refresh", 0, CFGF_NODEFAULT, conf_number_cb),
+	CFG_STR("deliver", "maildir", CFGF_NONE),
+	CFG_STR("lmtp", NULL, CFGF_NODEFAULT),
+	CFG_STR("lmtp-recipient", NULL, CFGF_NODEFAULT),
+	CFG_STR("mda", NULL, CFGF_NODEFAULT),
+	CFG_STR("on-new-mail", NULL, CFGF_NODEFAULT),
+	CFG_STR("dedupe", "no", CFGF_NONE),
+	CFG_INT_CB("dedupe-days", 0, CFGF_NODEFAULT, conf_number_cb),
+	CFG_STR("oauth2-provider", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-client-id", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-client-secret", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-client-secret-file", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-client-secret-command", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-auth-url", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-token-url", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-device-url", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-scope", NULL, CFGF_NODEFAULT),
+	CFG_STR("oauth2-tenant", NULL, CFGF_NODEFAULT),
 	CFG_END()
 };
 
@@ -132,6 +156,7 @@ static cfg_opt_t global_opts[] = {
 	CFG_INT_CB("session-timeout", DEFAULT_SESSION_TIMEOUT, CFGF_NONE,
 	    conf_number_cb),
 	CFG_INT("max-connections", DEFAULT_MAX_CONNECTIONS, CFGF_NONE),
+	CFG_STR("on-new-mail", NULL, CFGF_NODEFAULT),
 	CFG_SEC("account", account_opts,
 	    CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
 	CFG_END()
@@ -155,13 +180,15 @@ static const struct conf_number {
 	{ "max-size", 1, PARSE_SIZE_MAX, "like 500000, 800k, 20M, 1G" },
 	{ "idle-refresh", 0, PARSE_DURATION_MAX,
 	    "like 25m, 600s; between 10s and 29m" },
+	{ "dedupe-days", 0, PARSE_LONG_DURATION_MAX,
+	    "a number of days, like 30 or 30d" },
 };
 
 /* Record the first error; later ones are usually consequences of it. */
 static void
 conf_errorx(int line, const char *fmt, ...)
 {
-	char	msg[512];
+	char	msg[COMPAT_MSG_MAX];
 	va_list	ap;
 
 	if (cp->error != NULL)
@@ -179,7 +206,7 @@ conf_errorx(int line, const char *fmt, ...)
 static void
 conf_account_error(cfg_t *sec, const char *opt, const char *fmt, ...)
 {
-	char	msg[512];
+	char	msg[COMPAT_MSG_MAX];
 	va_list	ap;
 	int	line;
 
@@ -244,7 +271,7 @@ conf_value_problem(const char *opt, const char *value, char *why,
 static int
 conf_number_cb(cfg_t *cfg, cfg_opt_t *opt, const char *value, void *result)
 {
-	char	why[256];
+	char	why[COMPAT_WHY_MAX];
 	long	v = 0;
 
 	if (conf_number(cfg_opt_name(opt), value, &v, why, sizeof why) == -1) {
@@ -404,6 +431,18 @@ conf_path(cfg_t *sec, const char *opt, char **out)
  * The protocol, and the options only IMAP has: folders (default INBOX),
  * folder-subdirs, move-to, mark-seen, idle and idle-refresh.
  */
+/*
+ * Do two IMAP folder names name one folder?  INBOX in any case is INBOX
+ * (RFC 3501 5.1); any other name is compared exactly, as servers do.
+ */
+static int
+conf_same_folder(const char *a, const char *b)
+{
+	if (strcasecmp(a, "INBOX") == 0)
+		return (strcasecmp(b, "INBOX") == 0);
+	return (strcmp(a, b) == 0);
+}
+
 static int
 conf_account_protocol(cfg_t *sec, struct account_conf *a)
 {
@@ -446,9 +485,10 @@ conf_account_protocol(cfg_t *sec, struct account_conf *a)
 			}
 		}
 		for (j = 0; j < i; j++) {
-			if (strcmp(a->folders[j], f) == 0) {
+			if (conf_same_folder(a->folders[j], f)) {
 				conf_account_error(sec, "folders", "folder "
-				    "\"%s\" is listed twice", f);
+				    "\"%s\" is listed twice (as \"%s\" too)",
+				    f, a->folders[j]);
 				return (-1);
 			}
 		}
@@ -466,6 +506,15 @@ conf_account_protocol(cfg_t *sec, struct account_conf *a)
 			conf_account_error(sec, "move-to", "move-to must name a "
 			    "folder");
 			return (-1);
+		}
+		for (j = 0; j < n; j++) {
+			if (conf_same_folder(a->folders[j], f)) {
+				/* Fetched again, moved again, every poll. */
+				conf_account_error(sec, "move-to", "move-to "
+				    "\"%s\" is one of the folders fetched; "
+				    "move to a folder that is not fetched", f);
+				return (-1);
+			}
 		}
 		a->move_to = xstrdup(f);
 	}
@@ -562,6 +611,21 @@ conf_account_secret(cfg_t *sec, struct account_conf *a)
 	size_t		 i, n = 0;
 	int		 r;
 
+	if (cfg_size(sec, "oauth2-provider") > 0) {
+		for (i = 0; i < sizeof sources / sizeof sources[0]; i++) {
+			if (cfg_size(sec, sources[i].opt) == 0)
+				continue;
+			conf_account_error(sec, sources[i].opt, "%s and "
+			    "oauth2-provider exclude each other: with "
+			    "oauth2-provider maild gets the token itself (remove "
+			    "%s), or a command of yours does (remove the "
+			    "oauth2-* options)", sources[i].opt,
+			    sources[i].opt);
+			return (-1);
+		}
+		a->secret_source = SECRET_OAUTH2;
+		return (0);
+	}
 	for (i = 0; i < sizeof sources / sizeof sources[0]; i++) {
 		if (cfg_size(sec, sources[i].opt) == 0)
 			continue;
@@ -577,7 +641,8 @@ conf_account_secret(cfg_t *sec, struct account_conf *a)
 	}
 	if (n != 1) {
 		conf_account_error(sec, NULL, "give exactly one of password, "
-		    "password-file, password-command and password-credential");
+		    "password-file, password-command and password-credential "
+		    "(or oauth2-provider)");
 		return (-1);
 	}
 	if (a->secret_source == SECRET_CREDENTIAL &&
@@ -715,13 +780,8 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 		}
 	}
 
-	if (cfg_size(sec, "maildir") == 0) {
-		conf_account_error(sec, NULL, "'maildir' is required");
+	if (conf_account_delivery(sec, conf, a) == -1)
 		return (-1);
-	}
-	if (conf_path(sec, "maildir", &a->maildir) == -1)
-		return (-1);
-	a->maildir_line = conf_line(sec, "maildir");
 	a->poll_interval = conf->poll_interval;
 	if (cfg_size(sec, "poll-interval") > 0)
 		a->poll_interval = (int)cfg_getint(sec, "poll-interval");
@@ -730,6 +790,346 @@ conf_account_policy(cfg_t *sec, struct config *conf, struct account_conf *a)
 		    "be at least 1s");
 		return (-1);
 	}
+	return (0);
+}
+
+/* A command or address option: not empty, no control characters. */
+static int
+conf_command(cfg_t *sec, const char *opt, char **out)
+{
+	const char	*v = cfg_getstr(sec, opt);
+	size_t		 i;
+
+	if (v == NULL || *v == '\0' || strlen(v) > 4096) {
+		conf_account_error(sec, opt, "%s must not be empty (nor over "
+		    "4096 bytes)", opt);
+		return (-1);
+	}
+	for (i = 0; v[i] != '\0'; i++) {
+		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) {
+			conf_account_error(sec, opt, "%s holds a control "
+			    "character", opt);
+			return (-1);
+		}
+	}
+	*out = xstrdup(v);
+	return (0);
+}
+
+/*
+ * lmtp = "unix:/absolute/path" (short enough for a socket address) or
+ * "host:port" ("[v6 address]:port" too).
+ */
+static int
+conf_lmtp(cfg_t *sec, const char *v)
+{
+	struct sockaddr_un	 sun;
+	const char		*colon;
+	uint64_t		 port;
+
+	if (strncmp(v, "unix:", 5) == 0) {
+		if (v[5] != '/') {
+			conf_account_error(sec, "lmtp", "the LMTP socket must be "
+			    "an absolute path, like \"unix:/run/dovecot/lmtp\"");
+			return (-1);
+		}
+		if (strlen(v + 5) >= sizeof sun.sun_path) {
+			conf_account_error(sec, "lmtp", "the LMTP socket path is "
+			    "longer than %zu bytes", sizeof sun.sun_path - 1);
+			return (-1);
+		}
+		return (0);
+	}
+	colon = strrchr(v, ':');
+	if (colon == NULL || colon == v || (v[0] == '[' && colon[-1] != ']') ||
+	    (v[0] != '[' && strchr(v, ':') != colon) ||
+	    (size_t)(colon - v) > 255) {
+		conf_account_error(sec, "lmtp", "lmtp must be "
+		    "\"unix:/path/to/socket\" or \"host:port\" (\"[::1]:24\" "
+		    "for an IPv6 address)");
+		return (-1);
+	}
+	if (parse_u64(colon + 1, 65535, &port) == -1 || port == 0) {
+		conf_account_error(sec, "lmtp", "lmtp: the port must be a "
+		    "number from 1 to 65535 (LMTP's is usually 24)");
+		return (-1);
+	}
+	return (0);
+}
+
+/*
+ * Where the mail goes: deliver = maildir (maildir required), lmtp (lmtp
+ * required, lmtp-recipient defaulting to the user) or mda (mda
+ * required); for the last two, messages are spooled in the state
+ * directory ("<account>.spool", which a.maildir names then).  Also
+ * on-new-mail and dedupe.
+ */
+static int
+conf_account_delivery(cfg_t *sec, struct config *conf, struct account_conf *a)
+{
+	static const char *const delivers[] = { "maildir", "lmtp", "mda",
+	    NULL };
+	static const char *const dedupes[] = { "no", "message-id", NULL };
+	const char	*v;
+	int		 r;
+
+	if ((r = conf_keyword(sec, "deliver", delivers)) == -1)
+		return (-1);
+	a->deliver = r;
+	if (a->deliver == DELIVER_MAILDIR) {
+		if (cfg_size(sec, "lmtp") > 0 || cfg_size(sec, "mda") > 0 ||
+		    cfg_size(sec, "lmtp-recipient") > 0) {
+			conf_account_error(sec, cfg_size(sec, "mda") > 0 ?
+			    "mda" : "lmtp", "lmtp and mda need deliver = lmtp "
+			    "or deliver = mda");
+			return (-1);
+		}
+		if (cfg_size(sec, "maildir") == 0) {
+			conf_account_error(sec, NULL, "'maildir' is required "
+			    "(or deliver = lmtp or mda)");
+			return (-1);
+		}
+		if (conf_path(sec, "maildir", &a->maildir) == -1)
+			return (-1);
+		a->maildir_line = conf_line(sec, "maildir");
+	} else {
+		if (cfg_size(sec, "maildir") > 0) {
+			conf_account_error(sec, "maildir", "maildir is for "
+			    "deliver = maildir; with deliver = %s, %s says "
+			    "where mail goes", delivers[a->deliver],
+			    delivers[a->deliver]);
+			return (-1);
+		}
+		v = a->deliver == DELIVER_LMTP ? "lmtp" : "mda";
+		if (cfg_size(sec, v) == 0) {
+			conf_account_error(sec, "deliver", "deliver = %s needs "
+			    "%s", v, v);
+			return (-1);
+		}
+		if (conf_command(sec, v, a->deliver == DELIVER_LMTP ?
+		    &a->lmtp : &a->mda) == -1)
+			return (-1);
+		if (a->deliver == DELIVER_LMTP && conf_lmtp(sec, a->lmtp) == -1)
+			return (-1);
+		if (a->deliver != DELIVER_MAILDIR && a->folder_subdirs) {
+			conf_account_error(sec, "folder-subdirs", "folder-subdirs "
+			    "is for deliver = maildir; with deliver = %s, %s "
+			    "files the mail", delivers[a->deliver],
+			    a->deliver == DELIVER_LMTP ? "the LMTP server (Sieve)" :
+			    "the mda");
+			return (-1);
+		}
+		if (cfg_size(sec, "lmtp-recipient") > 0) {
+			if (a->deliver != DELIVER_LMTP) {
+				conf_account_error(sec, "lmtp-recipient",
+				    "lmtp-recipient is for deliver = lmtp");
+				return (-1);
+			}
+			if (conf_command(sec, "lmtp-recipient",
+			    &a->lmtp_recipient) == -1)
+				return (-1);
+			if (strlen(a->lmtp_recipient) > LMTP_RECIPIENT_MAX) {
+				conf_account_error(sec, "lmtp-recipient",
+				    "lmtp-recipient is longer than %d bytes",
+				    LMTP_RECIPIENT_MAX);
+				return (-1);
+			}
+			if (strpbrk(a->lmtp_recipient, "<> ") != NULL) {
+				conf_account_error(sec, "lmtp-recipient",
+				    "lmtp-recipient is an address, without <> "
+				    "or spaces");
+				return (-1);
+			}
+		} else if (a->deliver == DELIVER_LMTP) {
+			if (strlen(a->user) > LMTP_RECIPIENT_MAX ||
+			    strpbrk(a->user, "<> ") != NULL) {
+				conf_account_error(sec, "deliver", "the user "
+				    "name is no LMTP recipient: set "
+				    "lmtp-recipient");
+				return (-1);
+			}
+			a->lmtp_recipient = xstrdup(a->user);
+		}
+		xasprintf(&a->maildir, "%s/%s.spool", conf->state_dir,
+		    a->name);
+	}
+	if (cfg_size(sec, "on-new-mail") > 0) {
+		if (conf_command(sec, "on-new-mail", &a->on_new_mail) == -1)
+			return (-1);
+	} else if (conf->on_new_mail != NULL)
+		a->on_new_mail = xstrdup(conf->on_new_mail);
+	if ((r = conf_keyword(sec, "dedupe", dedupes)) == -1)
+		return (-1);
+	a->dedupe = r;
+	a->dedupe_days = 30;
+	if (cfg_size(sec, "dedupe-days") > 0) {
+		long	days = cfg_getint(sec, "dedupe-days");
+
+		/* A bare number is days here; "30d" was read as seconds. */
+		if (days % 86400 == 0 && days >= 86400)
+			days /= 86400;
+		if (days < 1 || days > 3650) {
+			conf_account_error(sec, "dedupe-days", "dedupe-days must "
+			    "be 1 to 3650 days");
+			return (-1);
+		}
+		a->dedupe_days = (int)days;
+	}
+	return (0);
+}
+
+/*
+ * Which mail service an account's OAuth2 token is for: Microsoft grants
+ * POP3 and IMAP with different scopes.  conf_account_protocol() has set
+ * the protocol by then.
+ */
+static int
+conf_oauth2_service(const struct account_conf *a)
+{
+	return (a->protocol == PROTOCOL_IMAP ? OAUTH2_SERVICE_IMAP :
+	    OAUTH2_SERVICE_POP3);
+}
+
+/* oauth2-client-secret, -file or -command: at most one. */
+static int
+conf_oauth2_secret(cfg_t *sec, struct account_conf *a)
+{
+	static const struct {
+		const char		*opt;
+		enum secret_source	 source;
+		int			 path;
+	} sources[] = {
+		{ "oauth2-client-secret", SECRET_PASSWORD, 0 },
+		{ "oauth2-client-secret-file", SECRET_FILE, 1 },
+		{ "oauth2-client-secret-command", SECRET_COMMAND, 0 },
+	};
+	size_t	i, n = 0;
+	int	r;
+
+	for (i = 0; i < sizeof sources / sizeof sources[0]; i++) {
+		if (cfg_size(sec, sources[i].opt) == 0)
+			continue;
+		if (n++ > 0) {
+			conf_account_error(sec, sources[i].opt, "give at most "
+			    "one of oauth2-client-secret, "
+			    "oauth2-client-secret-file and "
+			    "oauth2-client-secret-command");
+			return (-1);
+		}
+		a->oauth2_secret_source = sources[i].source;
+		if (sources[i].path)
+			r = conf_path(sec, sources[i].opt,
+			    &a->oauth2_client_secret);
+		else
+			r = conf_string(sec, sources[i].opt, 1,
+			    &a->oauth2_client_secret);
+		if (r == -1)
+			return (-1);
+	}
+	return (0);
+}
+
+/* An endpoint option: replaces the preset's URL if given. */
+static int
+conf_oauth2_url(cfg_t *sec, const char *opt, char **url)
+{
+	char	*v, why[512];
+
+	if (cfg_size(sec, opt) == 0)
+		return (0);
+	if (conf_string(sec, opt, 1, &v) == -1)
+		return (-1);
+	if (http_url_check(v, 0, why, sizeof why) == -1) {
+		conf_account_error(sec, opt, "%s: %s", opt, why);
+		free(v);
+		return (-1);
+	}
+	free(*url);
+	*url = v;
+	return (0);
+}
+
+/*
+ * Built-in OAuth2: the provider's preset, what the options change in it,
+ * the client, and the token file in the state directory.
+ */
+static int
+conf_account_oauth2(cfg_t *sec, struct config *conf, struct account_conf *a)
+{
+	static const char *const providers[] = { "google", "microsoft",
+	    "custom", NULL };
+	static const char *const opts[] = { "oauth2-client-id",
+	    "oauth2-client-secret", "oauth2-client-secret-file",
+	    "oauth2-client-secret-command", "oauth2-auth-url",
+	    "oauth2-token-url", "oauth2-device-url", "oauth2-scope",
+	    "oauth2-tenant", NULL };
+	struct oauth2_endpoints	 e;
+	size_t			 i;
+	int			 r;
+
+	if (cfg_size(sec, "oauth2-provider") == 0) {
+		for (i = 0; opts[i] != NULL; i++) {
+			if (cfg_size(sec, opts[i]) > 0) {
+				conf_account_error(sec, opts[i], "%s needs "
+				    "oauth2-provider (google, microsoft or "
+				    "custom)", opts[i]);
+				return (-1);
+			}
+		}
+		return (0);
+	}
+	if ((r = conf_keyword(sec, "oauth2-provider", providers)) == -1)
+		return (-1);
+	a->oauth2_provider = (enum oauth2_provider)(r + 1);
+	if (conf_string(sec, "oauth2-client-id", 1, &a->oauth2_client_id) ==
+	    -1 || conf_oauth2_secret(sec, a) == -1 ||
+	    conf_string(sec, "oauth2-tenant", 0, &a->oauth2_tenant) == -1)
+		return (-1);
+	if (a->oauth2_tenant != NULL && (a->oauth2_provider !=
+	    OAUTH2_MICROSOFT || strspn(a->oauth2_tenant, "abcdefghijklmnopq"
+	    "rstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") !=
+	    strlen(a->oauth2_tenant))) {
+		conf_account_error(sec, "oauth2-tenant", a->oauth2_provider ==
+		    OAUTH2_MICROSOFT ? "oauth2-tenant is a tenant's ID or "
+		    "domain name, or common, organizations or consumers" :
+		    "oauth2-tenant is for oauth2-provider = microsoft");
+		return (-1);
+	}
+	oauth2_preset(a->oauth2_provider, a->oauth2_tenant,
+	    conf_oauth2_service(a), &e);
+	a->oauth2_auth_url = e.auth_url;
+	a->oauth2_token_url = e.token_url;
+	a->oauth2_device_url = e.device_url;
+	a->oauth2_scope = e.scope;
+	if (conf_oauth2_url(sec, "oauth2-auth-url", &a->oauth2_auth_url) ==
+	    -1 || conf_oauth2_url(sec, "oauth2-token-url",
+	    &a->oauth2_token_url) == -1 || conf_oauth2_url(sec,
+	    "oauth2-device-url", &a->oauth2_device_url) == -1)
+		return (-1);
+	if (cfg_size(sec, "oauth2-scope") > 0) {
+		free(a->oauth2_scope);
+		if (conf_string(sec, "oauth2-scope", 1, &a->oauth2_scope) == -1)
+			return (-1);
+	}
+	if (a->oauth2_token_url == NULL) {
+		conf_account_error(sec, "oauth2-provider", "oauth2-provider = "
+		    "custom needs oauth2-token-url");
+		return (-1);
+	}
+	if (a->oauth2_auth_url == NULL && a->oauth2_device_url == NULL) {
+		conf_account_error(sec, "oauth2-provider", "oauth2-provider = "
+		    "custom needs oauth2-device-url (for the device grant) or "
+		    "oauth2-auth-url (for the authorization code grant)");
+		return (-1);
+	}
+	if (a->auth == AUTH_AUTO)
+		a->auth = AUTH_XOAUTH2;
+	else if (a->auth != AUTH_XOAUTH2 && a->auth != AUTH_OAUTHBEARER) {
+		conf_account_error(sec, "auth", "with oauth2-provider, auth is "
+		    "xoauth2 or oauthbearer (an OAuth2 token is no password)");
+		return (-1);
+	}
+	xasprintf(&a->oauth2_file, "%s/%s.oauth2", conf->state_dir, a->name);
 	return (0);
 }
 
@@ -858,6 +1258,7 @@ conf_account(cfg_t *sec, struct config *conf, struct account_conf *a)
 	    conf_account_secret(sec, a) == -1 ||
 	    conf_account_tls(sec, a) == -1 ||
 	    conf_account_policy(sec, conf, a) == -1 ||
+	    conf_account_oauth2(sec, conf, a) == -1 ||
 	    conf_account_wire(sec, a) == -1)
 		return (-1);
 	if (a->move_to != NULL && a->keep) {
@@ -1014,7 +1415,8 @@ conf_check_secrecy(const char *path, const struct config *conf)
 	size_t		i;
 
 	for (i = 0; i < conf->naccounts; i++) {
-		if (conf->accounts[i].secret_source == SECRET_PASSWORD)
+		if (conf->accounts[i].secret_source == SECRET_PASSWORD ||
+		    conf->accounts[i].oauth2_secret_source == SECRET_PASSWORD)
 			break;
 	}
 	if (i == conf->naccounts)
@@ -1023,10 +1425,13 @@ conf_check_secrecy(const char *path, const struct config *conf)
 		return (0);	/* parsed already; nothing sensible to add */
 	if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
 		conf_errorx(conf->accounts[i].line, "account \"%s\" has a "
-		    "password, but the file is readable by others (mode %04o); "
-		    "run 'chmod 600 %s' or use password-file",
-		    conf->accounts[i].name, (unsigned)(sb.st_mode & 07777),
-		    path);
+		    "%s, but the file is readable by others (mode %04o); "
+		    "run 'chmod 600 %s' or use %s-file",
+		    conf->accounts[i].name, conf->accounts[i].secret_source ==
+		    SECRET_PASSWORD ? "password" : "oauth2-client-secret",
+		    (unsigned)(sb.st_mode & 07777), path,
+		    conf->accounts[i].secret_source == SECRET_PASSWORD ?
+		    "password" : "oauth2-client-secret");
 		return (-1);
 	}
 	return (0);
@@ -1057,7 +1462,8 @@ config_load_readonly(const char *path, char **cause)
 static int
 conf_globals(cfg_t *cfg, struct config *conf)
 {
-	long	v;
+	long		 v;
+	const char	*v2;
 
 	conf->poll_interval = (int)cfg_getint(cfg, "poll-interval");
 	conf->timeout = (int)cfg_getint(cfg, "timeout");
@@ -1093,6 +1499,15 @@ conf_globals(cfg_t *cfg, struct config *conf)
 		xasprintf(&cp->error, "%s: no state-dir given and $HOME is "
 		    "not set", cp->file);
 		return (-1);
+	}
+	if (cfg_size(cfg, "on-new-mail") > 0) {
+		v2 = cfg_getstr(cfg, "on-new-mail");
+		if (v2 == NULL || *v2 == '\0' || strpbrk(v2, "\r\n") != NULL) {
+			conf_errorx(conf_line(cfg, "on-new-mail"), "on-new-mail "
+			    "must be a command on one line");
+			return (-1);
+		}
+		conf->on_new_mail = xstrdup(v2);
 	}
 	return (0);
 }
@@ -1182,6 +1597,10 @@ conf_account_free(struct account_conf *a)
 	free(a->tls_key_file);
 	free(a->pins);
 	free(a->move_to);
+	free(a->lmtp);
+	free(a->lmtp_recipient);
+	free(a->mda);
+	free(a->on_new_mail);
 	if (a->folders != NULL) {
 		char	**f;
 
@@ -1189,6 +1608,17 @@ conf_account_free(struct account_conf *a)
 			free(*f);
 		free(a->folders);
 	}
+	free(a->oauth2_client_id);
+	if (a->oauth2_secret_source == SECRET_PASSWORD)
+		freezero_str(a->oauth2_client_secret);
+	else
+		free(a->oauth2_client_secret);
+	free(a->oauth2_auth_url);
+	free(a->oauth2_token_url);
+	free(a->oauth2_device_url);
+	free(a->oauth2_scope);
+	free(a->oauth2_tenant);
+	free(a->oauth2_file);
 }
 
 /* Keep only the named account (maild --check name); -1 if there is none. */
@@ -1232,6 +1662,7 @@ config_free(struct config *conf)
 		conf_account_free(&conf->accounts[i]);
 	free(conf->accounts);
 	free(conf->state_dir);
+	free(conf->on_new_mail);
 	free(conf->path);
 	free(conf);
 }

@@ -360,7 +360,7 @@ scan_error(struct compat *c, const struct section *in, int line,
     const char *fmt, ...)
 {
 	va_list	ap;
-	char	msg[512];
+	char	msg[COMPAT_MSG_MAX];
 
 	if (c->scan_error != NULL)
 		return;
@@ -421,7 +421,7 @@ scan_extra_words(struct compat *c, struct lexer *lx, const cfg_opt_t *opt,
 	struct lexer	 save, peek;
 	struct token	 w, after;
 	const char	*end = value->start + value->len;
-	char		*all, why[256];
+	char		*all, why[COMPAT_WHY_MAX];
 	int		 quoted = value->quoted;
 
 	for (;;) {
@@ -633,7 +633,7 @@ scan(struct compat *c, const char *text)
 static void
 compat_error_cb(cfg_t *cfg, const char *fmt, va_list ap)
 {
-	char	msg[512];
+	char	msg[COMPAT_MSG_MAX];
 
 	if (parsing == NULL || parsing->lib_error != NULL)
 		return;

@@ -25,10 +25,14 @@
 #include <confuse.h>
 
 /*
- * Why value is not right for the option (a message without "file:line: ")
- * and -1; 0 if it is, or if the option takes any string.
+ * Why value is not right for the option (a message without "file:line: ",
+ * in a buffer of COMPAT_WHY_MAX) and -1; 0 if it is, or if the option
+ * takes any string.
  */
 typedef int (*compat_value_cb)(const char *, const char *, char *, size_t);
+#define COMPAT_WHY_MAX	256
+/* A message about a mistake in the file, before "file:line: ". */
+#define COMPAT_MSG_MAX	512
 
 struct compat;
 

@@ -61,7 +61,9 @@
  *    DELE), the record is forgotten at once, so that a server reusing the
  *    key for a new message does not get that one removed undelivered;
  *  - a message listed with a size other than the one recorded (both known,
- *    exact-sizes) is a different message under a reused key: it is new;
+ *    exact-sizes) is a different message under a reused key: it is new
+ *    (not for keys a session declares stable, deliver_stable_keys():
+ *    IMAP never reuses a UID under one UIDVALIDITY);
  *  - records of messages the listings no longer show are forgotten only
  *    after FORGET_LISTINGS complete listings in a row and FORGET_SECONDS
  *    without them, so that one empty or partial listing (a server glitch)
@@ -89,6 +91,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +112,8 @@
 /* The flags deliver.c keeps on records (state_set_flags). */
 #define REC_LISTED		0x01	/* in this session's listing */
 #define REC_REMOVED		0x02	/* the server acknowledged removal */
+/* The paths of new files kept for the hook, at most (bytes). */
+#define NEWFILES_MAX		(16U << 20)
 /* Maildir++ folders an account may deliver to at once. */
 #define SUBDIRS_MAX		256
 
@@ -148,6 +153,11 @@ struct batch_item {
 	uint64_t	 listed;	/* the size the server listed */
 	uint64_t	 size;		/* the size of the file */
 	void		*cookie;
+	char		*dedupe;	/* its key in the dedupe index */
+	/* Handed to a destination other than the Maildir: */
+	struct deliver	*d;
+	int		 status;	/* DEST_* */
+	char		*reply;		/* what the destination said */
 };
 
 /* One session's handle on its account's store, with its own batch. */
@@ -157,6 +167,7 @@ struct deliver {
 	struct state		*seen;		/* digests of this session */
 	EVP_MD_CTX		*mdctx;
 	int			 hash;		/* digest every message */
+	int			 stable_keys;	/* a key names one message */
 	char			*reident;	/* folder prefix: match digests */
 	size_t			 reidentlen;
 	char			*current;	/* ... not under this prefix */
@@ -164,15 +175,38 @@ struct deliver {
 	deliver_committed_cb	 committed;
 	void			*arg;
 
-	struct batch_item	*batch;
-	size_t			 nbatch;
+	struct batch_item	*batch;		/* being filled */
+	size_t			 nbatch, batchcap;
 	uint64_t		 batch_bytes;
 	double			 batch_started;
+
+	/* deliver = lmtp or mda: the batch handed to the destination. */
+	struct dest		*dest;
+	struct batch_item	*cbatch;
+	size_t			 ncbatch, cbatchcap, cwaiting;
+	int			 commit_wanted;
+	deliver_ready_cb	 ready;
+	void			*ready_arg;
+	unsigned		 refused;	/* by the destination */
+	int			 refused_perm;
+	char			*refused_reply;
+	struct dedupe		*dedupe;
+	/* The files delivered since the last deliver_new_files(). */
+	char			*newfiles;
+	size_t			 newlen, newcap;
 };
 
 static int	store_recover(struct store *, char **);
 static void	store_close(struct store *);
 static void	deliver_clear_batch(struct deliver *);
+static void	deliver_clear_items(struct deliver *, struct batch_item *,
+		    size_t);
+static int	deliver_dest_commit(struct deliver *, char **);
+static int	deliver_maildir_commit(struct deliver *, char **);
+static void	deliver_scan_headers(struct deliver_msg *, const char *,
+		    size_t);
+static void	deliver_note_file(struct deliver *, const char *,
+		    const char *);
 
 /*
  * Open (or create) a Maildir of the store: NULL the main one, else a
@@ -205,6 +239,10 @@ store_dir(struct store *s, const char *name, char **cause)
 		return (-1);
 	}
 	free(path);
+	if (maildir_mark_folder(&dir->md, cause) == -1) {
+		maildir_close(&dir->md);
+		return (-1);
+	}
 	dir->name = xstrdup(name);
 	return ((long)s->ndirs++);
 }
@@ -346,6 +384,270 @@ store_close(struct store *s)
 }
 
 /*
+ * The dedupe index of a destination (dedupe = message-id): the
+ * Message-IDs (with sizes) delivered there in the last dedupe-days, one
+ * state file "dedupe-<hash>" in the state directory that every account
+ * delivering to the destination shares.
+ */
+struct dedupe {
+	LIST_ENTRY(dedupe)	 entry;
+	char			*name;
+	int			 refs;
+	long			 keep;		/* seconds a record counts */
+	struct state		*st;
+};
+static LIST_HEAD(, dedupe) dedupes = LIST_HEAD_INITIALIZER(dedupes);
+
+static struct dedupe *
+dedupe_open(const struct account_conf *ac, const char *state_dir, int *code,
+    char **cause)
+{
+	static const uint8_t	 key[16] = "maild dedupe 01";
+	const struct state_rec	*r;
+	struct dedupe		*x;
+	char			*dest, name[64];
+	uint32_t		 it = 0;
+	time_t			 now = time(NULL);
+
+	if (ac->deliver == DELIVER_LMTP)
+		xasprintf(&dest, "lmtp:%s %s", ac->lmtp, ac->lmtp_recipient);
+	else if (ac->deliver == DELIVER_MDA)
+		xasprintf(&dest, "mda:%s", ac->mda);
+	else
+		xasprintf(&dest, "maildir:%s", ac->maildir);
+	snprintf(name, sizeof name, "dedupe-%016llx", (unsigned long long)
+	    siphash24(key, dest, strlen(dest)));
+	free(dest);
+	LIST_FOREACH(x, &dedupes, entry) {
+		if (strcmp(x->name, name) == 0) {
+			x->refs++;
+			return (x);
+		}
+	}
+	x = xcalloc(1, sizeof *x);
+	x->name = xstrdup(name);
+	x->refs = 1;
+	x->keep = (long)ac->dedupe_days * 86400;
+	if ((x->st = state_open(state_dir, name, code, cause)) == NULL) {
+		free(x->name);
+		free(x);
+		return (NULL);
+	}
+	/* What is older than dedupe-days no longer counts. */
+	while ((r = state_next(x->st, &it)) != NULL) {
+		if (now - r->first > x->keep)
+			state_forget(x->st, state_rec_id(x->st, r));
+	}
+	if (state_dirty(x->st) && state_sync(x->st, cause) == -1) {
+		*code = EXIT_IOERR;
+		state_close(x->st);
+		free(x->name);
+		free(x);
+		return (NULL);
+	}
+	LIST_INSERT_HEAD(&dedupes, x, entry);
+	return (x);
+}
+
+static void
+dedupe_close(struct dedupe *x)
+{
+	if (x == NULL || --x->refs > 0)
+		return;
+	LIST_REMOVE(x, entry);
+	state_close(x->st);
+	free(x->name);
+	free(x);
+}
+
+/* The dedupe key of a message: its Message-ID and its size. */
+static char *
+dedupe_key(const struct deliver_msg *m, size_t *len)
+{
+	char	*k;
+
+	if (m->msgidlen == 0)
+		return (NULL);	/* never suppressed */
+	xasprintf(&k, "%.*s%c%llu", (int)m->msgidlen, m->msgid, '\0',
+	    (unsigned long long)m->body);
+	*len = m->msgidlen + 1 + strlen(k + m->msgidlen + 1);
+	return (k);
+}
+
+/*
+ * Which message of which account a dedupe note is for: the digest of the
+ * account and the message's key (also what X-Maild-Id says).
+ */
+static void
+deliver_msg_id(const struct deliver *d, const char *key, size_t keylen,
+    uint32_t ordinal, char *out, size_t size)
+{
+	static const uint8_t	 idkey[16] = "maild X-Maild-Id";
+	char			*buf;
+	uint64_t		 h1, h2;
+	size_t			 n;
+
+	/* account NUL key NUL ordinal, digested */
+	n = strlen(d->ac->name) + 1 + keylen + 12;
+	buf = xmalloc(n);
+	n = (size_t)snprintf(buf, n, "%s", d->ac->name) + 1;
+	memcpy(buf + n, key, keylen);
+	n += keylen;
+	n += (size_t)snprintf(buf + n, 12, "%c%u", '\0', ordinal);
+	h1 = siphash24(idkey, buf, n);
+	buf[0] ^= 1;
+	h2 = siphash24(idkey, buf, n);
+	free(buf);
+	snprintf(out, size, "%016llx%016llx", (unsigned long long)h1,
+	    (unsigned long long)h2);
+}
+
+/*
+ * The tag of a note for a delivery under way: "p:<run>:<message>", run
+ * naming this process, message what deliver_msg_id() says.  A delivered
+ * message's note has no tag.
+ */
+static void
+dedupe_pending_tag(const struct deliver *d, const char *key, size_t keylen,
+    uint32_t ordinal, char *out, size_t size)
+{
+	static char	run[17];
+	char		id[40];
+
+	if (run[0] == '\0')
+		snprintf(run, sizeof run, "%08lx%08lx", (unsigned long)getpid(),
+		    (unsigned long)time(NULL));
+	deliver_msg_id(d, key, keylen, ordinal, id, sizeof id);
+	snprintf(out, size, "p:%s:%s", run, id);
+}
+
+static void
+dedupe_sync(struct deliver *d)
+{
+	char	*cause = NULL;
+
+	if (!state_dirty(d->dedupe->st) ||
+	    state_sync(d->dedupe->st, &cause) == 0)
+		return;
+	/* A lost note costs a copy at worst, never a message. */
+	log_warnx("account=%s cannot write the dedupe index: %s", d->ac->name,
+	    cause);
+	free(cause);
+}
+
+/*
+ * What the index says of a message about to be delivered (see
+ * dedupe_check()), on its own note: DELIVER_NEW if it is this message's
+ * (an attempt that did not finish), DELIVER_DONE if another account
+ * delivered the message (or began to, in an earlier run, and finishes
+ * it itself after that run's crash), DELIVER_LATER if another delivery
+ * of it is under way in this run.
+ */
+static int
+dedupe_verdict(const char *tag, const char *mine)
+{
+	const char	*run = mine + 2, *id = strchr(run, ':');
+
+	if (tag == NULL || strncmp(tag, "p:", 2) != 0)
+		return (DELIVER_DONE);
+	if (strcmp(strrchr(tag, ':'), id) == 0)
+		return (DELIVER_NEW);
+	if (strncmp(tag, mine, (size_t)(id - mine)) == 0)
+		return (DELIVER_LATER);
+	return (DELIVER_DONE);
+}
+
+/*
+ * dedupe = message-id: was the message delivered to this destination
+ * before, through any account?  If not, it is noted in the index as
+ * under way, so that another account meeting it now waits (DELIVER_LATER:
+ * it stays on that server for the next poll), and the note is written
+ * before the message is committed (dedupe_before_commit()), so that a
+ * crash cannot let another account deliver it again.  *dkey is set to
+ * its key in the index (NULL: it has no Message-ID, never suppressed).
+ */
+static int
+dedupe_check(struct deliver *d, const struct deliver_msg *m, const char *key,
+    size_t len, uint32_t ordinal, char **dkey)
+{
+	struct state		*st = d->dedupe->st;
+	const struct state_rec	*r;
+	char			 mine[80];
+	size_t			 dlen = 0;
+	uint32_t		 id;
+	int			 v;
+	time_t			 now = time(NULL);
+
+	if ((*dkey = dedupe_key(m, &dlen)) == NULL)
+		return (DELIVER_NEW);
+	dedupe_pending_tag(d, key, len, ordinal, mine, sizeof mine);
+	id = state_find(st, *dkey, dlen, 1);
+	if (id != STATE_NONE) {
+		r = state_rec(st, id);
+		v = now - r->first > d->dedupe->keep ? DELIVER_NEW :
+		    dedupe_verdict(state_rec_tag(st, r), mine);
+		if (v != DELIVER_NEW) {
+			free(*dkey);
+			*dkey = NULL;
+			return (v);
+		}
+	}
+	state_put(st, *dkey, dlen, 1, now, m->file.size, mine, NULL);
+	return (DELIVER_NEW);
+}
+
+/*
+ * A batch item's note, once its fate is known: delivered (the note stays,
+ * without a tag), or not (it goes, if it is still this message's).
+ */
+static void
+dedupe_settle(struct deliver *d, struct batch_item *b, int delivered)
+{
+	struct state		*st;
+	char			 mine[80];
+	const char		*tag;
+	size_t			 len;
+	uint32_t		 id;
+
+	if (d->dedupe == NULL || b->dedupe == NULL)
+		return;
+	st = d->dedupe->st;
+	len = strlen(b->dedupe);
+	len += 1 + strlen(b->dedupe + len + 1);
+	if ((id = state_find(st, b->dedupe, len, 1)) == STATE_NONE)
+		return;
+	dedupe_pending_tag(d, b->key, b->keylen, b->ordinal, mine,
+	    sizeof mine);
+	tag = state_rec_tag(st, state_rec(st, id));
+	if (tag == NULL || strcmp(tag, mine) != 0)
+		return;
+	if (delivered)
+		state_put(st, b->dedupe, len, 1, time(NULL), b->size, NULL,
+		    NULL);
+	else
+		state_forget(st, id);
+}
+
+/*
+ * The items' notes are settled: delivered or not.  Items whose fate is
+ * unknown (a commit failed half way) keep their notes: to this run they
+ * are under way, to the next one delivered (see dedupe_verdict()).
+ */
+static void
+dedupe_settle_all(struct deliver *d, struct batch_item *items, size_t n,
+    int delivered)
+{
+	size_t	i;
+
+	if (d->dedupe == NULL)
+		return;
+	for (i = 0; i < n; i++)
+		dedupe_settle(d, &items[i], delivered &&
+		    items[i].status == DEST_OK);
+	dedupe_sync(d);
+}
+
+/*
  * Open a session's delivery for an account: its store is opened (state
  * locked and loaded, Maildir opened, interrupted deliveries finished,
  * partial files removed), or shared with the account's other sessions.
@@ -356,8 +658,8 @@ store_close(struct store *s)
  */
 struct deliver *
 deliver_open(const struct account_conf *ac, const char *state_dir,
-    const char *mailbox, deliver_committed_cb committed, void *arg, int *code,
-    char **cause)
+    const char *mailbox, const struct session_env *env, int timeout,
+    deliver_committed_cb committed, void *arg, int *code, char **cause)
 {
 	struct deliver	*d;
 	struct store	*s;
@@ -390,6 +692,17 @@ deliver_open(const struct account_conf *ac, const char *state_dir,
 	d->s = s;
 	d->committed = committed;
 	d->arg = arg;
+	if (ac->dedupe && (d->dedupe = dedupe_open(ac, state_dir, code,
+	    cause)) == NULL) {
+		deliver_close(d);
+		return (NULL);
+	}
+	if (ac->deliver != DELIVER_MAILDIR && env != NULL &&
+	    (d->dest = dest_open(env, ac, timeout, cause)) == NULL) {
+		*code = EXIT_CONFIG;
+		deliver_close(d);
+		return (NULL);
+	}
 	return (d);
 }
 
@@ -469,8 +782,18 @@ deliver_close(struct deliver *d)
 {
 	if (d == NULL)
 		return;
+	dedupe_settle_all(d, d->batch, d->nbatch, 0);
 	deliver_clear_batch(d);
 	free(d->batch);
+	/* A commit still in flight (the session did not wait: maild is
+	   stopping) is dropped: its spool files go with the rest at the next
+	   start; what the destination took first may come twice. */
+	dest_close(d->dest);
+	deliver_clear_items(d, d->cbatch, d->ncbatch);
+	free(d->cbatch);
+	free(d->refused_reply);
+	free(d->newfiles);
+	dedupe_close(d->dedupe);
 	if (--d->s->refs == 0) {
 		LIST_REMOVE(d->s, entry);
 		store_close(d->s);
@@ -518,6 +841,17 @@ deliver_use_keys(struct deliver *d)
 	state_set_meta(d->s->st, "records", NULL);
 }
 
+/*
+ * This session's keys are never given to another message (IMAP:
+ * UIDVALIDITY and UID): a message listed with a size other than the
+ * recorded one is still the one delivered, not a new one.
+ */
+void
+deliver_stable_keys(struct deliver *d)
+{
+	d->stable_keys = 1;
+}
+
 /* Does a record's key start with prefix? */
 static int
 rec_in(struct state *st, const struct state_rec *r, const char *prefix,
@@ -563,8 +897,8 @@ deliver_listed(struct deliver *d, const char *key, size_t len,
 	if ((id = state_find(st, key, len, ordinal)) == STATE_NONE)
 		return (DELIVER_NEW);
 	r = state_rec(st, id);
-	if (d->ac->exact_sizes && size != 0 && r->size != 0 &&
-	    size != r->size) {
+	if (!d->stable_keys && d->ac->exact_sizes && size != 0 &&
+	    r->size != 0 && size != r->size) {
 		/* Not listed: the old record goes if it stays unlisted. */
 		log_warnx("account=%s the server lists \"%s\" with %llu bytes, "
 		    "but the message maild delivered under that id had %llu: "
@@ -880,6 +1214,51 @@ deliver_want_digests(struct deliver *d)
 	d->hash = 1;
 }
 
+/*
+ * Look for the Message-ID in the header as it streams by (dedupe): one
+ * line at a time, up to the blank line that ends the header.  A folded
+ * or overlong Message-ID is not taken: the message is then never
+ * suppressed.
+ */
+static void
+deliver_scan_headers(struct deliver_msg *m, const char *buf, size_t len)
+{
+	const char	*v;
+	size_t		 i, n;
+
+	for (i = 0; i < len && !m->hdrdone; i++) {
+		if (buf[i] != '\n') {
+			if (m->hdrlen < sizeof m->hdr)
+				m->hdr[m->hdrlen] = buf[i];
+			m->hdrlen++;
+			continue;
+		}
+		if (m->hdrlen == 0 || (m->hdrlen == 1 && m->hdr[0] == '\r')) {
+			m->hdrdone = 1;
+			break;
+		}
+		n = m->hdrlen;
+		if (n <= sizeof m->hdr && n > 11 &&
+		    strncasecmp(m->hdr, "Message-ID:", 11) == 0) {
+			v = m->hdr + 11;
+			n -= 11;
+			while (n > 0 && (*v == ' ' || *v == '\t')) {
+				v++;
+				n--;
+			}
+			while (n > 0 && (v[n - 1] == '\r' || v[n - 1] == ' ' ||
+			    v[n - 1] == '\t'))
+				n--;
+			if (n > 0 && n < sizeof m->msgid &&
+			    memchr(v, '\0', n) == NULL) {
+				memcpy(m->msgid, v, n);
+				m->msgidlen = n;
+			}
+		}
+		m->hdrlen = 0;
+	}
+}
+
 /* Append to the message; -1 with errno on failure. */
 int
 deliver_write(struct deliver *d, struct deliver_msg *m, const void *buf,
@@ -891,6 +1270,8 @@ deliver_write(struct deliver *d, struct deliver_msg *m, const void *buf,
 		return (-1);
 	if (d->mdctx != NULL)
 		EVP_DigestUpdate(d->mdctx, buf, len);
+	if (d->dedupe != NULL && !m->hdrdone)
+		deliver_scan_headers(m, buf, len);
 	m->body += len;
 	return (0);
 }
@@ -960,8 +1341,9 @@ deliver_end(struct deliver *d, struct deliver_msg *m, const char *key,
     void *cookie, char **cause)
 {
 	struct batch_item	*b;
-	char			 digest[80];
+	char			 digest[80], *dkey = NULL;
 	uint32_t		 old;
+	int			 x;
 
 	if (maildir_finish(&m->file, cause) == -1) {
 		deliver_discard(d, m);
@@ -986,10 +1368,37 @@ deliver_end(struct deliver *d, struct deliver_msg *m, const char *key,
 			return (DELIVER_DONE);
 		}
 	}
-	if (d->nbatch == 0) {
-		if (d->batch == NULL)
-			d->batch = xcalloc(BATCH_MAX_MSGS, sizeof *d->batch);
+	if (d->dedupe != NULL && (x = dedupe_check(d, m, key, len, ordinal,
+	    &dkey)) != DELIVER_NEW) {
+		deliver_discard(d, m);
+		if (x == DELIVER_LATER) {
+			log_info("account=%s message %.*s is being delivered "
+			    "through another account (dedupe = message-id): "
+			    "it stays on the server until the next poll",
+			    d->ac->name, (int)(m->msgidlen > 200 ? 200 :
+			    m->msgidlen), m->msgid);
+			return (DELIVER_LATER);
+		}
+		/* Delivered there already, through another account. */
+		log_info("account=%s message %.*s was delivered before "
+		    "(dedupe = message-id): not again", d->ac->name,
+		    (int)(m->msgidlen > 200 ? 200 : m->msgidlen), m->msgid);
+		deliver_record(d, key, len, ordinal, listed, tag);
+		return (DELIVER_DONE);
+	}
+	if (d->nbatch == 0)
 		d->batch_started = now_mono();
+	/*
+	 * A batch outgrows BATCH_MAX_MSGS only while the one before it is
+	 * still with the destination; the messages wait in the spool, and
+	 * here only their names.
+	 */
+	if (d->nbatch == d->batchcap) {
+		d->batchcap = d->batchcap ? d->batchcap * 2 : BATCH_MAX_MSGS;
+		d->batch = xreallocarray(d->batch, d->batchcap,
+		    sizeof *d->batch);
+		memset(d->batch + d->nbatch, 0, (d->batchcap - d->nbatch) *
+		    sizeof *d->batch);
 	}
 	b = &d->batch[d->nbatch++];
 	b->dir = m->dir;
@@ -1003,6 +1412,8 @@ deliver_end(struct deliver *d, struct deliver_msg *m, const char *key,
 	b->listed = listed;
 	b->size = m->file.size;
 	b->cookie = cookie;
+	b->dedupe = dkey;
+	b->status = DEST_OK;
 	d->batch_bytes += m->file.size;
 	m->open = 0;
 	if (d->nbatch >= BATCH_MAX_MSGS || d->batch_bytes >= BATCH_MAX_BYTES ||
@@ -1015,18 +1426,28 @@ deliver_end(struct deliver *d, struct deliver_msg *m, const char *key,
 size_t
 deliver_batched(const struct deliver *d)
 {
-	return (d->nbatch);
+	return (d->nbatch + d->ncbatch);
+}
+
+static void
+deliver_clear_items(struct deliver *d, struct batch_item *items, size_t n)
+{
+	size_t	i;
+
+	for (i = 0; i < n; i++) {
+		free(items[i].key);
+		free(items[i].tag);
+		free(items[i].dedupe);
+		free(items[i].reply);
+		items[i].key = items[i].tag = items[i].dedupe = NULL;
+		items[i].reply = NULL;
+	}
 }
 
 static void
 deliver_clear_batch(struct deliver *d)
 {
-	size_t	i;
-
-	for (i = 0; i < d->nbatch; i++) {
-		free(d->batch[i].key);
-		free(d->batch[i].tag);
-	}
+	deliver_clear_items(d, d->batch, d->nbatch);
 	d->nbatch = 0;
 	d->batch_bytes = 0;
 }
@@ -1053,12 +1474,54 @@ deliver_sync_dirs(struct deliver *d, int new, char **cause)
 	return (0);
 }
 
+/* Remember a delivered file's path (for the on-new-mail hook). */
+static void
+deliver_note_file(struct deliver *d, const char *dir, const char *final)
+{
+	size_t	n = strlen(dir) + strlen(final) + sizeof "/new/\n";
+
+	if (d->ac->on_new_mail == NULL || d->newlen + n > NEWFILES_MAX)
+		return;
+	if (d->newlen + n > d->newcap) {
+		while (d->newlen + n > d->newcap)
+			d->newcap = d->newcap ? d->newcap * 2 : 4096;
+		d->newfiles = xreallocarray(d->newfiles, d->newcap, 1);
+	}
+	d->newlen += (size_t)snprintf(d->newfiles + d->newlen, n,
+	    "%s/new/%s\n", dir, final);
+}
+
+/* The paths delivered since the last call, one a line (allocated). */
+char *
+deliver_new_files(struct deliver *d, size_t *len)
+{
+	char	*p = d->newfiles;
+
+	*len = d->newlen;
+	d->newfiles = NULL;
+	d->newlen = d->newcap = 0;
+	return (p);
+}
+
+/*
+ * Commit the batch: into the Maildir at once, or handed to the
+ * destination (deliver = lmtp or mda), which answers later.  On failure
+ * the session must end.
+ */
+int
+deliver_commit(struct deliver *d, char **cause)
+{
+	if (d->dest != NULL)
+		return (deliver_dest_commit(d, cause));
+	return (deliver_maildir_commit(d, cause));
+}
+
 /*
  * Steps 1 to 5 of the commit protocol (see the top of this file) for the
  * batch.  On failure the session must end.
  */
-int
-deliver_commit(struct deliver *d, char **cause)
+static int
+deliver_maildir_commit(struct deliver *d, char **cause)
 {
 	struct state		*st = d->s->st;
 	struct batch_item	*b;
@@ -1081,6 +1544,8 @@ deliver_commit(struct deliver *d, char **cause)
 	}
 	if (deliver_sync_dirs(d, 0, cause) == -1)
 		goto discard;
+	if (d->dedupe != NULL)
+		dedupe_sync(d);		/* the notes before the records */
 	ids = xcalloc(d->nbatch, sizeof *ids);
 	for (i = 0; i < d->nbatch; i++) {
 		b = &d->batch[i];
@@ -1119,6 +1584,10 @@ deliver_commit(struct deliver *d, char **cause)
 	free(ids);
 	log_debug("account=%s committed %zu messages", d->ac->name, d->nbatch);
 	for (i = 0; i < d->nbatch; i++)
+		deliver_note_file(d, d->s->dirs[d->batch[i].dir].md.path,
+		    d->batch[i].final);
+	dedupe_settle_all(d, d->batch, d->nbatch, 1);
+	for (i = 0; i < d->nbatch; i++)
 		d->committed(d->batch[i].cookie, d->batch[i].size, d->arg);
 	deliver_clear_batch(d);
 	return (0);
@@ -1128,6 +1597,7 @@ discard:
 	for (i = 0; i < d->nbatch; i++)
 		maildir_unlink(&d->s->dirs[d->batch[i].dir].md,
 		    d->batch[i].final);
+	dedupe_settle_all(d, d->batch, d->nbatch, 0);
 fail:
 	/*
 	 * Otherwise leave the batch's files where they are: whether they
@@ -1137,6 +1607,212 @@ fail:
 	deliver_clear_batch(d);
 	d->s->suspect = 1;
 	return (-1);
+}
+
+/*
+ * THE COMMIT TO A DESTINATION (deliver = lmtp or mda).  The spool file
+ * needs no fsync: until the destination has taken the message, nothing
+ * is recorded and nothing removed from the server, so a crash only means
+ * fetching it again.  Then:
+ *
+ *  1. each message of the batch is handed to the destination, with an
+ *     "X-Maild-Id:" header (a digest of the account and the message's
+ *     key) on top;
+ *  2. once every answer is in, the messages taken (LMTP 250, MDA exit 0)
+ *     are recorded as delivered and that is made durable (state_sync());
+ *  3. only then may they be removed from the server.
+ *
+ * A crash between 1 and 2 delivers those messages again at the next
+ * poll: no LMTP server or MDA can say "I have that one already".  With
+ * X-Maild-Id and Sieve's duplicate test (see maild.conf(5)) the second
+ * copy is dropped there.  A message refused for now (LMTP 4xx, MDA exit
+ * 75) or for good (5xx, another exit status) is not recorded: it stays on
+ * the server, and the error is logged and reported.
+ *
+ * While a batch is with the destination, the next one fills; it is
+ * handed over when the first is done.
+ */
+static void
+deliver_dest_done(int status, const char *reply, void *arg)
+{
+	struct batch_item	*b = arg;
+	struct deliver		*d = b->d;
+	struct state		*st = d->s->st;
+	char			*cause = NULL, esc[LOG_ESCAPE_MAX];
+	time_t			 now = time(NULL);
+	size_t			 i, ok = 0;
+	uint32_t		 id;
+
+	b->status = status;
+	if (reply != b->reply) {
+		free(b->reply);
+		b->reply = reply != NULL ? xstrdup(reply) : NULL;
+	}
+	if (--d->cwaiting > 0)
+		return;
+	for (i = 0; i < d->ncbatch; i++) {
+		b = &d->cbatch[i];
+		maildir_unlink(&d->s->dirs[b->dir].md, b->final);
+		if (b->status == DEST_OK) {
+			id = state_put(st, b->key, b->keylen, b->ordinal, now,
+			    b->listed, b->tag, NULL);
+			store_index_tag(d->s, id, b->tag);
+			ok++;
+			continue;
+		}
+		d->refused++;
+		if (b->status == DEST_PERM)
+			d->refused_perm = 1;
+		log_warnx("account=%s the %s refused a message%s (it stays on "
+		    "the server): %s", d->ac->name, d->ac->deliver ==
+		    DELIVER_LMTP ? "LMTP server" : "mda", b->status ==
+		    DEST_TEMP ? " for now" : "", b->reply != NULL ?
+		    log_escape(esc, sizeof esc, b->reply, strlen(b->reply)) :
+		    "no reason given");
+		if (d->refused_reply == NULL && b->reply != NULL)
+			d->refused_reply = xstrdup(log_escape(esc, sizeof esc,
+			    b->reply, strlen(b->reply)));
+	}
+	if (ok > 0 && !d->s->suspect && state_sync(st, &cause) == -1) {
+		d->s->suspect = 1;
+		deliver_clear_items(d, d->cbatch, d->ncbatch);
+		d->ncbatch = 0;
+		d->ready(d->ready_arg, cause);
+		free(cause);
+		return;
+	}
+	log_debug("account=%s delivered %zu messages to the %s", d->ac->name,
+	    ok, d->ac->deliver == DELIVER_LMTP ? "LMTP server" : "mda");
+	dedupe_settle_all(d, d->cbatch, d->ncbatch, 1);
+	for (i = 0; i < d->ncbatch; i++) {
+		if (d->cbatch[i].status == DEST_OK)
+			d->committed(d->cbatch[i].cookie, d->cbatch[i].size,
+			    d->arg);
+	}
+	deliver_clear_items(d, d->cbatch, d->ncbatch);
+	d->ncbatch = 0;
+	/* The next batch, if it is due or was asked for meanwhile. */
+	if (d->nbatch > 0 && (d->commit_wanted || d->nbatch >= BATCH_MAX_MSGS ||
+	    d->batch_bytes >= BATCH_MAX_BYTES || now_mono() -
+	    d->batch_started >= BATCH_MAX_SECONDS)) {
+		d->commit_wanted = 0;
+		if (deliver_dest_commit(d, &cause) == -1) {
+			d->ready(d->ready_arg, cause);
+			free(cause);
+			return;
+		}
+	}
+	d->ready(d->ready_arg, NULL);
+}
+
+/* Hand the batch to the destination (step 1 above). */
+static int
+deliver_dest_commit(struct deliver *d, char **cause)
+{
+	struct batch_item	*b, *tmp;
+	struct maildir		*md;
+	char			 header[128], name[256], id[40];
+	size_t			 i, cap;
+	int			 fd;
+
+	if (d->nbatch == 0)
+		return (0);
+	if (d->s->suspect) {
+		xasprintf(cause, "an earlier commit failed");
+		return (-1);
+	}
+	if (d->ncbatch > 0) {
+		d->commit_wanted = 1;	/* when the one in flight is done */
+		return (0);
+	}
+	/* The filled batch becomes the one in flight. */
+	tmp = d->cbatch;
+	d->cbatch = d->batch;
+	d->ncbatch = d->nbatch;
+	d->batch = tmp;
+	d->nbatch = 0;
+	cap = d->cbatchcap;
+	d->cbatchcap = d->batchcap;
+	d->batchcap = cap;
+	d->batch_bytes = 0;
+	d->cwaiting = d->ncbatch;
+	if (d->dedupe != NULL)
+		dedupe_sync(d);		/* the notes before the handing over */
+	for (i = 0; i < d->ncbatch; i++) {
+		b = &d->cbatch[i];
+		b->d = d;
+		md = &d->s->dirs[b->dir].md;
+		deliver_msg_id(d, b->key, b->keylen, b->ordinal, id, sizeof id);
+		snprintf(header, sizeof header, "X-Maild-Id: %s\n", id);
+		maildir_tmp_name(b->final, name, sizeof name);
+		fd = openat(md->tmpfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd == -1) {
+			b->status = DEST_TEMP;
+			b->reply = NULL;
+			xasprintf(&b->reply, "cannot read the spooled message "
+			    "%s/tmp/%s: %s", md->path, name, strerror(errno));
+			/* Answered at once, but from a fresh event. */
+			dest_answer_later(d->dest, deliver_dest_done, b,
+			    DEST_TEMP, b->reply);
+			continue;
+		}
+		dest_send(d->dest, fd, header, deliver_dest_done, b);
+	}
+	return (0);
+}
+
+/*
+ * The session is failing: keep what is complete if that is quick and
+ * certain (into the Maildir); what would go to a destination is dropped
+ * instead, to be fetched again (its spool files go now).
+ */
+int
+deliver_abort(struct deliver *d, char **cause)
+{
+	size_t	i;
+
+	if (d->dest == NULL)
+		return (deliver_commit(d, cause));
+	for (i = 0; i < d->nbatch; i++)
+		maildir_unlink(&d->s->dirs[d->batch[i].dir].md,
+		    d->batch[i].final);
+	dedupe_settle_all(d, d->batch, d->nbatch, 0);
+	deliver_clear_batch(d);
+	return (0);
+}
+
+/*
+ * Is a batch with the destination?  A session that ends waits for its
+ * answers (deliver_set_ready()): dropping them would deliver again what
+ * the destination took.
+ */
+int
+deliver_in_flight(const struct deliver *d)
+{
+	return (d != NULL && d->cwaiting > 0);
+}
+
+/*
+ * Set the function told when a commit to the destination has ended
+ * (cause non-NULL: it failed, and the session must end).
+ */
+void
+deliver_set_ready(struct deliver *d, deliver_ready_cb fn, void *arg)
+{
+	d->ready = fn;
+	d->ready_arg = arg;
+}
+
+/*
+ * How many messages the destination refused in this session; with
+ * *perm whether any for good, and *reply the first of its reasons.
+ */
+unsigned
+deliver_refused(const struct deliver *d, int *perm, const char **reply)
+{
+	*perm = d->refused_perm;
+	*reply = d->refused_reply;
+	return (d->refused);
 }
 
 /* The server acknowledged the removal of a message (POP3: DELE +OK). */

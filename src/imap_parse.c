@@ -17,17 +17,18 @@
 /*
  * imap_parse.c: pure parsers for what an IMAP server sends (RFC 3501,
  * 9051), and the few pure encoders maild needs to speak to one (quoted
- * strings, modified UTF-7 folder names).  Like parse.c, nothing here
- * allocates, logs or calls the rest of maild: a response is parsed into
- * nodes of a caller's array, each pointing into the response's bytes,
- * and every number, depth and count is bounded.  tests/fuzz/fuzz_imap.c
- * drives these functions directly.
+ * strings, modified UTF-7 folder names, their Maildir++ names).  Like
+ * parse.c, nothing here allocates, logs or calls the rest of maild: a
+ * response is parsed into nodes of a caller's array, each pointing into
+ * the response's bytes, and every number, depth and count is bounded.
+ * tests/fuzz/fuzz_imap.c drives these functions directly.
  *
  * A response reaches imap_parse() whole: its lines with CRLF, and its
  * literals inline ("{n}" CRLF and n bytes).  The session streams a
  * message's body literal to disk instead of keeping it, and leaves "{0}"
- * in its place; imap_literal_is_body() tells it, before the literal
- * arrives, whether a literal is such a body.
+ * in its place.  imap_literal_marker() tells it whether a line ends in
+ * a literal at all, imap_literal_is_body() whether that literal is such
+ * a body, before the literal arrives.
  */
 
 #include "config.h"
@@ -65,7 +66,9 @@ imap_number(const char *p, size_t len, uint64_t max, uint64_t *out)
 	for (i = 0; i < len; i++) {
 		if (p[i] < '0' || p[i] > '9')
 			return (-1);
-		if (v > (max - (uint64_t)(p[i] - '0')) / 10)
+		/* v * 10 + digit <= max, without overflow (max may be < 9) */
+		if ((uint64_t)(p[i] - '0') > max ||
+		    v > (max - (uint64_t)(p[i] - '0')) / 10)
 			return (-1);
 		v = v * 10 + (uint64_t)(p[i] - '0');
 	}
@@ -151,7 +154,8 @@ imap_lex_quoted(struct imap_lexer *lx, struct imap_node **out)
 
 /*
  * An atom, number or NIL; "BODY[...]"-like sections (brackets balanced,
- * with lists inside) and a partial "<n>" are part of the atom.
+ * with lists inside, on one line, no NUL) and a partial "<n>" (atom
+ * characters) are part of the atom.
  */
 static int
 imap_lex_atom(struct imap_lexer *lx, struct imap_node **out)
@@ -168,7 +172,7 @@ imap_lex_atom(struct imap_lexer *lx, struct imap_node **out)
 	}
 	while (p < lx->end) {
 		if (depth > 0) {
-			if (*p == '\r' || *p == '\n')
+			if (*p == '\r' || *p == '\n' || *p == '\0')
 				return (-1);
 			if (*p == '[')
 				depth++;
@@ -188,14 +192,6 @@ imap_lex_atom(struct imap_lexer *lx, struct imap_node **out)
 	}
 	if (depth != 0 || p == start)
 		return (-1);
-	/* <origin> of a partial fetch */
-	if (p < lx->end && *p == '<' && p[-1] == ']') {
-		while (p < lx->end && *p != '>')
-			p++;
-		if (p >= lx->end)
-			return (-1);
-		p++;
-	}
 	if ((*out = imap_new_node(lx, IMAP_ATOM, start, p - start)) == NULL)
 		return (-1);
 	if (imap_number(start, p - start, UINT64_MAX, &v) == 0) {
@@ -290,8 +286,8 @@ imap_cond(const char *p, size_t len)
 }
 
 /*
- * The rest of a status response: "[CODE args] text" or "text".  The text
- * runs to the end of the line; a literal there is not allowed.
+ * The rest of a status response: "[CODE args] text" or "text".  It is
+ * one line: no CR, LF or NUL before its CRLF (so no literal either).
  */
 static int
 imap_status_text(const char *p, const char *end, struct imap_resp *r)
@@ -301,13 +297,19 @@ imap_status_text(const char *p, const char *end, struct imap_resp *r)
 	if (end - p < 2 || end[-2] != '\r' || end[-1] != '\n')
 		return (-1);
 	end -= 2;
+	for (q = p; q < end; q++) {
+		if (*q == '\r' || *q == '\n' || *q == '\0')
+			return (-1);
+	}
 	while (p < end && *p == ' ')
 		p++;
 	if (p < end && *p == '[') {
 		if ((close = memchr(p, ']', end - p)) == NULL)
 			return (-1);
-		for (q = p + 1; q < close && *q != ' '; q++)
-			;
+		for (q = p + 1; q < close && *q != ' '; q++) {
+			if (!imap_atom_char((unsigned char)*q))
+				return (-1);
+		}
 		r->code = p + 1;
 		r->codelen = q - (p + 1);
 		if (q < close) {
@@ -320,12 +322,34 @@ imap_status_text(const char *p, const char *end, struct imap_resp *r)
 		while (p < end && *p == ' ')
 			p++;
 	}
-	if (memchr(p, '\r', end - p) != NULL ||
-	    memchr(p, '\n', end - p) != NULL)
-		return (-1);
 	r->text = p;
 	r->textlen = end - p;
 	return (0);
+}
+
+/* The end of a word of atom characters at p, followed by " " or CRLF. */
+static const char *
+imap_word(const char *p, const char *end)
+{
+	const char	*w;
+
+	for (w = p; w < end && imap_atom_char((unsigned char)*w); w++)
+		;
+	if (w == p || w >= end || (*w != ' ' && *w != '\r'))
+		return (NULL);
+	return (w);
+}
+
+static int
+imap_all_digits(const char *p, size_t len)
+{
+	size_t	i;
+
+	for (i = 0; i < len; i++) {
+		if (p[i] < '0' || p[i] > '9')
+			return (0);
+	}
+	return (len > 0);
 }
 
 /*
@@ -351,7 +375,10 @@ imap_parse(const char *buf, size_t len, struct imap_node *nodes, size_t max,
 		r->textlen = end - 2 - r->text;
 		if (r->textlen > (size_t)(end - p))
 			r->textlen = 0;
-		return (memchr(r->text, '\r', r->textlen) == NULL ? 0 : -1);
+		if (memchr(r->text, '\r', r->textlen) != NULL ||
+		    memchr(r->text, '\n', r->textlen) != NULL)
+			return (-1);
+		return (0);
 	}
 	if (p[0] == '*' && p[1] == ' ') {
 		r->kind = IMAP_UNTAGGED;
@@ -367,21 +394,21 @@ imap_parse(const char *buf, size_t len, struct imap_node *nodes, size_t max,
 		r->taglen = w - p;
 		p = w + 1;
 	}
-	/* The first word: a number (for "* n EXISTS") or a keyword. */
-	for (w = p; w < end && *w != ' ' && *w != '\r'; w++)
-		;
-	if (w == p)
+	/*
+	 * The first word: a number (for "* n EXISTS") or a keyword, of atom
+	 * characters; digits are a number that fits in 32 bits, or nothing.
+	 */
+	if ((w = imap_word(p, end)) == NULL)
 		return (-1);
-	if (r->kind == IMAP_UNTAGGED &&
-	    imap_number(p, w - p, UINT32_MAX, &v) == 0) {
+	if (r->kind == IMAP_UNTAGGED && imap_all_digits(p, w - p)) {
+		if (imap_number(p, w - p, UINT32_MAX, &v) == -1)
+			return (-1);
 		r->num = (uint32_t)v;
 		r->has_num = 1;
-		if (w >= end || *w != ' ')
+		if (*w != ' ')
 			return (-1);
 		p = w + 1;
-		for (w = p; w < end && *w != ' ' && *w != '\r'; w++)
-			;
-		if (w == p)
+		if ((w = imap_word(p, end)) == NULL)
 			return (-1);
 	}
 	if ((size_t)(w - p) >= sizeof r->name)
@@ -420,9 +447,11 @@ imap_literal_is_body(const char *buf, size_t len, uint64_t *n)
 
 	if (len < 5 || end[-2] != '\r' || end[-1] != '\n' || end[-3] != '}')
 		return (-1);
-	for (open = end - 3; open > buf && open[-1] != '{'; open--)
+	/* Back over the digits (at most 20) to the "{". */
+	for (open = end - 3; open > buf && open[-1] >= '0' &&
+	    open[-1] <= '9' && end - 3 - open < 21; open--)
 		;
-	if (open == buf)
+	if (open == buf || open[-1] != '{')
 		return (-1);
 	if (imap_number(open, end - 3 - open, IMAP_LITERAL_LEN_MAX, n) == -1)
 		return (-1);
@@ -444,6 +473,134 @@ imap_literal_is_body(const char *buf, size_t len, uint64_t *n)
 	    (alen == 6 && strncasecmp(att, "RFC822", 6) == 0))
 		return (1);
 	return (0);
+}
+
+/*
+ * Does the response so far (its lines, and the literals before) end with
+ * a literal marker, "{n}" or "{n+}" CRLF, where a literal may stand?
+ * Only data responses hold literals: the text of a status response
+ * (OK, NO, BAD, BYE, PREAUTH) or of a continuation may end in "}" like
+ * any text ("* OK IMAP server {v2.3}"), and a literal is a value, after
+ * a space or "(" (or "~" for literal8).  Returns 1 if it is a marker
+ * (imap_literal_is_body() then reads its length, and refuses a bad
+ * one), 0 if the line is only a line.
+ */
+int
+imap_literal_marker(const char *buf, size_t len)
+{
+	const char	*end = buf + len, *p, *w;
+	size_t		 digits = 0;
+
+	if (len < 5 || end[-2] != '\r' || end[-1] != '\n' || end[-3] != '}')
+		return (0);
+	/* A continuation, or a status response: text, no literal. */
+	if (buf[0] == '+')
+		return (0);
+	for (p = buf; p < end && *p != ' ' && *p != '\r'; p++)
+		;
+	if (p >= end || *p != ' ')
+		return (0);
+	p++;
+	for (w = p; w < end && imap_atom_char((unsigned char)*w); w++)
+		;
+	if (imap_cond(p, w - p) != IMAP_COND_NONE)
+		return (0);
+	/* Back over "+" and the digits (a bounded walk) to the "{". */
+	p = end - 3;
+	if (p > buf && p[-1] == '+')
+		p--;
+	while (p > buf && p[-1] >= '0' && p[-1] <= '9' && digits <= 24) {
+		p--;
+		digits++;
+	}
+	if (digits == 0 || p == buf || p[-1] != '{')
+		return (0);
+	p--;
+	if (p > buf && p[-1] == '~')
+		p--;
+	if (p == buf || (p[-1] != ' ' && p[-1] != '('))
+		return (0);
+	return (1);
+}
+
+/*
+ * The RFC822.SIZE of a FETCH response, when it comes before the body
+ * literal the response so far ends with ("* 3 FETCH (UID 7 RFC822.SIZE
+ * 2000 BODY[] {2000}"): the bound for what may follow.  Only the first
+ * line is looked at.  Returns 0 with *size set, -1 if it is not there.
+ */
+int
+imap_fetch_size_before(const char *buf, size_t len, uint64_t *size)
+{
+	static const char	 att[] = "RFC822.SIZE ";
+	const char		*end, *p, *q;
+
+	if ((end = memchr(buf, '\n', len)) == NULL)
+		return (-1);
+	for (p = buf + 1; p + sizeof att - 1 < end; p++) {
+		if ((p[-1] != ' ' && p[-1] != '(') ||
+		    strncasecmp(p, att, sizeof att - 1) != 0)
+			continue;
+		p += sizeof att - 1;
+		for (q = p; q < end && *q >= '0' && *q <= '9'; q++)
+			;
+		if (q == end || (*q != ' ' && *q != ')'))
+			return (-1);
+		return (imap_number(p, q - p, IMAP_LITERAL_LEN_MAX, size));
+	}
+	return (-1);
+}
+
+/*
+ * The Maildir++ folder (".Name") for an IMAP folder (in modified UTF-7,
+ * as Dovecot names its folders on disk) into buf: "INBOX" is the Maildir
+ * itself (returns 0); the "INBOX<sep>" prefix of servers that nest
+ * folders under INBOX is dropped; the server's hierarchy separator
+ * becomes "."; a "." or "/" within a name, and a control character,
+ * becomes "_"; spaces stay ("Sent Items" -> ".Sent Items").  A name with
+ * an empty level (the folder "/" with separator "/", "a//b", ".a") has
+ * no safe name ("..", "..a"): -1, as for one that does not fit.
+ */
+ssize_t
+imap_maildir_folder(const char *utf7, size_t len, char delim, char *buf,
+    size_t size)
+{
+	size_t	i, o = 0, level = 0;
+	char	c;
+
+	if (len == 5 && strncasecmp(utf7, "INBOX", 5) == 0)
+		return (0);
+	if (delim != '\0' && len > 6 && strncasecmp(utf7, "INBOX", 5) == 0 &&
+	    utf7[5] == delim) {
+		utf7 += 6;
+		len -= 6;
+	}
+	if (len == 0 || size < 2)
+		return (-1);
+	buf[o++] = '.';
+	for (i = 0; i < len; i++) {
+		c = utf7[i];
+		if (c == '\0')
+			return (-1);
+		if (delim != '\0' && c == delim) {
+			if (level == 0)
+				return (-1);	/* an empty level */
+			c = '.';
+			level = 0;
+		} else {
+			if (c == '/' || c == '.' || (unsigned char)c < 0x20 ||
+			    c == 0x7f)
+				c = '_';
+			level++;
+		}
+		if (o + 1 >= size)
+			return (-1);
+		buf[o++] = c;
+	}
+	if (level == 0)
+		return (-1);		/* ends in the separator */
+	buf[o] = '\0';
+	return ((ssize_t)o);
 }
 
 /* The value of a FETCH attribute (name as sent: "UID", "BODY[]"). */

@@ -16,7 +16,7 @@
 
 /*
  * maild.c: main(): the command line, the configuration, signals and the
- * event loop everything else runs on; also --status, which only reads.
+ * event loop everything else runs on.
  */
 
 #include "config.h"
@@ -54,13 +54,12 @@ static __dead void	usage(void);
 static __dead void	help(void);
 static void		signal_cb(evutil_socket_t, short, void *);
 static void		grace_cb(evutil_socket_t, short, void *);
-static int		show_status(const struct config *);
 static void		no_core_dumps(void);
 static int		daemon_lock(const struct config *);
 
 /* The SYNOPSIS of maild(8) says the same, to the character. */
 #define USAGE	"usage: maild [-dhnvV] [-f file] [--once | --check [account] " \
-		"| --status]\n"
+		"| --status | --authorize account]\n"
 
 static __dead void
 usage(void)
@@ -90,6 +89,9 @@ help(void)
 	    "nothing\n"
 	    "  --status           show what the daemon last did, per "
 	    "account\n"
+	    "  --authorize account  sign in at the account's OAuth2 provider "
+	    "and store\n"
+	    "                     the token (oauth2-provider accounts)\n"
 	    "  --core-dumps       allow core dumps (for debugging: they hold "
 	    "passwords)\n"
 	    "\n"
@@ -172,6 +174,8 @@ reload(void)
 	}
 	/* The trust store is read again, like the rest of the setup. */
 	tls_shutdown();
+	/* Accounts that need OAuth2 authorization are tried again. */
+	oauth2_reload();
 	changes = accounts_reload(conf);
 	config_free(conf);
 	log_info("reloaded %s: %d account%s added, removed or changed",
@@ -249,6 +253,7 @@ main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "core-dumps", no_argument, NULL, 'C' },
+		{ "authorize", required_argument, NULL, 'A' },
 		{ NULL, 0, NULL, 0 }
 	};
 	struct config		*conf;
@@ -256,7 +261,7 @@ main(int argc, char **argv)
 	struct event		*sigev[4];
 	const int		 sigs[4] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
 	char			*cause = NULL;
-	const char		*check_name = NULL;
+	const char		*check_name = NULL, *authorize = NULL;
 	int			 ch, foreground = 0, verbose = 0, check = 0;
 	int			 once = 0, online = 0, status = 0, code, i;
 	int			 cores = 0, lockfd = -1;
@@ -294,13 +299,17 @@ main(int argc, char **argv)
 		case 'C':
 			cores = 1;
 			break;
+		case 'A':
+			authorize = optarg;
+			break;
 		default:
 			usage();
 		}
 	}
 	if (online && optind < argc)
 		check_name = argv[optind++];
-	if (optind != argc || once + online + status + check > 1)
+	if (optind != argc || once + online + status + check +
+	    (authorize != NULL) > 1)
 		usage();
 	if (!cores)
 		no_core_dumps();
@@ -328,7 +337,23 @@ main(int argc, char **argv)
 		exit(0);
 	}
 	if (status) {
-		code = show_status(conf);
+		code = status_show(conf);
+		config_free(conf);
+		free(conf_path);
+		exit(code);
+	}
+	if (authorize != NULL) {
+		log_init(1, verbose);
+		signal(SIGPIPE, SIG_IGN);
+		if ((base = event_base_new()) == NULL)
+			fatalx("event_base_new failed");
+		env.base = base;
+		env.dns = dns_init(base);
+		oauth2_init(base, env.dns);
+		code = authorize_run(&env, conf, authorize);
+		evdns_base_free(env.dns, 1);
+		event_base_free(base);
+		tls_shutdown();
 		config_free(conf);
 		free(conf_path);
 		exit(code);
@@ -362,6 +387,7 @@ main(int argc, char **argv)
 	}
 	env.base = base;
 	env.dns = dns_init(base);
+	oauth2_init(base, env.dns);
 	accounts_init(&env, conf, run_mode);
 	if (run_mode != ACCOUNTS_CHECK)
 		log_info("started: %zu account%s, %s", conf->naccounts,
@@ -375,6 +401,7 @@ main(int argc, char **argv)
 	if (stopping && run_mode == ACCOUNTS_DAEMON)
 		log_info("stopped");
 	accounts_free();
+	oauth2_shutdown();
 	for (i = 0; i < 4; i++)
 		event_free(sigev[i]);
 	if (grace != NULL)
@@ -387,81 +414,4 @@ main(int argc, char **argv)
 	if (lockfd != -1)
 		close(lockfd);
 	return (code);
-}
-
-/* Print one key of a status line: "key=value" or key="quoted value". */
-static const char *
-status_field(const char *line, const char *key, char *buf, size_t size)
-{
-	const char	*p = line, *end;
-	size_t		 klen = strlen(key), n;
-
-	while ((p = strstr(p, key)) != NULL) {
-		if ((p == line || p[-1] == ' ') && p[klen] == '=')
-			break;
-		p += klen;
-	}
-	if (p == NULL)
-		return ("-");
-	p += klen + 1;
-	if (*p == '"') {
-		for (end = ++p; *end != '\0' && *end != '"'; end++) {
-			if (*end == '\\' && end[1] != '\0')
-				end++;
-		}
-	} else
-		end = p + strcspn(p, " \n");
-	n = (size_t)(end - p) < size - 1 ? (size_t)(end - p) : size - 1;
-	memcpy(buf, p, n);
-	buf[n] = '\0';
-	return (buf);
-}
-
-/* --status: show what the last maild wrote in the status file. */
-static int
-show_status(const struct config *conf)
-{
-	char	 path[PATH_MAX], line[4096], v[6][512];
-	FILE	*f;
-	long	 pid;
-	size_t	 i;
-
-	snprintf(path, sizeof path, "%s/maild.status", conf->state_dir);
-	if ((f = fopen(path, "re")) == NULL) {
-		printf("maild: no status in %s yet: maild has not polled with "
-		    "this configuration\n", path);
-		return (errno == ENOENT ? 0 : EXIT_IOERR);
-	}
-	while (fgets(line, sizeof line, f) != NULL) {
-		if (line[0] == '#')
-			continue;
-		if (strncmp(line, "pid=", 4) == 0) {
-			pid = strtol(status_field(line, "pid", v[0], 512), NULL,
-			    10);
-			printf("status written %s by maild pid %ld (%s), which "
-			    "is %s\n", status_field(line, "written", v[1], 512),
-			    pid, status_field(line, "mode", v[2], 512),
-			    pid > 0 && kill((pid_t)pid, 0) == 0 ? "running" :
-			    "not running");
-			continue;
-		}
-		printf("\naccount %s: %s\n", status_field(line, "account", v[0],
-		    512), status_field(line, "state", v[1], 512));
-		printf("  last poll       %s\n", status_field(line, "last-poll",
-		    v[2], 512));
-		printf("  last success    %s\n", status_field(line,
-		    "last-success", v[3], 512));
-		printf("  next poll       %s\n", status_field(line, "next-poll",
-		    v[4], 512));
-		printf("  fetched         %s at the last poll, %s since maild "
-		    "started\n", status_field(line, "fetched", v[5], 512),
-		    status_field(line, "fetched-total", v[0], 512));
-		printf("  failures        %s in a row\n", status_field(line,
-		    "failures", v[1], 512));
-		printf("  last error      %s\n", status_field(line, "error",
-		    v[2], 512));
-	}
-	fclose(f);
-	(void)i;
-	return (0);
 }

@@ -66,7 +66,16 @@ enum secret_source {
 	SECRET_PASSWORD,	/* inline in the config */
 	SECRET_FILE,		/* first line of a file */
 	SECRET_COMMAND,		/* first line of a command's output */
-	SECRET_CREDENTIAL	/* $CREDENTIALS_DIRECTORY/<name> (systemd) */
+	SECRET_CREDENTIAL,	/* $CREDENTIALS_DIRECTORY/<name> (systemd) */
+	SECRET_OAUTH2		/* an access token from oauth2.c */
+};
+
+/* Who issues the OAuth2 tokens of an account (oauth2-provider). */
+enum oauth2_provider {
+	OAUTH2_NONE,		/* no built-in OAuth2 */
+	OAUTH2_GOOGLE,
+	OAUTH2_MICROSOFT,
+	OAUTH2_CUSTOM
 };
 
 enum tls_mode {
@@ -79,6 +88,11 @@ enum protocol {
 	PROTOCOL_POP3,
 	PROTOCOL_IMAP
 };
+#define DELIVER_MAILDIR	0
+#define DELIVER_LMTP	1
+#define DELIVER_MDA	2
+/* RFC 5321 4.5.3.1.3: a path is at most 256 octets. */
+#define LMTP_RECIPIENT_MAX	254
 #define IDLE_NO		0
 #define IDLE_YES	1
 #define IDLE_AUTO	2
@@ -142,6 +156,20 @@ typedef uint8_t tls_pin[32];
 	F(enum auth_method,	auth,		ACF_VALUE)		\
 	/* 0: never pipeline */						\
 	F(int,			pipelining,	ACF_VALUE)		\
+	/* built-in OAuth2 (oauth2.c); OAUTH2_NONE: none */		\
+	F(enum oauth2_provider,	oauth2_provider, ACF_VALUE)		\
+	F(char *,		oauth2_client_id, ACF_STR)		\
+	/* the client secret: SECRET_NONE, or as for the password */	\
+	F(enum secret_source,	oauth2_secret_source, ACF_VALUE)	\
+	F(char *,		oauth2_client_secret, ACF_STR)		\
+	/* the provider's preset, or what the options say */		\
+	F(char *,		oauth2_auth_url, ACF_STR)		\
+	F(char *,		oauth2_token_url, ACF_STR)		\
+	F(char *,		oauth2_device_url, ACF_STR)		\
+	F(char *,		oauth2_scope,	ACF_STR)		\
+	F(char *,		oauth2_tenant,	ACF_STR)		\
+	/* <state-dir>/<name>.oauth2: the tokens */			\
+	F(char *,		oauth2_file,	ACF_STR)		\
 	/* seconds */							\
 	F(int,			poll_interval,	ACF_VALUE)		\
 	F(enum protocol,	protocol,	ACF_VALUE)		\
@@ -158,6 +186,18 @@ typedef uint8_t tls_pin[32];
 	F(int,			idle,		ACF_VALUE)		\
 	/* IMAP: re-issue IDLE after this many seconds */		\
 	F(int,			idle_refresh,	ACF_VALUE)		\
+	/* DELIVER_MAILDIR, _LMTP or _MDA */				\
+	F(int,			deliver,	ACF_VALUE)		\
+	/* LMTP: "unix:/path" or "host:port"; the recipient */		\
+	F(char *,		lmtp,		ACF_STR)		\
+	F(char *,		lmtp_recipient,	ACF_STR)		\
+	/* MDA: the command (sh -c), the message on its stdin */	\
+	F(char *,		mda,		ACF_STR)		\
+	/* run after a poll that delivered something */			\
+	F(char *,		on_new_mail,	ACF_STR)		\
+	/* a Message-ID delivered within dedupe_days is not again */	\
+	F(int,			dedupe,		ACF_VALUE)		\
+	F(int,			dedupe_days,	ACF_VALUE)		\
 	/* where the account block and some options are in the file */	\
 	F(int,			line,		ACF_NONE)		\
 	F(int,			port_line,	ACF_NONE)		\
@@ -181,6 +221,7 @@ struct config {
 	int		 max_connections;
 	char		*state_dir;
 	int		 state_dir_line;	/* 0: the default */
+	char		*on_new_mail;		/* the accounts' default */
 	struct account_conf *accounts;
 	size_t		 naccounts;
 };
@@ -359,7 +400,11 @@ struct imap_resp {
 int		 imap_number(const char *, size_t, uint64_t, uint64_t *);
 int		 imap_parse(const char *, size_t, struct imap_node *, size_t,
 		     struct imap_resp *);
+int		 imap_literal_marker(const char *, size_t);
 int		 imap_literal_is_body(const char *, size_t, uint64_t *);
+int		 imap_fetch_size_before(const char *, size_t, uint64_t *);
+ssize_t		 imap_maildir_folder(const char *, size_t, char, char *,
+		     size_t);
 size_t		 imap_fetch_att(const struct imap_resp *, const char *);
 int		 imap_node_number(const struct imap_resp *, size_t, uint64_t,
 		     uint64_t *);
@@ -388,9 +433,9 @@ int		 auth_choose(enum auth_method, const struct pop3_capa *, int, int,
 /* state.c: records of delivered messages, kept on disk; see state.c. */
 #define STATE_VERSION	2
 #define STATE_NONE	UINT32_MAX
-#define STATE_FIX_HINT	"; restore it from a backup, or move it away: " \
-	"maild then fetches again every message still on the server (with " \
-	"keep = yes, all of them)"
+#define STATE_FIX_HINT	"; restore it from a backup, or move it and its " \
+	".journal away: maild then fetches again every message still on " \
+	"the server (with keep = yes, all of them)"
 enum state_kind {
 	STATE_DELIVERED = 'D',	/* in the Maildir */
 	STATE_PENDING = 'P'	/* durable in tmp/, being moved to new/ */
@@ -436,13 +481,15 @@ const char	*state_meta(const struct state *, const char *);
 void		 state_set_meta(struct state *, const char *, const char *);
 int		 state_dirty(const struct state *);
 int		 state_sync(struct state *, char **);
-const char	*state_path(const struct state *);
 uint64_t	 state_epoch(const struct state *);
 char		*state_escape(const char *, size_t);
 int		 state_unescape(const char *, size_t, char **, size_t *);
 
 /* maildir.c */
-#define MAILDIR_NAME_MAX	288
+/* A file's name in tmp/ (maildir_make_name), and in new/: that and
+   ",S=<size>". */
+#define MAILDIR_TMP_NAME_MAX	256
+#define MAILDIR_NAME_MAX	(MAILDIR_TMP_NAME_MAX + 32)
 struct maildir {
 	char		*path;
 	const char	*account;	/* for log lines */
@@ -452,7 +499,7 @@ struct maildir {
 };
 struct maildir_file {
 	int		 fd;
-	char		 name[256];	/* unique part, the name in tmp/ */
+	char		 name[MAILDIR_TMP_NAME_MAX];	/* the name in tmp/ */
 	char		 final[MAILDIR_NAME_MAX];	/* in new/: name,S=size */
 	uint64_t	 size;
 };
@@ -462,12 +509,12 @@ struct maildir_file {
 int		 maildir_open(struct maildir *, const char *, uint32_t,
 		     const char *, char **);
 void		 maildir_close(struct maildir *);
+int		 maildir_mark_folder(struct maildir *, char **);
 int		 maildir_create(struct maildir *, struct maildir_file *, char **);
 int		 maildir_write(struct maildir_file *, const void *, size_t);
 int		 maildir_finish(struct maildir_file *, char **);
 int		 maildir_sync_file(struct maildir *, const char *, char **);
 void		 maildir_unlink(struct maildir *, const char *);
-const char	*maildir_tmp_name(const char *, char *, size_t);
 void		 maildir_abort(struct maildir *, struct maildir_file *);
 int		 maildir_sync_tmp(struct maildir *, char **);
 int		 maildir_move(struct maildir *, const char *, char **);
@@ -475,26 +522,41 @@ int		 maildir_sync_new(struct maildir *, char **);
 int		 maildir_recover(struct maildir *, const char *, char **);
 int		 maildir_cleanup_tmp(struct maildir *);
 int		 maildir_make_name(char *, size_t, uint32_t);
+const char	*maildir_tmp_name(const char *, char *, size_t);
 int		 maildir_name_tag(const char *, uint32_t *);
 
 /* deliver.c: the one delivery core; see deliver.c. */
 #define DELIVER_NEW	0
 #define DELIVER_DONE	1
+#define DELIVER_LATER	2	/* dedupe: another account delivers it now */
 struct deliver;
 struct deliver_msg {
 	struct maildir_file	 file;
 	size_t			 dir;	/* which Maildir of the account */
 	uint64_t		 body;	/* bytes written after the prefix */
 	int			 open;
+	/* dedupe: the header line being read, and the Message-ID */
+	int			 hdrdone;
+	size_t			 hdrlen;
+	char			 hdr[1024];
+	size_t			 msgidlen;
+	char			 msgid[1000];
 };
+struct session_env;
 typedef void (*deliver_committed_cb)(void *, uint64_t, void *);
+typedef void (*deliver_ready_cb)(void *, const char *);
 struct deliver	*deliver_open(const struct account_conf *, const char *,
-		     const char *, deliver_committed_cb, void *, int *, char **);
+		     const char *, const struct session_env *, int,
+		     deliver_committed_cb, void *, int *, char **);
+void		 deliver_set_ready(struct deliver *, deliver_ready_cb, void *);
+char		*deliver_new_files(struct deliver *, size_t *);
+unsigned	 deliver_refused(const struct deliver *, int *, const char **);
 void		 deliver_close(struct deliver *);
 int		 deliver_sync(struct deliver *, char **);
 int		 deliver_use_digests(struct deliver *);
 void		 deliver_use_keys(struct deliver *);
 void		 deliver_want_digests(struct deliver *);
+void		 deliver_stable_keys(struct deliver *);
 void		 deliver_listing_start(struct deliver *, const char *, size_t);
 int		 deliver_listed(struct deliver *, const char *, size_t, uint32_t,
 		     uint64_t, int64_t *);
@@ -522,6 +584,8 @@ int		 deliver_end(struct deliver *, struct deliver_msg *, const char *,
 		     size_t, uint32_t, uint64_t, const char *, void *, char **);
 size_t		 deliver_batched(const struct deliver *);
 int		 deliver_commit(struct deliver *, char **);
+int		 deliver_abort(struct deliver *, char **);
+int		 deliver_in_flight(const struct deliver *);
 void		 deliver_removal_acked(struct deliver *, const char *, size_t,
 		     uint32_t);
 int		 deliver_removing(struct deliver *, char **);
@@ -529,6 +593,44 @@ void		 deliver_removed(struct deliver *);
 const char	*deliver_maildir(const struct deliver *);
 size_t		 deliver_trace_headers(const struct account_conf *,
 		     const char *, const char *, const char *, char *, size_t);
+
+/* dest.c: where messages go when not into a Maildir (deliver = lmtp or
+   mda): one message at a time, answered later, never from inside. */
+#define DEST_OK		0	/* taken: LMTP 250, MDA exit 0 */
+#define DEST_TEMP	1	/* refused for now: 4xx, exit 75, no answer */
+#define DEST_PERM	2	/* refused: 5xx, another exit status */
+typedef void (*dest_done_cb)(int, const char *, void *);
+struct dest;
+struct dest	*dest_open(const struct session_env *, const struct account_conf *,
+		     int, char **);
+void		 dest_send(struct dest *, int, const char *, dest_done_cb,
+		     void *);
+void		 dest_answer_later(struct dest *, dest_done_cb, void *, int,
+		     const char *);
+void		 dest_close(struct dest *);
+
+/* command.c: a user's command, run without blocking */
+typedef void (*command_done_cb)(int, const char *, void *);
+struct command;
+struct command	*command_run(struct event_base *, const char *, char *const *,
+		     const void *, size_t, int, int, command_done_cb, void *,
+		     char **);
+void		 command_cancel(struct command *);
+const char	*command_status(int, char *, size_t);
+
+/* lmtp.c, mda.c: the two kinds of destination, for dest.c */
+struct lmtp;
+struct lmtp	*lmtp_open(const struct session_env *,
+		     const struct account_conf *, struct dest *, int, char **);
+void		 lmtp_send(struct lmtp *, int, const char *, dest_done_cb,
+		     void *);
+void		 lmtp_close(struct lmtp *);
+struct mda;
+struct mda	*mda_open(const struct session_env *,
+		     const struct account_conf *, struct dest *, int, char **);
+void		 mda_send(struct mda *, int, const char *, dest_done_cb,
+		     void *);
+void		 mda_close(struct mda *);
 
 /* tls.c */
 struct ssl_ctx_st;
@@ -551,6 +653,18 @@ struct secret_job *secret_get(struct event_base *, const struct account_conf *,
 		     int, secret_cb, void *);
 void		 secret_cancel(struct secret_job *);
 
+/* oauth2.c: the token life of the accounts with built-in OAuth2. */
+struct oauth2_job;
+void		 oauth2_init(struct event_base *, struct evdns_base *);
+struct oauth2_job *oauth2_get(const struct account_conf *, int, secret_cb,
+		     void *);
+void		 oauth2_cancel(struct oauth2_job *);
+int		 oauth2_needs_authorization(const struct account_conf *);
+void		 oauth2_token_refused(const struct account_conf *);
+void		 oauth2_reload(void);
+void		 oauth2_status(const struct account_conf *, char *, size_t);
+void		 oauth2_shutdown(void);
+
 /* session.c */
 struct session_result {
 	int		 exitcode;	/* 0 or an EXIT_* code */
@@ -567,6 +681,9 @@ struct session_result {
 	unsigned	 resp_codes;	/* RESP_* seen on the failure */
 	long		 login_delay;	/* CAPA LOGIN-DELAY, seconds */
 	int		 nopipelining;	/* server choked on pipelining */
+	/* The files delivered (Maildir), one path a line, for the hook. */
+	char		*new_files;
+	size_t		 new_files_len;
 	/* What --check reports. */
 	char		 peer[64];
 	char		 tls[128];
@@ -597,9 +714,34 @@ void		 session_stop(struct session *);
 void		 session_poll_now(struct session *);
 void		 session_abort(struct session *);
 
+/* authorize.c: maild --authorize */
+int		 authorize_run(const struct session_env *, struct config *,
+		     const char *);
+
 /* sdnotify.c */
 void		 sdnotify(const char *, ...) PRINTFLIKE(1, 2);
 void		 sdnotify_reloading(void);
+
+/* status.c: the status file, maild --status and the --check report. */
+struct status_account {
+	const char	*name;
+	const char	*state;		/* polling, waiting, ok, failing or
+					   needs-authorization */
+	int		 failing;	/* its last poll failed */
+	time_t		 last_poll;	/* 0: never */
+	time_t		 last_success;
+	time_t		 next_poll;	/* 0: none planned */
+	unsigned	 fetched;	/* at the last poll */
+	unsigned long long fetched_total;
+	int		 failures;	/* in a row */
+	const char	*error;		/* of the last poll, or NULL */
+	char		 token[64];	/* oauth2_status() */
+};
+void		 status_write(const char *, int, const struct status_account *,
+		     size_t);
+int		 status_show(const struct config *);
+int		 status_report_check(const struct config *,
+		     const struct account_conf *, const struct session_result *);
 
 /* account.c */
 #define ACCOUNTS_DAEMON	0

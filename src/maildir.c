@@ -47,6 +47,7 @@
 static char	maildir_host[128];
 static uint32_t	maildir_seq;
 
+
 /* The host name with '/', ':' and ',' escaped, as Maildir names need. */
 static const char *
 maildir_hostname(void)
@@ -170,6 +171,29 @@ fail:
 	return (-1);
 }
 
+/*
+ * Mark a Maildir++ folder as one, with the empty "maildirfolder" file
+ * Courier and Dovecot put in each (quota code and delivery agents look
+ * for it).  Its name is made durable like the folder's own.
+ */
+int
+maildir_mark_folder(struct maildir *md, char **cause)
+{
+	char	path[PATH_MAX];
+	int	fd;
+
+	snprintf(path, sizeof path, "%s/maildirfolder", md->path);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+	    0600);
+	if (fd == -1 && errno == EEXIST)
+		return (0);
+	if (fd == -1 || close(fd) == -1 || fsync_dir(md->path) == -1) {
+		xasprintf(cause, "maildir %s: %s", path, strerror(errno));
+		return (-1);
+	}
+	return (0);
+}
+
 void
 maildir_close(struct maildir *md)
 {
@@ -256,7 +280,7 @@ maildir_finish(struct maildir_file *f, char **cause)
 int
 maildir_sync_file(struct maildir *md, const char *final, char **cause)
 {
-	char	name[256];
+	char	name[MAILDIR_TMP_NAME_MAX];
 	int	fd;
 
 	maildir_tmp_name(final, name, sizeof name);
@@ -276,7 +300,7 @@ maildir_sync_file(struct maildir *md, const char *final, char **cause)
 void
 maildir_unlink(struct maildir *md, const char *final)
 {
-	char	name[256];
+	char	name[MAILDIR_TMP_NAME_MAX];
 
 	maildir_tmp_name(final, name, sizeof name);
 	if (unlinkat(md->tmpfd, name, 0) == -1 && errno != ENOENT)
@@ -335,7 +359,7 @@ maildir_sync_tmp(struct maildir *md, char **cause)
 int
 maildir_move(struct maildir *md, const char *final, char **cause)
 {
-	char	name[256];
+	char	name[MAILDIR_TMP_NAME_MAX];
 
 	maildir_tmp_name(final, name, sizeof name);
 	if (renameat(md->tmpfd, name, md->newfd, final) == -1) {
@@ -387,7 +411,7 @@ maildir_dir_has(const char *path, const char *base)
 int
 maildir_recover(struct maildir *md, const char *final, char **cause)
 {
-	char		 name[256], sub[PATH_MAX];
+	char		 name[MAILDIR_TMP_NAME_MAX], sub[PATH_MAX];
 	struct stat	 sb;
 	const char	*dirs[] = { "new", "cur" };
 	size_t		 i;

@@ -96,7 +96,7 @@ net_addr_host(const struct sockaddr *sa, char *buf, size_t size)
 }
 
 /* "[::1]:995" or "127.0.0.1:995". */
-void
+static void
 net_addr_string(const struct sockaddr *sa, char *buf, size_t size)
 {
 	char	host[INET6_ADDRSTRLEN + 2];

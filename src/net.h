@@ -19,7 +19,6 @@
 #ifndef NET_H
 #define NET_H
 
-struct sockaddr;
 struct net_connect;
 
 /* fd is the connected socket, or -1; msg is the address or the error. */
@@ -28,6 +27,5 @@ typedef void (*net_connect_cb)(int fd, const char *msg, void *arg);
 struct net_connect *net_connect(struct event_base *, struct evdns_base *,
 		    const char *, const char *, int, int, net_connect_cb, void *);
 void		 net_connect_cancel(struct net_connect *);
-void		 net_addr_string(const struct sockaddr *, char *, size_t);
 
 #endif

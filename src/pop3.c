@@ -654,7 +654,9 @@ pop3_sasl_start(struct session *s)
 	p->flags &= ~P_SASL_IR;
 	ir = pop3_sasl_response(s);
 	snprintf(prefix, sizeof prefix, "AUTH %s ", mech);
-	if (ir != NULL && strlen(prefix) + strlen(ir) + 2 <= AUTH_LINE_MAX) {
+	/* Microsoft's POP3 takes XOAUTH2's response only after its "+ ". */
+	if (ir != NULL && p->method != AUTH_XOAUTH2 &&
+	    strlen(prefix) + strlen(ir) + 2 <= AUTH_LINE_MAX) {
 		snprintf(trace, sizeof trace, "AUTH %s ********", mech);
 		p->flags |= P_SASL_IR;
 		pop3_send_secret(s, CMD_AUTH, prefix, ir, strlen(ir), trace);
@@ -810,8 +812,10 @@ pop3_login_failed(struct session *s, const char *text, size_t len)
 		    auth_method_name(p->method));
 	else if (p->sasl_error != NULL)
 		snprintf(what, sizeof what, "login (%s) refused, the token was "
-		    "not accepted (%s); check password-command",
-		    auth_method_name(p->method), p->sasl_error);
+		    "not accepted (%s); %s", auth_method_name(p->method),
+		    p->sasl_error, s->ac->secret_source == SECRET_OAUTH2 ?
+		    "maild gets a new one for the next poll" :
+		    "check password-command");
 	else
 		snprintf(what, sizeof what, "login (%s) refused; check user "
 		    "and password", auth_method_name(p->method));
@@ -1494,13 +1498,17 @@ pop3_message_done(struct session *s)
 		return;
 	}
 	if (r == DELIVER_DONE) {
-		/* No UIDL: delivered by a session that died before QUIT. */
-		log_info("account=%s message %u was delivered before (same "
-		    "content); deleting it without delivering it again",
-		    s->ac->name, m->num);
+		/* No UIDL: delivered by a session that died before QUIT.
+		   Or dedupe: delivered through another account. */
+		if (p->flags & P_NO_UIDL)
+			log_info("account=%s message %u was delivered before "
+			    "(same content); deleting it without delivering "
+			    "it again", s->ac->name, m->num);
 		p->delivered++;
-		pop3_want_dele(s, pd.msg);
+		if (!s->ac->keep)
+			pop3_want_dele(s, pd.msg);
 	}
+	/* DELIVER_LATER: it stays on the server until the next poll. */
 	pop3_pump(s);
 }
 
@@ -1535,7 +1543,7 @@ pop3_abort(struct session *s)
 		return;
 	deliver_discard(s->dl, &p->msg);
 	if (deliver_batched(s->dl) > 0 &&
-	    deliver_commit(s->dl, &cause) == -1) {
+	    deliver_abort(s->dl, &cause) == -1) {
 		log_warnx("account=%s cannot keep the messages fetched before "
 		    "the error: %s", s->ac->name, cause);
 		free(cause);
@@ -1586,5 +1594,6 @@ const struct proto pop3_proto = {
 	.state = pop3_state,
 	.lost = pop3_lost,
 	.committed = pop3_committed,
+	.ready = pop3_pump,
 	.free = pop3_free,
 };

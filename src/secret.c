@@ -17,9 +17,10 @@
 /*
  * secret.c: get an account's password (or OAuth token) when a session
  * needs it: from the config, from the first line of a file, or from the
- * first line a command prints.  The command runs without blocking the
- * event loop, with bounded time and output, and its exit status is
- * checked.  Buffers that held a secret are wiped.
+ * first line a command prints; or, with built-in OAuth2, an access token
+ * from oauth2.c.  The command runs without blocking the event loop, with
+ * bounded time and output, and its exit status is checked.  Buffers that
+ * held a secret are wiped.
  */
 
 #include "config.h"
@@ -46,6 +47,8 @@ struct secret_job {
 	const struct account_conf	*ac;
 	struct event			*ev;		/* pipe or deferred start */
 	struct event			*timer;
+	struct oauth2_job		*oauth2;
+	int				 timeout;
 	pid_t				 pid;
 	int				 fd;
 	int				 eof;
@@ -81,6 +84,7 @@ secret_get(struct event_base *base, const struct account_conf *ac, int timeout,
 	job->fd = -1;
 	job->cb = cb;
 	job->arg = arg;
+	job->timeout = timeout;
 	job->deadline = now_mono() + timeout;
 	job->ev = event_new(base, -1, 0, secret_start_cb, job);
 	event_active(job->ev, EV_TIMEOUT, 0);
@@ -97,6 +101,7 @@ secret_cancel(struct secret_job *job)
 		event_free(job->ev);
 	if (job->timer != NULL)
 		event_free(job->timer);
+	oauth2_cancel(job->oauth2);
 	if (job->fd != -1)
 		close(job->fd);
 	if (job->pid != -1) {
@@ -107,6 +112,20 @@ secret_cancel(struct secret_job *job)
 	}
 	wipe(job->buf, sizeof job->buf);
 	free(job);
+}
+
+/* oauth2.c's answer is the job's. */
+static void
+secret_oauth2_cb(char *token, size_t len, const char *error, int code,
+    void *arg)
+{
+	struct secret_job	*job = arg;
+	secret_cb		 cb = job->cb;
+	void			*cbarg = job->arg;
+
+	job->oauth2 = NULL;
+	secret_cancel(job);
+	cb(token, len, error, code, cbarg);
 }
 
 static void
@@ -158,6 +177,10 @@ secret_start_cb(evutil_socket_t fd, short what, void *arg)
 			secret_finish(job, cause, EXIT_OSERR);
 			free(cause);
 		}
+		return;
+	case SECRET_OAUTH2:
+		job->oauth2 = oauth2_get(job->ac, job->timeout,
+		    secret_oauth2_cb, job);
 		return;
 	default:
 		secret_finish(job, "no password configured", EXIT_CONFIG);

@@ -67,13 +67,15 @@ static void	session_connected_cb(int, const char *, void *);
 static void	session_read_cb(struct bufferevent *, void *);
 static void	session_event_cb(struct bufferevent *, short, void *);
 static void	session_progress_cb(evutil_socket_t, short, void *);
+static void	session_conclude(struct session *);
 static void	session_deadline_cb(evutil_socket_t, short, void *);
 static void	session_greeting_cb(evutil_socket_t, short, void *);
 static void	session_tls_failed(struct session *, short);
 static void	session_committed_cb(void *, uint64_t, void *);
+static void	session_ready_cb(void *, const char *);
 
 /* The name of where the session is, for logs and errors. */
-const char *
+static const char *
 session_state(struct session *s)
 {
 	if (s->phase == PHASE_PROTOCOL)
@@ -135,13 +137,14 @@ session_start(const struct session_env *env, struct config *conf,
 		snprintf(mailbox, sizeof mailbox, "%s%s@%s",
 		    ac->protocol == PROTOCOL_IMAP ? "imap:" : "", ac->user,
 		    ac->host);
-		s->dl = deliver_open(ac, s->conf->state_dir, mailbox,
-		    session_committed_cb, s, &code, &cause);
+		s->dl = deliver_open(ac, s->conf->state_dir, mailbox, env,
+		    s->conf->timeout, session_committed_cb, s, &code, &cause);
 		if (s->dl == NULL) {
 			session_fail(s, code, "%s", cause);
 			free(cause);
 			return (s);
 		}
+		deliver_set_ready(s->dl, session_ready_cb, s);
 	}
 	s->phase = PHASE_SECRET;
 	s->secret_job = secret_get(s->base, ac, s->conf->timeout,
@@ -204,7 +207,10 @@ session_cycle(struct session *s)
 {
 	struct session_result	r = s->result;
 
+	if (s->dl != NULL)
+		r.new_files = deliver_new_files(s->dl, &r.new_files_len);
 	s->done(&r, 0, s->done_arg);
+	free(r.new_files);
 	s->result.fetched = 0;
 	s->result.bytes = 0;
 	s->result.deleted = 0;
@@ -227,6 +233,39 @@ session_abort(struct session *s)
 	session_fail(s, EXIT_TEMPFAIL, "stopped in the middle of the session");
 }
 
+/*
+ * A commit handed to the destination (deliver = lmtp or mda) has ended:
+ * the protocol goes on (it may remove those messages now), or, if the
+ * commit failed, the session ends.
+ */
+static void
+session_ready_cb(void *arg, const char *cause)
+{
+	struct session	*s = arg;
+
+	if (s->flags & S_DRAINING) {
+		if (cause != NULL && s->result.error == NULL) {
+			xasprintf(&s->result.error, "cannot deliver: %s",
+			    cause);
+			s->result.exitcode = EXIT_IOERR;
+		}
+		if (deliver_in_flight(s->dl))
+			return;		/* the next batch went out */
+		s->flags &= ~S_DRAINING;
+		session_conclude(s);
+		return;
+	}
+	if (s->flags & S_DEAD)
+		return;
+	if (cause != NULL) {
+		session_fail(s, EXIT_IOERR, "cannot deliver: %s; nothing is "
+		    "deleted from the server", cause);
+		return;
+	}
+	if (s->phase == PHASE_PROTOCOL && s->p != NULL)
+		s->proto->ready(s);
+}
+
 /* A batch was delivered: count it (the protocol hears of it itself). */
 static void
 session_committed_cb(void *cookie, uint64_t size, void *arg)
@@ -247,7 +286,9 @@ session_secret_cb(char *secret, size_t len, const char *error, int code,
 
 	s->secret_job = NULL;
 	if (secret == NULL) {
-		session_fail(s, code, "cannot get the password: %s", error);
+		session_fail(s, code, "cannot get the %s: %s",
+		    s->ac->secret_source == SECRET_OAUTH2 ?
+		    "OAuth2 access token" : "password", error);
 		return;
 	}
 	s->secret = secret;
@@ -391,6 +432,12 @@ session_progress_cb(evutil_socket_t fd, short what, void *arg)
 	struct session	*s = arg;
 	char		 lost[128] = "";
 
+	/* Waiting for the LMTP server or the mda is not the server's
+	   fault; the destination has time limits of its own. */
+	if (deliver_in_flight(s->dl)) {
+		session_arm_progress(s);
+		return;
+	}
 	if (s->phase == PHASE_PROTOCOL)
 		s->proto->lost(s, lost, sizeof lost);
 	session_fail(s, EXIT_TEMPFAIL, "%s timed out after %d seconds "
@@ -706,19 +753,10 @@ session_fail(struct session *s, int code, const char *fmt, ...)
 void
 session_finish(struct session *s)
 {
-	char	*cause = NULL;
-
 	if (s->flags & S_DEAD)
 		return;
 	s->flags |= S_DEAD;
 	s->result.stage = session_state(s);
-	if (s->dl != NULL && deliver_sync(s->dl, &cause) == -1) {
-		if (s->result.error == NULL) {
-			s->result.error = cause;
-			s->result.exitcode = EXIT_IOERR;
-		} else
-			free(cause);
-	}
 	session_wipe_secret(s);
 	if (s->bev != NULL) {
 		if (s->hangup_cb != NULL) {
@@ -732,6 +770,41 @@ session_finish(struct session *s)
 	evtimer_del(s->progress_ev);
 	evtimer_del(s->deadline_ev);
 	evtimer_del(s->greeting_ev);
+	/* What the destination has taken must be recorded, however the
+	   session ended: session_ready_cb() goes on when it has answered. */
+	if (deliver_in_flight(s->dl)) {
+		s->flags |= S_DRAINING;
+		return;
+	}
+	session_conclude(s);
+}
+
+/* The session and its deliveries are over: the result, from a fresh
+   event. */
+static void
+session_conclude(struct session *s)
+{
+	char		*cause = NULL;
+	const char	*reply;
+	unsigned	 n;
+	int		 perm;
+
+	if (s->dl != NULL && s->result.error == NULL &&
+	    (n = deliver_refused(s->dl, &perm, &reply)) > 0) {
+		xasprintf(&s->result.error, "the %s refused %u message%s%s; "
+		    "%s stay%s on the server: %s", s->ac->deliver ==
+		    DELIVER_LMTP ? "LMTP server" : "mda", n, n == 1 ? "" : "s",
+		    perm ? "" : " for now", n == 1 ? "it" : "they",
+		    n == 1 ? "s" : "", reply != NULL ? reply : "");
+		s->result.exitcode = perm ? EXIT_UNAVAIL : EXIT_TEMPFAIL;
+	}
+	if (s->dl != NULL && deliver_sync(s->dl, &cause) == -1) {
+		if (s->result.error == NULL) {
+			s->result.error = cause;
+			s->result.exitcode = EXIT_IOERR;
+		} else
+			free(cause);
+	}
 	s->free_ev = evtimer_new(s->base, session_free_cb, s);
 	event_active(s->free_ev, EV_TIMEOUT, 0);
 }
@@ -742,10 +815,14 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
 	struct session	*s = arg;
 
 	/* Unlock the state before the scheduler may start the next one. */
+	if (s->dl != NULL)
+		s->result.new_files = deliver_new_files(s->dl,
+		    &s->result.new_files_len);
 	deliver_close(s->dl);
 	s->dl = NULL;
 	s->done(&s->result, 1, s->done_arg);
 	free(s->result.error);
+	free(s->result.new_files);
 	if (s->secret_job != NULL)
 		secret_cancel(s->secret_job);
 	if (s->nc != NULL)

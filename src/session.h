@@ -56,6 +56,8 @@ struct proto {
 	void		(*abort)(struct session *);
 	/* A message of its was delivered (cookie: what it gave deliver.c). */
 	void		(*committed)(struct session *, void *);
+	/* A commit to the destination (LMTP, MDA) ended: go on. */
+	void		(*ready)(struct session *);
 	/* The name of its current state, for logs and errors. */
 	const char	*(*state)(struct session *);
 	/* What a lost connection cut short ("" if nothing). */
@@ -74,6 +76,7 @@ struct session {
 #define S_CHECK		0x08	/* --check: log in, look, log out */
 #define S_NO_PIPE		0x10	/* never pipeline */
 #define S_GREETED		0x20	/* the server spoke first */
+#define S_DRAINING	0x40	/* dead, waiting for the destination */
 	const struct account_conf *ac;
 	struct config		*conf;		/* a reference */
 	struct event_base	*base;
@@ -121,7 +124,6 @@ void		 session_cycle(struct session *);
 int		 session_read_line(struct evbuffer *, char *, size_t, size_t *);
 void		 session_unasked(struct session *, struct evbuffer *);
 const char	*session_peer(struct session *);
-const char	*session_state(struct session *);
 
 /* pop3.c, imap.c */
 extern const struct proto pop3_proto;

@@ -634,7 +634,7 @@ static int
 state_valid_file(const char *name)
 {
 	const char	*comma, *slash;
-	char		 base[256];
+	char		 base[MAILDIR_TMP_NAME_MAX];
 	uint32_t	 tag;
 	size_t		 i;
 
@@ -700,7 +700,7 @@ state_apply(struct state *st, char **f, size_t n, int version)
 	}
 	if (strlen(f[0]) != 1)
 		return (-1);
-	kind = f[0][0];
+	kind = (unsigned char)f[0][0];
 	if (version == 1) {
 		/* D <first> <n> <uidl>, P ... <file>, S (skipped: dropped) */
 		if (kind == 'S' && n == 4)
@@ -1327,7 +1327,8 @@ state_append_journal(struct state *st, char **cause)
 	while (done < total) {
 		size_t	skip = done, i;
 
-		for (i = 0; i < 3 && skip >= iov[i].iov_len; i++)
+		/* done < total: what is left is in iov[2] at the latest */
+		for (i = 0; i < 2 && skip >= iov[i].iov_len; i++)
 			skip -= iov[i].iov_len;
 		if (write_full(st->journal_fd, (char *)iov[i].iov_base + skip,
 		    iov[i].iov_len - skip) == -1)
@@ -1379,11 +1380,4 @@ uint64_t
 state_epoch(const struct state *st)
 {
 	return (st->epoch);
-}
-
-/* The snapshot's path, for messages. */
-const char *
-state_path(const struct state *st)
-{
-	return (st->path);
 }

@@ -35,6 +35,9 @@
 
 #include "maild.h"
 
+/* OpenSSL's errors, as one line for a message. */
+#define TLS_ERRORS_MAX	512
+
 /* What the verify callback saw about the first certificate it disliked. */
 struct tls_seen {
 	const struct account_conf *ac;
@@ -127,7 +130,7 @@ tls_errors(char *buf, size_t size)
 static X509_STORE *
 tls_system_trust(char **cause)
 {
-	char	err[512];
+	char	err[TLS_ERRORS_MAX];
 
 	if (tls_system_store != NULL)
 		return (tls_system_store);
@@ -148,7 +151,7 @@ tls_ctx_new(const struct account_conf *a, char **cause)
 {
 	SSL_CTX		*ctx;
 	X509_STORE	*store;
-	char		 err[512];
+	char		 err[TLS_ERRORS_MAX];
 
 	tls_init();
 	if ((ctx = SSL_CTX_new(TLS_client_method())) == NULL)
@@ -452,7 +455,7 @@ tls_explain_failure(SSL *ssl, const char *host, unsigned long err,
     int *verify)
 {
 	struct tls_seen	*seen = NULL;
-	char		 buf[512], *msg;
+	char		 buf[TLS_ERRORS_MAX], *msg;
 	const char	*why, *hint = "";
 	long		 v = X509_V_OK;
 

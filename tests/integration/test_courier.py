@@ -36,9 +36,8 @@ import courier     # noqa: E402
 import maildtest as mt  # noqa: E402
 import tap         # noqa: E402
 
-SCALE = float(os.environ.get("MAILD_TIMEOUT_SCALE", "1"))
 # maild's own timeout: a lost answer fails the run in seconds
-TIMEOUT = max(5, int(5 * SCALE))
+TIMEOUT = max(5, int(5 * mt.timeout_scale()))
 TLS_MODES = ("implicit", "starttls")
 AUTHS = ("user", "plain", "login", "cram-md5")
 COUNT = 16

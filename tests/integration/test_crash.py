@@ -26,19 +26,16 @@ Environment: MAILD_CRASH_SEED (default 20261126), MAILD_CRASH_KILLS (kills
 per mode, default 60), MAILD_CRASH_SCALE (message count factor, default 1).
 """
 
-import collections
 import os
 import random
-import re
-import signal
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "lib"))
 
 import certs       # noqa: E402
 import corpus      # noqa: E402
+import crashkill   # noqa: E402
 import dovecot     # noqa: E402
 import maildtest as mt  # noqa: E402
 import tap         # noqa: E402
@@ -49,10 +46,7 @@ SCALE = float(os.environ.get("MAILD_CRASH_SCALE", "1"))
 USERS = {"crash1": int(280 * SCALE), "crash2": int(120 * SCALE),
          "crash3": int(80 * SCALE)}
 HUGE = 4_000_000
-RUN_TIMEOUT = 120          # one maild run
-MAX_ATTEMPTS_PER_ROUND = 200
-
-STATE_RE = re.compile(r"account=(\S+) state (\S+) -> (\S+)")
+RUN_TIMEOUT = crashkill.RUN_TIMEOUT
 
 
 class Fixture:
@@ -98,10 +92,6 @@ def maildirs(d):
     return {u: d / f"Maildir-{u}" for u in USERS}
 
 
-def count_new(d):
-    return sum(mt.count_new(md) for md in maildirs(d).values())
-
-
 def server_names(fx):
     """user -> {name: message data} for the files of the server's Maildir
     (before maild touches it): keys are the file name, the name without
@@ -137,153 +127,11 @@ def check_records(fx, d, names):
                 problems.append(f"{u}: record for unknown UIDL {uidl!r}")
                 continue
             resolved += 1
-            if kind == "D" and data not in have:
-                problems.append(f"{u}: UIDL {uidl} ({corpus.test_id(data)})"
-                                " is recorded as delivered but not in new/")
-            if kind == "P":
-                if not extra["file"]:
-                    problems.append(f"{u}: P record without a file: {uidl}")
-                    continue
-                final = mt.unescape_state(extra["file"]).decode(
-                    "utf-8", "replace")
-                base = final.split(",")[0]
-                if not ((md / "tmp" / base).exists() or
-                        (md / "new" / final).exists()):
-                    problems.append(f"{u}: pending {uidl} ({final}): file "
-                                    "neither in tmp/ nor in new/")
+            why = crashkill.record_problem(u, f"UIDL {uidl}", kind, data,
+                                           extra, md, have)
+            if why:
+                problems.append(why)
     return problems, resolved
-
-
-def check_new_consistent(fx, d):
-    """Between kills: new/ holds only complete messages, none twice."""
-    problems = []
-    for u, md in maildirs(d).items():
-        seen = collections.Counter()
-        for sub, name, p in mt.maildir_files(md, ("new", "cur")):
-            data = mt.strip_trace(p.read_bytes())
-            mid = corpus.test_id(data)
-            if mid not in fx.by_id:
-                problems.append(f"{u}: {sub}/{name}: unknown message "
-                                f"({len(data)} bytes)")
-            elif data != fx.by_id[mid]:
-                problems.append(f"{u}: {sub}/{name}: partial or corrupt "
-                                f"copy of {mid}: "
-                                f"{mt.describe_diff(data, fx.by_id[mid])}")
-            seen[mid] += 1
-        problems += [f"{u}: {mid} is there {n} times"
-                     for mid, n in seen.items() if n > 1]
-    return problems
-
-
-def state_stamps(d):
-    """Identity of each state file and journal (changes when the state is
-    replaced or a block is appended to its journal)."""
-    out = {}
-    try:
-        with os.scandir(d / "state") as it:
-            for e in it:
-                if e.name.endswith((".state", ".journal")):
-                    st = e.stat()
-                    out[e.name] = (st.st_ino, st.st_mtime_ns, st.st_size)
-    except FileNotFoundError:
-        pass
-    return out
-
-
-def last_states(err_text):
-    """account -> the state it was in when the log ends."""
-    states = {}
-    for m in STATE_RE.finditer(err_text):
-        states[m.group(1)] = m.group(3)
-    return states
-
-
-def run_to_completion(t, fx, d, cfg, rng, kills_left, hist, mode):
-    """Kill maild at random until a run finishes by itself; returns the
-    number of kills made."""
-    kills = 0
-    for attempt in range(MAX_ATTEMPTS_PER_ROUND):
-        errpath = d / f"stderr.{attempt}"
-        full = fx.full_run
-        r = rng.random()
-        if kills >= kills_left:
-            strategy, delay = "none", None
-        elif r < 0.15:
-            strategy, delay = "early", rng.uniform(0, 0.012)
-        elif r < 0.30:
-            strategy, delay = "login", rng.uniform(0.004, 0.05)
-        elif r < 0.70:
-            strategy, delay = "timed", rng.uniform(0, full * 1.1)
-        elif r < 0.85:
-            strategy, delay = "commit", None
-        else:
-            strategy, delay = "state", None
-        # commit: kill once new/ has grown by `grow` files (1: right at the
-        # first rename of a batch); state: once a state file was replaced
-        # or its journal grew (records written, files not yet moved)
-        grow = rng.choice([1, 1, 1, 2, 3, 10, 50])
-        before_new = count_new(d)
-        before_state = state_stamps(d)
-        p = mt.start_maild(["--once", "-vv", "-f", cfg], errpath)
-        killed = False
-        try:
-            started = time.monotonic()
-            if strategy in ("early", "login", "timed"):
-                try:
-                    p.wait(timeout=delay)
-                except Exception:
-                    mt.kill_tree(p, signal.SIGKILL)
-                    killed = True
-            elif strategy in ("commit", "state"):
-                deadline = started + RUN_TIMEOUT
-                while p.poll() is None and time.monotonic() < deadline:
-                    if (count_new(d) >= before_new + grow
-                            if strategy == "commit"
-                            else state_stamps(d) != before_state):
-                        mt.kill_tree(p, signal.SIGKILL)
-                        killed = True
-                        break
-                    time.sleep(0.0003)
-            if not killed:
-                try:
-                    p.wait(timeout=RUN_TIMEOUT)
-                except Exception:
-                    mt.kill_tree(p)
-                    raise AssertionError(f"maild did not finish within "
-                                         f"{RUN_TIMEOUT} s")
-        finally:
-            if p.poll() is None:
-                mt.kill_tree(p)
-        err = errpath.read_text(errors="replace")
-        t.attach(f"maild stderr ({mode}, attempt {attempt})", err)
-        if killed and p.returncode == -signal.SIGKILL:
-            kills += 1
-            states = last_states(err)
-            if strategy == "commit":
-                hist["commit-window"] += 1
-            elif strategy == "state":
-                hist["state-saved"] += 1
-            elif not states:
-                hist["startup"] += 1
-            else:
-                for s in set(states.values()):
-                    hist[s] += 1
-            t.note(f"{mode} kill {kills}: {strategy} "
-                   f"{'' if delay is None else f'{delay * 1000:.1f} ms '}"
-                   f"states={states} new/={count_new(d)}")
-            problems = check_new_consistent(fx, d)
-            rec_problems, resolved = check_records(fx, d, fx.names)
-            fx.records_checked += resolved
-            problems += rec_problems
-            assert not problems, (f"after kill {kills} ({strategy}):\n  "
-                                  + "\n  ".join(problems[:10]))
-            continue
-        # maild ended on its own
-        assert p.returncode == 0, (f"maild exited {p.returncode} without "
-                                   f"being killed:\n{mt.tail(err)}")
-        return kills, err
-    raise AssertionError(f"no complete run after {MAX_ATTEMPTS_PER_ROUND} "
-                         "attempts")
 
 
 def verify_final(t, fx, d, keep, cfg):
@@ -295,12 +143,7 @@ def verify_final(t, fx, d, keep, cfg):
         else:
             left = fx.srv.mailbox(u)
             assert not left, f"{u}: {len(left)} messages left on the server"
-    r = mt.run_maild(["--once", "-f", cfg], timeout=RUN_TIMEOUT,
-                     label="check run")
-    assert r.rc == 0, f"check run: exit {r.rc}"
-    for u in USERS:
-        s = r.account(u)
-        assert s["fetched"] == 0, f"{u}: check run fetched {s['fetched']}"
+    crashkill.check_run(cfg, USERS)
 
 
 def calibrate(t, fx):
@@ -334,34 +177,20 @@ def crash_mode(t, keep):
     mode = "keep" if keep else "delete"
     calibrate(t, fx)
     rng = random.Random(f"{SEED}:{mode}")
-    tap.diag(f"{mode}: seed {SEED}, {KILLS} kills wanted "
-             "(MAILD_CRASH_SEED, MAILD_CRASH_KILLS)")
-    hist = collections.Counter()
-    kills = rounds = 0
-    while kills < KILLS:
-        rounds += 1
-        d = t.tmp / f"{mode}-round{rounds}"
-        d.mkdir()
+    tap.diag(f"{mode}: seed {SEED}")
+    killer = crashkill.Killer(t, rng, fx.full_run, maildirs, fx.by_id,
+                              lambda d: check_records(fx, d, fx.names))
+
+    def setup(d):
         reset_server(fx)
         fx.names = server_names(fx)
-        cfg = make_config(t, fx, d, keep)
-        k, _ = run_to_completion(t, fx, d, cfg, rng, KILLS - kills, hist,
-                                 mode)
-        kills += k
-        verify_final(t, fx, d, keep, cfg)
-        if rounds > 50:
-            raise AssertionError("too many rounds")
-        if not tap.keep_tmp():
-            tap.rmtree(d)
-    tap.diag(f"{mode}: {kills} kills in {rounds} rounds; where they "
-             "landed: " + ", ".join(f"{k}={v}" for k, v in
-                                    sorted(hist.items())))
-    assert kills >= KILLS
-    assert hist["commit-window"] > 0, "no kill landed in the commit window"
+        return make_config(t, fx, d, keep)
+    hist = killer.rounds(KILLS, mode, setup,
+                         lambda d, cfg: verify_final(t, fx, d, keep, cfg))
+    fx.records_checked += killer.records_checked
     tap.diag(f"{mode}: {fx.records_checked} state records checked after "
              "kills so far")
-    assert fx.records_checked > 0, "no state record was ever checked"
-    assert len(hist) >= 3, f"kills landed in too few phases: {dict(hist)}"
+    crashkill.assert_spread(hist, fx.records_checked)
 
 
 @tap.test(timeout=600)

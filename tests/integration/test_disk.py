@@ -39,34 +39,13 @@ BOUND = h.TIMEOUT + 10
 # ---------------------------------------------------------------------------
 # mounts
 
-def _mount_problem():
-    if os.geteuid() != 0:
-        return "needs root to mount a tmpfs"
-    d = tap.mkdtemp(prefix="maild-disk-probe-")
-    try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k",
-                            "tmpfs", str(d)], capture_output=True,
-                           text=True, timeout=20)
-        if r.returncode != 0:
-            return f"cannot mount a tmpfs here: {r.stderr.strip()}"
-        subprocess.run(["umount", str(d)], timeout=20)
-        return None
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"cannot mount a tmpfs here: {e}"
-    finally:
-        try:
-            os.rmdir(d)
-        except OSError:
-            pass
-
-
 _PROBLEM = None
 
 
 def skip_reason():
     global _PROBLEM
     if _PROBLEM is None:
-        _PROBLEM = _mount_problem() or ""
+        _PROBLEM = mt.tmpfs_problem() or ""
     return _PROBLEM or None
 
 

@@ -82,13 +82,14 @@ def journal_summary(lines, name):
 
 
 def daemon(t, cfg, n_summaries, limit=20, name="pol"):
-    """maild -d until account name has n summary lines (or limit s);
+    """maild -d until account name has n summary lines (or limit s,
+    scaled);
     stopped with SIGTERM by PID.  Returns the summary dicts."""
     mt.require_maild()
     errpath = t.tmp / "daemon.stderr"
     p = mt.start_maild(["-d", "-f", cfg], errpath)
     try:
-        deadline = time.monotonic() + limit
+        deadline = time.monotonic() + limit * mt.timeout_scale()
         while time.monotonic() < deadline and p.poll() is None:
             recs = [s for s in mt.summary_lines(errpath.read_text(
                 errors="replace")) if s["account"] == name]
@@ -292,17 +293,25 @@ def test_delete_after(t):
         assert len(first) == 3, first
         assert all(int(t0) <= v <= time.time() for v in first.values()), \
             f"first-delivery times {first} not when delivered ({t0:.0f})"
+        # (the times are whole seconds: due at first + 3 s)
+        due = min(first.values()) + 3
         r = once(t, cfg)
         rec = r.account("pol")
-        assert r.rc == 0 and rec["deleted"] == 0 and rec["fetched"] == 0, \
-            rec["line"]
-        assert "DELE" not in srv.verbs(), "deleted too early"
-        assert state_times(t) == first, "the first-delivery time changed"
-        time.sleep(max(0, t0 + 3.3 - time.time()))
+        early = rec["deleted"]
+        assert r.rc == 0 and rec["fetched"] == 0, rec["line"]
+        if time.time() < due:
+            assert early == 0, rec["line"]
+            assert "DELE" not in srv.verbs(), "deleted too early"
+            assert state_times(t) == first, \
+                "the first-delivery time changed"
+        else:
+            t.note("the second run ended after the messages were due (a "
+                   "slow machine): not too early is not checked")
+        time.sleep(max(0, max(first.values()) + 3.3 - time.time()))
         r = once(t, cfg)
         rec = r.account("pol")
-        assert r.rc == 0 and rec["deleted"] == 3 and rec["fetched"] == 0, \
-            rec["line"]
+        assert r.rc == 0 and early + rec["deleted"] == 3 and \
+            rec["fetched"] == 0, rec["line"]
         assert srv.mailbox == [], f"{len(srv.mailbox)} left on the server"
         mt.assert_maildir(t.tmp / "Maildir", m)
 

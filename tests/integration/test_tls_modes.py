@@ -341,7 +341,7 @@ def test_none_allowed(t):
         errpath = t.tmp / "daemon.stderr"
         p = mt.start_maild(["-d", "-f", cfg], errpath)
         try:
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 15 * mt.timeout_scale()
             while time.monotonic() < deadline and p.poll() is None and \
                     len(mt.summary_lines(errpath.read_text())) < 3:
                 time.sleep(0.05)

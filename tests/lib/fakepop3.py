@@ -54,8 +54,9 @@ effects, e.g. DELE marks the message), so handlers can corrupt or cut it.
 Ready-made handlers: drop_after(nbytes, nth), hang_after(nbytes, nth),
 drip_response(interval), endless_listing(), raw(bytes).
 
-Every connection is recorded in srv.connections (a Conn): the command lines
-received (cmd.line raw bytes, cmd.tls, cmd.t arrival time), whether TLS
+Every connection is recorded in srv.connections (a Conn): when it was
+accepted and closed (conn.opened, conn.closed_at, monotonic), the command
+lines received (cmd.line raw bytes, cmd.tls, cmd.t arrival time), whether TLS
 came up (conn.tls_error otherwise), conn.pipelined() (a command arrived
 before the answer to the previous one was written: only a pipelining
 client does that).  Lines answering a SASL challenge are recorded too,

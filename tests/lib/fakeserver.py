@@ -16,6 +16,9 @@ Actions (in a list or a generator, which may be endless):
   ABORT                 reset it (RST)
   HANG                  answer nothing more, wait for the client to go
 
+A server listens on a unix socket instead of TCP when its unix attribute
+is set to a path before start() (then port stays None).
+
 A subclass provides _new_conn(cid, peer) -> a connection record (with the
 attributes BaseConn sets) and async _serve(conn, reader, writer); it may
 override _closed(conn), called when a connection ends.
@@ -247,6 +250,8 @@ class BaseConn:
         self.auths = []             # [Auth]
         self.client_cert = None     # getpeercert() after TLS
         self.wlock = None           # asyncio.Lock: one response at a time
+        self.opened = time.monotonic()  # accepted
+        self.closed_at = None       # monotonic time it was closed
 
     def verbs(self):
         return [c.verb for c in self.commands]
@@ -294,6 +299,7 @@ class ThreadedServer:
         self.implicit_tls = (tls is not None) if implicit_tls is None \
             else implicit_tls
         self.drip = drip
+        self.unix = None            # a unix socket's path instead of TCP
         self.lock = threading.RLock()
         self.connections = []
         self.errors = []            # exceptions inside the server
@@ -408,12 +414,16 @@ class ThreadedServer:
             return asyncio.StreamReaderProtocol(reader, self._client,
                                                 loop=loop)
         try:
-            server = await loop.create_server(factory, self.host, 0)
+            if self.unix is not None:
+                server = await loop.create_unix_server(factory, self.unix)
+            else:
+                server = await loop.create_server(factory, self.host, 0)
         except OSError as e:
             self._start_error = e
             self._ready.set()
             return
-        self.port = server.sockets[0].getsockname()[1]
+        if self.unix is None:
+            self.port = server.sockets[0].getsockname()[1]
         self._loop = loop
         self._ready.set()
         await self._stop_ev.wait()
@@ -448,6 +458,7 @@ class ThreadedServer:
             conn.error = repr(e)
             self.errors.append(e)
         finally:
+            conn.closed_at = time.monotonic()
             conn.state = "closed"
             self._closed(conn)
             try:

@@ -8,13 +8,21 @@ Built on fakepop3's handler API (nothing here changes fakepop3):
         acct.assert_nothing_delivered()
         acct.assert_server_untouched(msgs)
 
-Account.once() runs `maild --once` under a hard timeout, waits for it with
-wait4() so that its own peak RSS is known (r.maxrss_mb), and checks what
+Account.once() runs `maild --once` under a hard timeout with its own peak
+RSS measured (maildtest.run_maild(rss=True): r.maxrss_mb), and checks what
 must hold after any run, whatever the server did: maild was not killed by
 a signal, no sanitizer or valgrind report, not exit 70, peak RSS under
 RSS_LIMIT_MB, finished within `within` seconds, no file appeared in the
 test directory outside the Maildir and the state directory, and a failed
 run has a summary line naming the account with an error="...".
+
+IMAP (fakeimap):
+
+    with hostile.imap_server(msgs, handlers={"UID FETCH": ...}) as srv:
+        acct = hostile.ImapAccount(t, srv, keep=False)
+        acct.once(expect_rc=76, within=10)
+        acct.assert_server_untouched(msgs)     # no STORE, EXPUNGE, MOVE...
+        acct.changes()                          # what maild changed
 
 Handler factories for fakepop3 (fn(conn, cmd) -> response):
   body_of(srv, k)        answer RETR with the body of message k instead
@@ -26,18 +34,16 @@ SilentServer: accepts TCP connections and never says a word.
 
 Environment: MAILD_WRAPPER (a command put in front of maild, e.g.
 valgrind; then the RSS limit is not checked, nor with an ASan build) and
-MAILD_TIMEOUT_SCALE (multiplies every time limit), as in tests/run;
+MAILD_TIMEOUT_SCALE (multiplies every time limit; see
+maildtest.timeout_scale()), as in tests/run;
 MAILD_RSS_LIMIT_MB (default 30), the usual peak RSS limit.
 """
 
 import os
 import re
 import shlex
-import signal
 import socket
-import subprocess
 import threading
-import time
 from pathlib import Path
 
 import certs
@@ -54,10 +60,6 @@ SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer",
                    "Invalid read", "Invalid write", "definitely lost")
 
 
-def scale():
-    return float(os.environ.get("MAILD_TIMEOUT_SCALE", "1"))
-
-
 def wrapper():
     return shlex.split(os.environ.get("MAILD_WRAPPER", ""))
 
@@ -68,6 +70,15 @@ def server(messages=(), tls="server", **kw):
     if tls is not None:
         tls = getattr(certs.get(), tls)
     return fakepop3.FakePOP3(messages, tls=tls, **kw)
+
+
+def imap_server(messages=(), tls="server", **kw):
+    """A fake IMAP server (implicit TLS with the test CA's certificate
+    unless tls=None or implicit_tls=False)."""
+    import fakeimap
+    if tls is not None:
+        tls = getattr(certs.get(), tls)
+    return fakeimap.FakeIMAP(messages, tls=tls, **kw)
 
 
 def msgs(prefix, n, seed=11, **kw):
@@ -81,118 +92,12 @@ def tiny(prefix, n, body="x\n"):
 
 
 # ---------------------------------------------------------------------------
-# running maild with its own rusage
-
-class Result(mt.Result):
-    maxrss_mb = None
-    signal = None
-
-
-TIME_BIN = "/usr/bin/time"       # GNU time: maild's own peak RSS
-
-
-def _hwm_kb(pid):
-    """VmHWM of a running process (kB), or None."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
+# running maild with its own peak RSS
 
 def run_maild(args, timeout=60, label="maild", env=None):
-    """Like maildtest.run_maild, with maild's own peak RSS (r.maxrss_mb).
-
-    wait4()'s ru_maxrss cannot be used directly: Linux carries the peak
-    RSS of the forking Python process over the exec.  So maild runs under
-    GNU time (a small process in between) when /usr/bin/time exists;
-    otherwise VmHWM is polled from /proc (a lower bound).  stderr goes to a
-    file, so a huge log cannot block a pipe."""
-    t = tap.current()
-    timeout *= scale()
-    base = t.tmp if t is not None else Path(tap.mkdtemp())
-    stamp = time.monotonic_ns()
-    errf = base / f"stderr.{stamp}"
-    rssf = base / f"stderr.{stamp}.rss"
-    cmd = wrapper() + [mt.maild_bin()] + [str(a) for a in args]
-    use_time = not wrapper() and os.access(TIME_BIN, os.X_OK)
-    full = ([TIME_BIN, "-f", "maxrss=%M", "-o", str(rssf)] if use_time
-            else []) + cmd
-    started = time.monotonic()
-    with open(errf, "wb") as ef:
-        p = subprocess.Popen(full, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=ef,
-                             env=mt._env(env), start_new_session=True)
-    hwm = None
-    try:
-        while True:
-            pid, status = os.waitpid(p.pid, os.WNOHANG)
-            if pid == p.pid:
-                break
-            if not use_time:
-                v = _hwm_kb(p.pid)
-                if v is not None:
-                    hwm = max(hwm or 0, v)
-            if time.monotonic() - started > timeout:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                os.waitpid(p.pid, 0)
-                p.returncode = -9
-                err = errf.read_bytes().decode("utf-8", "replace")
-                if t is not None:
-                    t.attach(f"{label} stderr", err)
-                raise mt.MaildTimeout(f"{shlex.join(cmd)} did not finish "
-                                      f"within {timeout:.0f} s; killed it")
-            time.sleep(0.005)
-    except BaseException:
-        if p.returncode is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-                os.waitpid(p.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            p.returncode = -9
-        raise
-    seconds = time.monotonic() - started
-    rc = os.waitstatus_to_exitcode(status)
-    p.returncode = rc           # so Popen does not try to reap it again
-    if use_time:
-        info = rssf.read_text(errors="replace") if rssf.exists() else ""
-        m = re.search(r"terminated by signal (\d+)", info)
-        if m:
-            rc = -int(m.group(1))
-        m = re.search(r"maxrss=(\d+)", info)
-        hwm = int(m.group(1)) if m else None
-    err = errf.read_bytes().decode("utf-8", "replace")
-    r = Result(cmd, rc, "", err, seconds)
-    r.maxrss_mb = hwm / 1024.0 if hwm is not None else None
-    r.signal = -rc if rc < 0 else None
-    if t is not None:
-        rss = "?" if r.maxrss_mb is None else f"{r.maxrss_mb:.1f} MB"
-        t.attach(f"{label} stderr", f"$ {shlex.join(cmd)}\n{err}"
-                 f"[exit status {rc}, {seconds:.1f} s, peak RSS {rss}]")
-    return r
-
-
-_SANITIZED = {}
-
-
-def sanitized():
-    """Is maild built with AddressSanitizer (then its RSS means nothing:
-    freed memory sits in ASan's quarantine)?"""
-    b = mt.maild_bin()
-    if b not in _SANITIZED:
-        try:
-            with open(b, "rb") as f:
-                _SANITIZED[b] = b"__asan_init" in f.read()
-        except OSError:
-            _SANITIZED[b] = False
-    return _SANITIZED[b]
+    """maildtest.run_maild, with maild's own peak RSS (r.maxrss_mb)."""
+    return mt.run_maild(args, timeout=timeout, env=env, label=label,
+                        rss=True)
 
 
 def check_sane(r, within=None, rss_mb=None):
@@ -202,10 +107,10 @@ def check_sane(r, within=None, rss_mb=None):
     marks = [m for m in SANITIZER_MARKS if m in r.stderr]
     assert not marks, f"sanitizer/valgrind report in stderr: {marks}"
     if within is not None:
-        assert r.seconds <= within * scale(), \
+        assert r.seconds <= within * mt.timeout_scale(), \
             f"maild took {r.seconds:.1f} s, more than {within} s"
     limit = rss_mb if rss_mb is not None else RSS_LIMIT_MB
-    if not wrapper() and not sanitized() and r.maxrss_mb is not None:
+    if not wrapper() and not mt.sanitized() and r.maxrss_mb is not None:
         assert r.maxrss_mb <= limit, \
             f"maild's peak RSS was {r.maxrss_mb:.1f} MB (limit {limit} MB)"
 
@@ -338,6 +243,70 @@ class Account:
                if c.verb in ("USER", "PASS", "APOP", "AUTH") or
                pw in c.line]
         assert not bad, f"login commands sent: {bad}"
+
+
+class ImapAccount(Account):
+    """An IMAP account (protocol = imap) against a fakeimap server."""
+
+    def __init__(self, t, srv, keep=True, **extra):
+        extra.setdefault("protocol", "imap")
+        super().__init__(t, srv, keep=keep, **extra)
+
+    def changes(self, folder=None):
+        """What clients changed on the server (fakeimap events: STORE,
+        EXPUNGE, UID EXPUNGE, CLOSE, COPY, MOVE), other than APPEND."""
+        return [e for e in self.srv.events if e.kind != "APPEND" and
+                (folder is None or e.folder == folder)]
+
+    def assert_server_untouched(self, expected_msgs=None, folder="INBOX"):
+        """No flag stored, nothing copied, moved or expunged; the folder
+        holds as many messages as expected_msgs."""
+        if self.srv is None:
+            return
+        ch = self.changes()
+        assert not ch, f"the server was changed: {ch[:5]}"
+        if expected_msgs is not None:
+            n = len(self.srv.messages(folder))
+            assert n == len(expected_msgs), \
+                f"{n} messages in {folder}, expected {len(expected_msgs)}"
+
+    def assert_no_password_sent(self):
+        pw = self.srv.password.encode()
+        bad = [c.line for c in self.srv.commands()
+               if c.verb in ("LOGIN", "AUTHENTICATE", "SASL-RESPONSE") or
+               pw in c.line]
+        assert not bad, f"login commands sent: {bad}"
+
+
+def imap_durable_watch(acct, violations):
+    """An on_command hook for fakeimap: every UID STORE \\Deleted, UID
+    MOVE, UID COPY, UID EXPUNGE and EXPUNGE must address only messages
+    complete in new/ (or cur/) and recorded in the state at the moment
+    the command arrives (a D record, or a P record: deliver.c writes the
+    D records at the next sync); what does not goes to violations."""
+    srv = acct.srv
+
+    def hook(conn, cmd):
+        if cmd.verb not in ("UID STORE", "UID MOVE", "UID COPY",
+                            "UID EXPUNGE", "EXPUNGE"):
+            return
+        if cmd.verb == "UID STORE" and "DELETED" not in cmd.arg.upper():
+            return
+        uids = conn.uids_of(cmd) if cmd.verb != "EXPUNGE" else \
+            [x.uid for x in srv.messages() if "\\Deleted" in x.flags]
+        have = {mt.strip_trace(p.read_bytes()) for _, _, p in
+                mt.maildir_files(acct.maildir, ("new", "cur"))}
+        keys = {k.rsplit(b"\0", 1)[-1] for kind, k, _ in
+                mt.state_records(acct.state, acct.name)}
+        for u in uids:
+            x = srv.folder().by_uid(u)
+            if x is None:
+                continue
+            if x.data not in have:
+                violations.append(f"{cmd.verb} of UID {u}: not in new/")
+            if str(u).encode() not in keys:
+                violations.append(f"{cmd.verb} of UID {u}: not recorded")
+    return hook
 
 
 def assert_error_mentions(r, name, *words):

@@ -19,6 +19,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,6 +57,37 @@ def maild_bin():
     build = os.environ.get("MAILD_BUILDDIR")
     return str(Path(build) / "src" / "maild" if build
                else REPO / "src" / "maild")
+
+
+_SANITIZED = {}
+
+
+def sanitized():
+    """Is maild built with AddressSanitizer (then it runs slower, and its
+    RSS means nothing: freed memory sits in ASan's quarantine)?"""
+    b = maild_bin()
+    if b not in _SANITIZED:
+        try:
+            with open(b, "rb") as f:
+                _SANITIZED[b] = b"__asan_init" in f.read()
+        except OSError:
+            _SANITIZED[b] = False
+    return _SANITIZED[b]
+
+
+SANITIZER_SCALE = 3
+
+
+def timeout_scale():
+    """What every time limit of the tests, and every bound on how long
+    maild may take, is multiplied by: $MAILD_TIMEOUT_SCALE (tests/run sets
+    20 for valgrind), else SANITIZER_SCALE for a maild built with
+    sanitizers, else 1.  Tests assert order and behaviour; the few bounds
+    on wall-clock time that remain are generous, and scaled."""
+    v = os.environ.get("MAILD_TIMEOUT_SCALE")
+    if v:
+        return float(v)
+    return SANITIZER_SCALE if sanitized() else 1.0
 
 
 def require_maild():
@@ -156,6 +188,9 @@ def account(name, host, port, user, password, maildir, keep=False,
 # running maild
 
 class Result:
+    maxrss_mb = None    # maild's own peak RSS, with run_maild(rss=True)
+    signal = None       # the signal that killed maild, if one did
+
     def __init__(self, args, rc, stdout, stderr, seconds):
         self.args = args
         self.rc = rc
@@ -188,43 +223,113 @@ def _env(extra=None):
     return env
 
 
-def run_maild(args, timeout=60, env=None, check_rc=None, label="maild"):
+TIME_BIN = "/usr/bin/time"       # GNU time: maild's own peak RSS
+
+
+def _hwm_kb(pid):
+    """VmHWM of a running process (kB), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def run_maild(args, timeout=60, env=None, check_rc=None, label="maild",
+              rss=False):
     """Run maild with args (a list), bounded by timeout seconds: on timeout
     maild is killed (by its PID) and MaildTimeout is raised with its output.
     Returns a Result.  check_rc: assert this exit status.
 
+    rss=True also measures maild's own peak RSS (r.maxrss_mb).  wait4()'s
+    ru_maxrss cannot be used directly: Linux carries the peak RSS of the
+    forking Python process over the exec.  So maild runs under GNU time (a
+    small process in between) when /usr/bin/time exists; otherwise VmHWM
+    is polled from /proc (a lower bound).
+
     $MAILD_WRAPPER (e.g. "valgrind --error-exitcode=99 ...") is put in
-    front of the command, and $MAILD_TIMEOUT_SCALE multiplies timeout,
-    for the valgrind runs of tests/run."""
-    cmd = shlex.split(os.environ.get("MAILD_WRAPPER", "")) + \
-        [maild_bin()] + [str(a) for a in args]
-    timeout *= float(os.environ.get("MAILD_TIMEOUT_SCALE", "1"))
+    front of the command (then no RSS is measured), and timeout_scale()
+    multiplies timeout, for the valgrind runs of tests/run and sanitizer
+    builds."""
+    wrapper = shlex.split(os.environ.get("MAILD_WRAPPER", ""))
+    cmd = wrapper + [maild_bin()] + [str(a) for a in args]
+    timeout *= timeout_scale()
     t = tap.current()
+    rss = rss and not wrapper
+    use_time = rss and os.access(TIME_BIN, os.X_OK)
+    rssf = None
+    full = cmd
+    if use_time:
+        # not in t.tmp, where tests look for what maild left behind
+        fd, name = tempfile.mkstemp(prefix="maild-test-maxrss-")
+        os.close(fd)
+        rssf = Path(name)
+        full = [TIME_BIN, "-f", "maxrss=%M", "-o", str(rssf)] + cmd
     started = time.monotonic()
-    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=_env(env),
-                         start_new_session=True)
+    p = subprocess.Popen(full, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=_env(env), start_new_session=True)
+    hwm = None
+    poll = rss and not use_time
+    timed_out = False
     try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+        while True:
+            left = started + timeout - time.monotonic()
+            try:
+                out, err = p.communicate(timeout=min(0.01, max(left, 0))
+                                         if poll else max(left, 0))
+                break
+            except subprocess.TimeoutExpired:
+                if poll:
+                    v = _hwm_kb(p.pid)
+                    if v is not None:
+                        hwm = max(hwm or 0, v)
+                if time.monotonic() - started < timeout:
+                    continue
+                timed_out = True
+                kill_tree(p)
+                out, err = p.communicate()
+                break
+    except BaseException:
         kill_tree(p)
-        out, err = p.communicate()
+        p.communicate()
+        if rssf is not None:
+            rssf.unlink(missing_ok=True)
+        raise
+    if timed_out:
+        if rssf is not None:
+            rssf.unlink(missing_ok=True)
         err = err.decode("utf-8", "replace")
         if t is not None:
             t.attach(f"{label} stderr", err)
         raise MaildTimeout(f"{shlex.join(cmd)} did not finish within "
-                           f"{timeout} s; killed it")
-    except BaseException:
-        kill_tree(p)
-        p.communicate()
-        raise
+                           f"{timeout:.0f} s; killed it")
     seconds = time.monotonic() - started
+    rc = p.returncode
+    if use_time:
+        info = rssf.read_text(errors="replace") if rssf.exists() else ""
+        rssf.unlink(missing_ok=True)
+        m = re.search(r"terminated by signal (\d+)", info)
+        if m:
+            rc = -int(m.group(1))
+        m = re.search(r"maxrss=(\d+)", info)
+        hwm = int(m.group(1)) if m else None
     err = err.decode("utf-8", "replace")
     out = out.decode("utf-8", "replace")
+    r = Result(cmd, rc, out, err, seconds)
+    r.signal = -rc if rc < 0 else None
+    if hwm is not None:
+        r.maxrss_mb = hwm / 1024.0
     if t is not None:
+        more = ""
+        if rss:
+            more = ", peak RSS " + ("?" if r.maxrss_mb is None else
+                                    f"{r.maxrss_mb:.1f} MB")
         t.attach(f"{label} stderr", f"$ {shlex.join(cmd)}\n{err}"
-                 f"[exit status {p.returncode}]")
-    r = Result(cmd, p.returncode, out, err, seconds)
+                 f"[exit status {rc}, {seconds:.1f} s{more}]")
     if check_rc is not None:
         assert r.rc == check_rc, (f"maild exited {r.rc}, expected "
                                   f"{check_rc}; stderr:\n{tail(err)}")
@@ -586,6 +691,29 @@ def umount(path):
         time.sleep(0.1)
     subprocess.run(["umount", "-l", str(path)], capture_output=True,
                    timeout=30)
+
+
+def tmpfs_problem():
+    """Why no tmpfs can be mounted here (not root, or mount refuses), or
+    None: for the full-disk tests."""
+    if os.geteuid() != 0:
+        return "needs root to mount a tmpfs"
+    d = tap.mkdtemp(prefix="maild-disk-probe-")
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k",
+                            "tmpfs", str(d)], capture_output=True,
+                           text=True, timeout=20)
+        if r.returncode != 0:
+            return f"cannot mount a tmpfs here: {r.stderr.strip()}"
+        subprocess.run(["umount", str(d)], timeout=20)
+        return None
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"cannot mount a tmpfs here: {e}"
+    finally:
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
 
 
 def fs_snapshot(root):

@@ -70,8 +70,8 @@ open_dl(const char *mailbox)
 	char		*cause = NULL;
 	int		 code;
 
-	d = deliver_open(&ac, statedir, mailbox, committed_cb, NULL, &code,
-	    &cause);
+	d = deliver_open(&ac, statedir, mailbox, NULL, 0, committed_cb, NULL,
+	    &code, &cause);
 	if (d == NULL) {
 		diag("deliver_open: %s", cause);
 		exit(99);

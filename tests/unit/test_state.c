@@ -508,7 +508,7 @@ refused(const char *name, const char *state, const char *journal, int want,
 	like(cause, needle, tap_fmt("%s: the cause says \"%s\"", name,
 	    needle));
 	if (strcmp(needle, "newer") != 0)
-		like(cause, "move it away", tap_fmt("%s: and what to do",
+		like(cause, "move it and its .journal away", tap_fmt("%s: and what to do",
 		    name));
 	free(cause);
 }
