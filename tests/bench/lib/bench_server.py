@@ -46,10 +46,19 @@ _DOVECOT_LIBEXEC = ("/usr/lib/dovecot", "/usr/libexec/dovecot",
                     "/usr/local/libexec/dovecot", "/usr/lib64/dovecot")
 
 
+def _service_installed(name):
+    return any(os.access(os.path.join(d, name), os.X_OK)
+               for d in _DOVECOT_LIBEXEC)
+
+
 def imap_installed():
     """Is Dovecot's imap service installed (Debian package dovecot-imapd)?"""
-    return any(os.access(os.path.join(d, "imap"), os.X_OK)
-               for d in _DOVECOT_LIBEXEC)
+    return _service_installed("imap")
+
+
+def lmtp_installed():
+    """Is Dovecot's lmtp service installed (Debian package dovecot-lmtpd)?"""
+    return _service_installed("lmtp")
 
 
 def _openssl(args, cwd):
@@ -106,7 +115,8 @@ def _conf_text(d, info, as_root):
         f"state_dir = {q(d / 'state')}",
         f"log_path = {q(d / 'log' / 'dovecot.log')}",
         f"info_log_path = {q(d / 'log' / 'dovecot.log')}",
-        "protocols = pop3" + (" imap" if info.get("imap") else ""),
+        "protocols = pop3" + (" imap" if info.get("imap") else "")
+        + (" lmtp" if info.get("lmtp") else ""),
         f"listen = {LOOPBACK}",
         "shutdown_clients = yes",
         "",
@@ -193,6 +203,19 @@ def _conf_text(d, info, as_root):
             "  mail_max_userip_connections = 10",
             "}",
         ]
+    if info.get("lmtp"):
+        lines += [
+            "",
+            "# LMTP on a unix socket for L1 (maild deliver = lmtp): the",
+            "# client runs as another user, hence mode 0666.  Dovecot's",
+            "# defaults otherwise (it adds Return-Path, Delivered-To and",
+            "# Received to every message it stores).",
+            "service lmtp {",
+            "  unix_listener lmtp {",
+            "    mode = 0666",
+            "  }",
+            "}",
+        ]
     if as_root:
         # auth reads the passwd-file; run it as root so that file can stay 0600
         lines += ["service auth {", "  user = root", "}",
@@ -205,9 +228,10 @@ def _conf_text(d, info, as_root):
 def create(d, n_users=1, password=DEFAULT_PASSWORD, pop3s_port=0, pop3_port=0,
            mail_user=None, key_type="rsa", extra_ca=True,
            cert_dns=("localhost",), cert_ips=("127.0.0.1", "::1"),
-           imaps_port=0, imap=None):
+           imaps_port=0, imap=None, lmtp=False):
     """imap: None = serve IMAPS if Dovecot's imap is installed, True =
-    require it, False = POP3 only."""
+    require it, False = POP3 only.  lmtp: also serve LMTP on the unix
+    socket info["lmtp_socket"] (dovecot-lmtpd)."""
     d = Path(d).resolve()
     if d.exists() and any(d.iterdir()) and not (d / MARKER).exists():
         die(f"{d} exists, is not empty and is not a pop3-server directory")
@@ -245,6 +269,9 @@ def create(d, n_users=1, password=DEFAULT_PASSWORD, pop3s_port=0, pop3_port=0,
             imaps_port = free_port()
     else:
         imaps_port = None
+    if lmtp and not lmtp_installed():
+        die("Dovecot's lmtp service is not installed "
+            "(Debian/Ubuntu: apt-get install dovecot-lmtpd)")
     users = user_names(n_users)
     # a uid per user (see USER_UID_BASE), unless a mail user was asked for
     uids = ({u: USER_UID_BASE + i for i, u in enumerate(users, 1)}
@@ -253,6 +280,8 @@ def create(d, n_users=1, password=DEFAULT_PASSWORD, pop3s_port=0, pop3_port=0,
         "dir": str(d), "host": LOOPBACK,
         "pop3s_port": pop3s_port, "pop3_port": pop3_port,
         "imap": bool(imap), "imaps_port": imaps_port,
+        "lmtp": bool(lmtp),
+        "lmtp_socket": str(d / "run" / "lmtp") if lmtp else None,
         "ca": str(d / "ssl" / "ca.pem"),
         "accounts": str(d / "accounts.txt"),
         "users": users, "password": password,
