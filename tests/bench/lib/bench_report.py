@@ -24,8 +24,12 @@ SCENARIOS = {
           "direct: RSS and CPU over {idle_seconds:g} s of idling, then one "
           "message APPENDed to every account",
     "I7": "IMAPS, 1 account x 1 message of {huge_mb:g} MB, direct",
+    "L1": "1 account x {messages} mixed messages, {rtt:g} ms RTT (as S2), "
+          "maild delivering into its Maildir (maild) or over LMTP to the "
+          "benchmark's Dovecot, unix socket (maild-lmtp)",
 }
 PUSH, IDLE = "I5", "I6"     # scenarios with their own tables
+LMTP = "maild-lmtp"         # L1's other maild (tests/bench/run)
 ALWAYS_KEEP = ("S5", "I4", "I5", "I6")
 
 # The sizes the targets were written for (the defaults of tests/bench/run).
@@ -309,6 +313,8 @@ def targets(cs, sizes_differ=False):
         wall_under("I4", 0.4)
     if "I7" in cs:
         max_rss("I7", 8)
+    if "L1" in cs:
+        lmtp_target(cs, ref_cell, add)
     if PUSH in cs:
         push_targets(cs, ref_cell, add)
     if IDLE in cs:
@@ -318,6 +324,28 @@ def targets(cs, sizes_differ=False):
             if t["result"] in ("PASS", "FAIL"):
                 t["result"] += " (other sizes)"
     return out
+
+
+def lmtp_target(cs, ref_cell, add):
+    """L1 (issue 14): LMTP delivery's wall time within 1.5x of Maildir
+    delivery's, in the same run; both must be correct."""
+    what = "maild-lmtp wall <= 1.5 x maild's (Maildir)"
+    m, err = ref_cell("L1")
+    x = cs["L1"].get(LMTP)
+    if m is None or x is None or not x.good:
+        add("L1", what, err or f"{LMTP} not run", "n/a")
+        return
+    if not x.correct:
+        err = (err + "; " if err else "") + \
+            f"{LMTP} runs not all correct ({x.why_not_correct()})"
+    r = _ratio(x.wall, m.wall)
+    meas = (f"maild {m.wall:.2f} s, {LMTP} {x.wall:.2f} s: "
+            f"{LMTP}/maild = " + ("-" if r is None else f"{r:.2f}x"))
+    if err:
+        add("L1", what, meas + "; " + err, "FAIL")
+    else:
+        add("L1", what, meas, "PASS" if r is not None and r <= 1.5
+            else "FAIL")
 
 
 def push_targets(cs, ref_cell, add):
