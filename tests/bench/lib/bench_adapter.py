@@ -6,6 +6,11 @@ Contract (any language may implement it; this module is one way):
       Print one line identifying the client and its version; exit 0 if the
       client is usable, 3 if it is not installed / not built.
 
+  clients/<name> protocols
+      Print the protocols the adapter can configure, e.g. "pop3 imap";
+      tests/bench/run leaves a client out of the other protocol's
+      scenarios.  (Optional: without it, pop3 is assumed.)
+
   clients/<name> prepare --accounts FILE --maildir-root DIR --ca CAFILE
                          --host H --port P --state-dir SDIR (--keep|--delete)
                          [--opt KEY=VALUE ...]
@@ -18,6 +23,18 @@ Contract (any language may implement it; this module is one way):
       It must not depend on the current directory and must keep all its
       state under SDIR.  The runner (tests/bench/run) may execute it as another,
       unprivileged user after chown'ing SDIR and DIR; HOME is set to SDIR.
+
+  clients/<name> prepare ... --protocol imap [--push]
+      The same for IMAP (implicit TLS, INBOX only; --port is then the IMAPS
+      port).  Keep mode: messages stay on the server and only new ones are
+      fetched next time (by UID, or by the \\Seen flag where that is all the
+      client can do).  With --push, command.json describes the client's
+      long-running mode instead (IMAP IDLE, or its shortest sensible poll
+      interval): it keeps delivering new mail until it gets SIGTERM;
+      command.json then also has "push": "IDLE" or "poll every N s".
+      A client that cannot do what is asked (no IMAP, no IDLE/daemon mode,
+      no delete mode) exits with status 4 and says why on stderr;
+      tests/bench/run reports the cell as n/a.
 
   clients/<name> run <same options as prepare>
       prepare, then exec the command (convenience for manual use).
@@ -45,6 +62,8 @@ class Context:
         self.port = int(a.port)
         self.state_dir = Path(a.state_dir).resolve()
         self.keep = a.keep
+        self.protocol = a.protocol
+        self.push = a.push
         self.opts = dict(kv.split("=", 1) for kv in (a.opt or []))
 
     def maildir(self, user):
@@ -60,10 +79,16 @@ class Context:
         return str(p)
 
 
+class NotSupported(Exception):
+    """The client cannot do what was asked (exit status 4 = n/a)."""
+
+
 class Adapter:
     name = "?"
     binary = None
     ok_exit = [0]  # exit statuses that mean success
+    protocols = ("pop3",)  # what build() can configure
+    push_mode = None  # e.g. "IDLE": what build() runs with ctx.push set
 
     def find(self):
         return shutil.which(self.binary) if self.binary else None
@@ -78,7 +103,8 @@ class Adapter:
         return lines[0].strip() if lines else exe
 
     def build(self, ctx):
-        """Write config into ctx.state_dir; return (argv, env)."""
+        """Write config into ctx.state_dir; return (argv, env).  May raise
+        NotSupported."""
         raise NotImplementedError
 
 
@@ -93,6 +119,8 @@ def main(adapter):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("version")
+    sub.add_parser("protocols", help="print the protocols the adapter can "
+                   "configure (pop3, imap), one line")
     for name in ("prepare", "run"):
         p = sub.add_parser(name)
         p.add_argument("--accounts", required=True)
@@ -109,12 +137,20 @@ def main(adapter):
                        help="delete messages from the server after delivery")
         p.add_argument("--opt", action="append", metavar="KEY=VALUE",
                        help="adapter specific option")
+        p.add_argument("--protocol", choices=("pop3", "imap"), default="pop3",
+                       help="pop3 (POP3S, default) or imap (IMAPS)")
+        p.add_argument("--push", action="store_true",
+                       help="long-running mode (IMAP IDLE or shortest poll) "
+                            "instead of fetch-once; runs until SIGTERM")
     sub.choices["run"].add_argument(
         "--run-as", default=default_run_as(),
         help="when started as root, run the client as this user after "
              "chown'ing the state dir and maildirs (default: nobody)")
     a = ap.parse_args()
 
+    if a.cmd == "protocols":
+        print(" ".join(adapter.protocols))
+        return
     if a.cmd == "version":
         v = adapter.version()
         if not v:
@@ -124,6 +160,11 @@ def main(adapter):
         return
 
     ctx = Context(a)
+    if ctx.protocol not in adapter.protocols:
+        die(f"{adapter.name} does not speak {ctx.protocol.upper()} "
+            f"(only {', '.join(x.upper() for x in adapter.protocols)})", 4)
+    if ctx.push and not adapter.push_mode:
+        die(f"{adapter.name} has no IDLE or daemon/poll mode", 4)
     ctx.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(ctx.state_dir, 0o700)
     for user, _ in ctx.accounts:
@@ -131,11 +172,17 @@ def main(adapter):
     exe = adapter.find()
     if not exe:
         die(f"{adapter.name} is not installed", 3)
-    argv, env = adapter.build(ctx)
+    try:
+        argv, env = adapter.build(ctx)
+    except NotSupported as e:
+        die(str(e), 4)
     env = dict(env)
     env.setdefault("HOME", str(ctx.state_dir))
     cmd = {"client": adapter.name, "version": adapter.version(),
-           "argv": argv, "env": env, "ok_exit": adapter.ok_exit}
+           "argv": argv, "env": env, "ok_exit": adapter.ok_exit,
+           "protocol": ctx.protocol}
+    if ctx.push:
+        cmd["push"] = adapter.push_mode
     with open(ctx.state_dir / "command.json", "w") as f:
         json.dump(cmd, f, indent=2)
     if a.cmd == "prepare":

@@ -1,4 +1,6 @@
-"""A throw-away Dovecot POP3/POP3S instance living entirely in one directory.
+"""A throw-away Dovecot POP3/POP3S (and IMAPS) instance living entirely in one
+directory.  IMAPS is served too when Dovecot's imap binary is installed
+(Debian: dovecot-imapd); info["imap"] says whether it is.
 
 Layout of DIR (everything the instance needs or writes lives here):
 
@@ -15,6 +17,7 @@ Layout of DIR (everything the instance needs or writes lives here):
   DIR/log/dovecot.log      Dovecot log
 """
 
+import imaplib
 import os
 import poplib
 import shutil
@@ -30,6 +33,32 @@ from bench_common import (DEFAULT_PASSWORD, LOOPBACK, die, log, free_port,
                           pid_alive, stop_pid, load_json, save_json)
 
 MARKER = ".bench-pop3-server"
+# As root, the mail of user N is served as uid USER_UID_BASE + N (no passwd
+# entry needed; the group stays the mail user's).  One uid for every user
+# would put all of Dovecot's IMAP session processes under one inotify
+# instance limit (fs.inotify.max_user_instances, 128 by default): with 200
+# sessions in IDLE (I6) the rest would fall back to looking for new mail
+# every mailbox_idle_check_interval (30 s) instead of at once.
+USER_UID_BASE = 70000
+
+# Where distributions put Dovecot's protocol binaries (Debian: /usr/lib/dovecot).
+_DOVECOT_LIBEXEC = ("/usr/lib/dovecot", "/usr/libexec/dovecot",
+                    "/usr/local/libexec/dovecot", "/usr/lib64/dovecot")
+
+
+def _service_installed(name):
+    return any(os.access(os.path.join(d, name), os.X_OK)
+               for d in _DOVECOT_LIBEXEC)
+
+
+def imap_installed():
+    """Is Dovecot's imap service installed (Debian package dovecot-imapd)?"""
+    return _service_installed("imap")
+
+
+def lmtp_installed():
+    """Is Dovecot's lmtp service installed (Debian package dovecot-lmtpd)?"""
+    return _service_installed("lmtp")
 
 
 def _openssl(args, cwd):
@@ -86,7 +115,8 @@ def _conf_text(d, info, as_root):
         f"state_dir = {q(d / 'state')}",
         f"log_path = {q(d / 'log' / 'dovecot.log')}",
         f"info_log_path = {q(d / 'log' / 'dovecot.log')}",
-        "protocols = pop3",
+        "protocols = pop3" + (" imap" if info.get("imap") else "")
+        + (" lmtp" if info.get("lmtp") else ""),
         f"listen = {LOOPBACK}",
         "shutdown_clients = yes",
         "",
@@ -133,6 +163,59 @@ def _conf_text(d, info, as_root):
     if not as_root:
         lines += ["  chroot ="]
     lines += ["}"]
+    if info.get("imap"):
+        lines += [
+            "",
+            "# IMAPS (implicit TLS, 993-style) for the I scenarios; no plain",
+            "# IMAP listener.",
+            "service imap-login {",
+            "  inet_listener imap {",
+            "    port = 0",
+            "  }",
+            "  inet_listener imaps {",
+            f"    address = {LOOPBACK}",
+            f"    port = {info['imaps_port']}",
+            "    ssl = yes",
+            "  }",
+        ]
+        if not as_root:
+            lines += ["  chroot ="]
+        lines += [
+            "  # Hundreds of IMAPS sessions at once (I6: 200 accounts in",
+            "  # IDLE): each keeps its own imap-login process (the TLS",
+            "  # proxy, high-security mode) besides its imap process, and",
+            "  # login processes are limited to default_process_limit (100).",
+            "  process_limit = 512",
+            "}",
+            "service imap {",
+            "  process_limit = 512",
+            "}",
+            "# IDLE: Dovecot's defaults, spelled out.  New mail is noticed at",
+            "# once through inotify on the Maildir and the index log; the",
+            "# interval is only the fallback check when no notification",
+            "# arrives.  \"* OK Still here\" is sent every 2 minutes.",
+            "imap_idle_notify_interval = 2 mins",
+            "# Process titles show each session's current command: I6 counts",
+            "# the imap processes whose title ends in \"IDLE]\".",
+            "verbose_proctitle = yes",
+            "mailbox_idle_check_interval = 30 secs",
+            "protocol imap {",
+            "  mail_max_userip_connections = 10",
+            "}",
+        ]
+    if info.get("lmtp"):
+        lines += [
+            "",
+            "# LMTP on a unix socket for L1 (maild deliver = lmtp): the",
+            "# client runs as another user, hence mode 0666.  Dovecot's",
+            "# defaults otherwise (it adds Return-Path, Delivered-To and",
+            "# Received to every message it stores).",
+            "service lmtp {",
+            "  unix_listener lmtp {",
+            "    mode = 0666",
+            "  }",
+            "}",
+        ]
     if as_root:
         # auth reads the passwd-file; run it as root so that file can stay 0600
         lines += ["service auth {", "  user = root", "}",
@@ -144,7 +227,11 @@ def _conf_text(d, info, as_root):
 
 def create(d, n_users=1, password=DEFAULT_PASSWORD, pop3s_port=0, pop3_port=0,
            mail_user=None, key_type="rsa", extra_ca=True,
-           cert_dns=("localhost",), cert_ips=("127.0.0.1", "::1")):
+           cert_dns=("localhost",), cert_ips=("127.0.0.1", "::1"),
+           imaps_port=0, imap=None, lmtp=False):
+    """imap: None = serve IMAPS if Dovecot's imap is installed, True =
+    require it, False = POP3 only.  lmtp: also serve LMTP on the unix
+    socket info["lmtp_socket"] (dovecot-lmtpd)."""
     d = Path(d).resolve()
     if d.exists() and any(d.iterdir()) and not (d / MARKER).exists():
         die(f"{d} exists, is not empty and is not a pop3-server directory")
@@ -171,15 +258,36 @@ def create(d, n_users=1, password=DEFAULT_PASSWORD, pop3s_port=0, pop3_port=0,
     pop3_port = pop3_port or free_port()
     while pop3_port == pop3s_port:
         pop3_port = free_port()
+    if imap is None:
+        imap = imap_installed()
+    elif imap and not imap_installed():
+        die("Dovecot's imap service is not installed "
+            "(Debian/Ubuntu: apt-get install dovecot-imapd)")
+    if imap:
+        imaps_port = imaps_port or free_port()
+        while imaps_port in (pop3_port, pop3s_port):
+            imaps_port = free_port()
+    else:
+        imaps_port = None
+    if lmtp and not lmtp_installed():
+        die("Dovecot's lmtp service is not installed "
+            "(Debian/Ubuntu: apt-get install dovecot-lmtpd)")
     users = user_names(n_users)
+    # a uid per user (see USER_UID_BASE), unless a mail user was asked for
+    uids = ({u: USER_UID_BASE + i for i, u in enumerate(users, 1)}
+            if as_root and mail_user is None else {})
     info = {
         "dir": str(d), "host": LOOPBACK,
         "pop3s_port": pop3s_port, "pop3_port": pop3_port,
+        "imap": bool(imap), "imaps_port": imaps_port,
+        "lmtp": bool(lmtp),
+        "lmtp_socket": str(d / "run" / "lmtp") if lmtp else None,
         "ca": str(d / "ssl" / "ca.pem"),
         "accounts": str(d / "accounts.txt"),
         "users": users, "password": password,
         "mail_root": str(d / "mail"),
         "mail_user": mu.pw_name, "mail_uid": mu.pw_uid, "mail_gid": mu.pw_gid,
+        "user_uids": uids,
         "internal_user": internal_user, "login_user": login_user,
         "conf": str(d / "dovecot.conf"),
         "log": str(d / "log" / "dovecot.log"),
@@ -189,7 +297,13 @@ def create(d, n_users=1, password=DEFAULT_PASSWORD, pop3s_port=0, pop3_port=0,
     os.chmod(d / "mail", 0o711)
     os.chmod(d / "ssl", 0o755)
     make_ca(d / "ssl", key_type=key_type)
-    make_server_cert(d / "ssl", names=tuple(cert_dns), ips=tuple(cert_ips),
+    dns = tuple(cert_dns)
+    if imap and "127.0.0.1" in cert_ips and "127.0.0.1" not in dns:
+        # mbsync (isync 1.4) compares the host it connects to only with the
+        # certificate's DNS names and CN, never with IP address SANs; this
+        # lets it verify the name when it connects to 127.0.0.1.
+        dns += ("127.0.0.1",)
+    make_server_cert(d / "ssl", names=dns, ips=tuple(cert_ips),
                      key_type=key_type)
     if extra_ca:
         # an unrelated CA, for negative TLS tests (clients must reject)
@@ -197,16 +311,21 @@ def create(d, n_users=1, password=DEFAULT_PASSWORD, pop3s_port=0, pop3_port=0,
                 key_type=key_type)
     with open(d / "users", "w") as f:
         for u in users:
-            f.write(f"{u}:{{PLAIN}}{password}:{mu.pw_uid}:{mu.pw_gid}::"
+            f.write(f"{u}:{{PLAIN}}{password}:{uid_of(info, u)}:{mu.pw_gid}::"
                     f"{d / 'mail' / u}::\n")
     os.chmod(d / "users", 0o600)
     write_accounts(d / "accounts.txt", [(u, password) for u in users])
     (d / "dovecot.conf").write_text(_conf_text(d, info, as_root))
     for u in users:
         make_maildir(d / "mail" / u / "Maildir")
-        chown_tree(d / "mail" / u, mu.pw_uid, mu.pw_gid)
+        chown_tree(d / "mail" / u, uid_of(info, u), mu.pw_gid)
     save_json(d / "server.json", info)
     return info
+
+
+def uid_of(info, user):
+    """The uid user's mail is served as."""
+    return info.get("user_uids", {}).get(user, info["mail_uid"])
 
 
 def info_of(d):
@@ -236,7 +355,10 @@ def start(d, timeout=20.0):
                            stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
     if r.returncode != 0:
         die("dovecot failed to start:\n" + out_path.read_text())
-    for port in (info["pop3s_port"], info["pop3_port"]):
+    ports = [info["pop3s_port"], info["pop3_port"]]
+    if info.get("imap"):
+        ports.append(info["imaps_port"])
+    for port in ports:
         if not wait_port(LOOPBACK, port, timeout):
             stop(d)
             die(f"dovecot did not listen on port {port}; see {info['log']}")
@@ -286,7 +408,7 @@ def _rmtree_retry(path, tries=20):
 def reset(d, corpus=None):
     """Give every user a fresh Maildir, filled from corpus/<user>/cur/*."""
     info = info_of(d)
-    uid, gid = info["mail_uid"], info["mail_gid"]
+    gid = info["mail_gid"]
     mail_root = Path(info["mail_root"])
     for u in info["users"]:
         home = mail_root / u
@@ -296,7 +418,7 @@ def reset(d, corpus=None):
         if src is not None and src.is_dir():
             for name in sorted(os.listdir(src)):
                 shutil.copyfile(src / name, md / "cur" / name)
-        chown_tree(home, uid, gid)
+        chown_tree(home, uid_of(info, u), gid)
 
 
 def ssl_context(cafile):
@@ -347,6 +469,74 @@ def prewarm(d, users=None):
     for u in users or info["users"]:
         result[u] = pop3s_session(info, u)
     return result
+
+
+# ---------------------------------------------------------------- IMAPS
+def imaps_connect(info, user, password=None, port=None, timeout=30.0):
+    """Logged-in IMAP4_SSL connection (certificate and host name verified)."""
+    if not info.get("imap"):
+        die("this server has no IMAPS listener (is dovecot-imapd installed?)")
+    ctx = ssl_context(info["ca"])
+    c = imaplib.IMAP4_SSL(info["host"], port or info["imaps_port"],
+                          ssl_context=ctx, timeout=timeout)
+    c.login(user, password or info["password"])
+    return c
+
+
+def imaps_session(info, user, password=None, port=None, timeout=30.0):
+    """Log in over IMAPS, SELECT INBOX (read-only), fetch UID and size of
+    every message; return (count, octets, uidvalidity)."""
+    c = imaps_connect(info, user, password, port, timeout)
+    try:
+        typ, data = c.select("INBOX", readonly=True)
+        if typ != "OK":
+            raise RuntimeError(f"IMAP SELECT INBOX failed: {data}")
+        count = int(data[0])
+        octets = 0
+        if count:
+            typ, data = c.fetch(f"1:{count}", "(UID RFC822.SIZE)")
+            for item in data:
+                if isinstance(item, bytes) and b"RFC822.SIZE" in item:
+                    octets += int(item.split(b"RFC822.SIZE ")[1].split(b")")[0]
+                                  .split()[0])
+        uv = c.response("UIDVALIDITY")[1][0]
+        c.close()
+        return count, octets, int(uv) if uv else None
+    finally:
+        try:
+            c.logout()
+        except Exception:
+            pass
+
+
+def imap_prewarm(d, users=None):
+    """IMAP counterpart of prewarm(): one read-only SELECT + FETCH (UID
+    RFC822.SIZE) per user.  Read-only, so \\Recent and \\Seen stay as the
+    corpus has them (new, unseen) for the measured client."""
+    info = info_of(d)
+    return {u: imaps_session(info, u) for u in users or info["users"]}
+
+
+class Appender:
+    """One IMAPS session that APPENDs messages to a user's INBOX (used by the
+    push-latency scenario to play the part of the mail system)."""
+
+    def __init__(self, info, user):
+        self.c = imaps_connect(info, user)
+
+    def append(self, data):
+        """Store data (bytes, LF or CRLF line ends) as a new, unseen message;
+        returns when the server has confirmed it (tagged OK)."""
+        typ, resp = self.c.append("INBOX", None, None, data)
+        if typ != "OK":
+            raise RuntimeError(f"IMAP APPEND failed: {resp}")
+        return resp
+
+    def close(self):
+        try:
+            self.c.logout()
+        except Exception:
+            pass
 
 
 def count_messages(d, users=None):
