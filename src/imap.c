@@ -178,6 +178,7 @@ struct imap {
 #define I_REIDENT	0x80	/* UIDVALIDITY changed: match by digest */
 #define I_FULL		0x100	/* list everything after this IDLE */
 #define I_NOIDLE	0x200	/* the server refused IDLE: poll */
+#define I_LISTING	0x400	/* the listing went out behind SELECT */
 	unsigned	 nexttag;
 	struct imap_cmd	 pending[IMAP_PENDING_MAX];
 	size_t		 npending;
@@ -482,6 +483,8 @@ imap_enter_state(struct session *s, enum imap_state new)
 		imap_select(s);
 		break;
 	case IMAP_STATE_LIST:
+		if (p->flags & I_LISTING)
+			break;		/* already asked, behind SELECT */
 		if (p->exists == 0) {
 			/* "1:*" of an empty folder is an error on some. */
 			list_done(s, NULL);
@@ -960,7 +963,7 @@ imap_folder_clear(struct imap *p)
 	p->missing = 0;
 	p->have_validity = 0;
 	p->exists = 0;
-	p->flags &= ~(I_EXAMINE | I_REIDENT | I_NEWS);
+	p->flags &= ~(I_EXAMINE | I_REIDENT | I_NEWS | I_LISTING);
 }
 
 /*
@@ -1032,6 +1035,14 @@ imap_select(struct session *s)
 		p->flags |= I_EXAMINE;
 	imap_send(s, select_done, "%s %s", (p->flags & I_EXAMINE) ?
 	    "EXAMINE" : "SELECT", p->mailbox);
+	/*
+	 * The listing goes right behind: a round trip saved on every poll.
+	 * Its answers come after SELECT's, so UIDVALIDITY is known before
+	 * any UID is looked at; should SELECT fail, the session ends there.
+	 */
+	p->flags |= I_LISTING;
+	imap_send(s, list_done, "UID FETCH 1:* (UID RFC822.SIZE%s)",
+	    (p->caps & CAP_GMAIL) ? " X-GM-MSGID" : "");
 }
 
 /* LIST "" "": the hierarchy separator is known (NIL: none). */
@@ -1233,6 +1244,10 @@ list_done(struct session *s, struct imap_resp *r)
 	time_t		 now = time(NULL);
 	int		 full = !p->partial;
 
+	p->flags &= ~I_LISTING;
+	/* "1:*" of an empty folder is an error on some servers. */
+	if (r != NULL && r->cond != IMAP_COND_OK && p->exists == 0)
+		r = NULL;
 	if (r != NULL && r->cond != IMAP_COND_OK) {
 		imap_server_error(s, "listing the folder failed", r,
 		    EXIT_PROTOCOL);

@@ -1020,6 +1020,42 @@ def test_endless_body_literal(t):
         acct.assert_server_untouched(m)
 
 
+# ---------------------------------------------------------------------------
+# the listing behind SELECT
+
+@tap.test(name="the listing goes out behind SELECT, before its answer; "
+          "UIDVALIDITY is still read first")
+def test_listing_behind_select(t):
+    m = tiny("behind", 3)
+
+    def slow_select(conn, cmd):
+        return [Sleep(0.5)] + conn.default_parts(cmd)
+    with h.imap_server(m, handlers={"SELECT": slow_select,
+                                    "EXAMINE": slow_select}) as srv:
+        acct = h.ImapAccount(t, srv, keep=True)
+        acct.once(expect_rc=0, within=BOUND)
+        acct.assert_delivered(m)
+        cmds = srv.connections[0].commands
+        sel = [c for c in cmds if c.verb in ("SELECT", "EXAMINE")][0]
+        lst = [c for c in cmds if c.verb == "UID FETCH"][0]
+        assert "BODY" not in lst.arg.upper(), lst.arg
+        assert lst.t < sel.reply_end, \
+            "the listing waited for SELECT's answer"
+        # a second run: the records (under that UIDVALIDITY) are used
+        r = acct.once(expect_rc=0, within=BOUND)
+        assert acct.summary(r)["fetched"] == 0, acct.summary(r)["line"]
+
+
+@tap.test(name="an empty folder whose server refuses \"UID FETCH 1:*\" "
+          "(BAD, as some do): nothing to fetch, no error")
+def test_empty_folder_listing_refused(t):
+    with h.imap_server([], handlers={"UID FETCH": reply(
+            "BAD Error in IMAP command UID FETCH: Invalid uidset")}) as srv:
+        acct = h.ImapAccount(t, srv, keep=True)
+        r = acct.once(expect_rc=0, within=BOUND)
+        assert acct.summary(r)["fetched"] == 0, acct.summary(r)["line"]
+
+
 def fixture():
     import contextlib
 
