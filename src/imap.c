@@ -149,6 +149,7 @@ struct imap_cmd {
 	/* Parts of the command still to send after a "+" (literals). */
 	struct evbuffer	*rest;
 	int		 secret;	/* rest holds a password */
+	int		 answered;	/* its handler is running */
 };
 
 /* A message of the folder's listing. */
@@ -253,6 +254,7 @@ static void	imap_next_folder(struct session *);
 static void	imap_select(struct session *);
 static void	imap_pump(struct session *);
 static void	imap_remove(struct session *);
+static void	imap_logout_hangup(struct session *);
 static void	imap_remove_more(struct session *);
 static void	imap_last_cmd(struct session *, uint32_t, uint32_t);
 static void	imap_idle(struct session *);
@@ -503,6 +505,7 @@ imap_enter_state(struct session *s, enum imap_state new)
 		break;
 	case IMAP_STATE_LOGOUT:
 		imap_send(s, logout_done, "LOGOUT");
+		imap_logout_hangup(s);
 		break;
 	case IMAP_STATE_DONE:
 		session_finish(s);
@@ -2109,6 +2112,23 @@ imap_relist(struct session *s)
 
 /* ---- the end ---- */
 
+/*
+ * Nothing depends on LOGOUT's answer (EXPUNGE is confirmed before it):
+ * hang up once it is on its way, a round trip saved, unless an answer to
+ * another command is still due.
+ */
+static void
+imap_logout_hangup(struct session *s)
+{
+	struct imap	*p = I(s);
+	size_t		 i;
+
+	for (i = 0; i + 1 < p->npending; i++)
+		if (!p->pending[i].answered)
+			return;
+	session_hangup(s);
+}
+
 /* LOGOUT: nothing depends on its answer (EXPUNGE is confirmed). */
 static void
 logout_done(struct session *s, struct imap_resp *r)
@@ -2278,6 +2298,7 @@ imap_response(struct session *s, struct imap_resp *r)
 	    strncasecmp(r->code, "CAPABILITY", 10) == 0 &&
 	    p->state != IMAP_STATE_AUTH)
 		imap_capabilities(s, r->codeargs, r->codeargslen);
+	c->answered = 1;
 	copy = *c;
 	copy.rest = NULL;
 	/* The handler sees the command (fetch_done needs it) first. */

@@ -1046,6 +1046,20 @@ def test_listing_behind_select(t):
         assert acct.summary(r)["fetched"] == 0, acct.summary(r)["line"]
 
 
+@tap.test(name="LOGOUT never answered: maild does not wait for it (exit 0 "
+          "at once, everything delivered, the server emptied)")
+def test_logout_unanswered(t):
+    m = tiny("logout", 3)
+    with h.imap_server(m, handlers={"LOGOUT": lambda conn, cmd: [HANG]}) \
+            as srv:
+        acct = h.ImapAccount(t, srv, keep=False)
+        r = acct.once(expect_rc=0, within=BOUND)
+        acct.assert_delivered(m)
+        assert srv.uids() == [], srv.uids()
+        assert r.seconds < T, f"maild waited {r.seconds:.1f} s for LOGOUT"
+        assert srv.commands()[-1].verb == "LOGOUT", srv.commands()[-1].verb
+
+
 @tap.test(name="an empty folder whose server refuses \"UID FETCH 1:*\" "
           "(BAD, as some do): nothing to fetch, no error")
 def test_empty_folder_listing_refused(t):
