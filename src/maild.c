@@ -330,8 +330,15 @@ main(int argc, char **argv)
 	if (check) {
 		if (check_config(conf) == -1)
 			exit(EXIT_CONFIG);
-		printf("maild: %s: configuration OK (%zu account%s)\n",
-		    conf_path, conf->naccounts, conf->naccounts == 1 ? "" : "s");
+		if (conf->include_dir != NULL)
+			printf("maild: %s: configuration OK (%zu account%s, "
+			    "%zu file%s in %s)\n", conf_path, conf->naccounts,
+			    conf->naccounts == 1 ? "" : "s", conf->nfiles - 1,
+			    conf->nfiles == 2 ? "" : "s", conf->include_dir);
+		else
+			printf("maild: %s: configuration OK (%zu account%s)\n",
+			    conf_path, conf->naccounts, conf->naccounts == 1 ?
+			    "" : "s");
 		config_free(conf);
 		free(conf_path);
 		exit(0);

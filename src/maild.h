@@ -198,7 +198,9 @@ typedef uint8_t tls_pin[32];
 	/* a Message-ID delivered within dedupe_days is not again */	\
 	F(int,			dedupe,		ACF_VALUE)		\
 	F(int,			dedupe_days,	ACF_VALUE)		\
-	/* where the account block and some options are in the file */	\
+	/* the file (maild.conf or one of include-dir) and where in it	\
+	   the account block and some options are */			\
+	F(const char *,		file,		ACF_NONE)		\
 	F(int,			line,		ACF_NONE)		\
 	F(int,			port_line,	ACF_NONE)		\
 	F(int,			maildir_line,	ACF_NONE)
@@ -219,9 +221,17 @@ struct config {
 	int		 timeout;		/* seconds without progress */
 	int		 session_timeout;	/* seconds per session */
 	int		 max_connections;
+	int		 max_connections_per_host;
 	char		*state_dir;
 	int		 state_dir_line;	/* 0: the default */
 	char		*on_new_mail;		/* the accounts' default */
+	char		*include_dir;		/* NULL: none */
+	char		**files;		/* [0] path, then the included */
+	size_t		 nfiles;
+	char		*metrics_listen;	/* as written; NULL: none */
+	char		*metrics_addr;		/* its address, numeric */
+	int		 metrics_port;
+	char		*metrics_file;		/* NULL: none */
 	struct account_conf *accounts;
 	size_t		 naccounts;
 };
