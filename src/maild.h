@@ -593,6 +593,7 @@ void		 deliver_removal_acked(struct deliver *, const char *, size_t,
 int		 deliver_removing(struct deliver *, char **);
 void		 deliver_removed(struct deliver *);
 const char	*deliver_maildir(const struct deliver *);
+uint32_t	 deliver_records(const struct deliver *);
 size_t		 deliver_trace_headers(const struct account_conf *,
 		     const char *, const char *, const char *, char *, size_t);
 
@@ -665,12 +666,27 @@ int		 oauth2_needs_authorization(const struct account_conf *);
 void		 oauth2_token_refused(const struct account_conf *);
 void		 oauth2_reload(void);
 void		 oauth2_status(const struct account_conf *, char *, size_t);
+time_t		 oauth2_expires(const struct account_conf *);
 void		 oauth2_shutdown(void);
 
 /* session.c */
+/* What kind of failure ended a session: the metrics count them by class. */
+enum error_class {
+	ERRC_NONE,
+	ERRC_AUTH,		/* login refused */
+	ERRC_TLS,		/* handshake, certificate */
+	ERRC_NETWORK,		/* DNS, connect, timeouts, hang-ups */
+	ERRC_PROTOCOL,		/* the server broke POP3 or IMAP */
+	ERRC_DISK,		/* state, Maildir, local delivery */
+	ERRC_CONFIG,		/* a password file or command, a ca-file */
+	ERRC_OAUTH2,		/* no OAuth2 access token */
+	ERRC_MAX
+};
 struct session_result {
 	int		 exitcode;	/* 0 or an EXIT_* code */
 	char		*error;		/* what went wrong, for the log */
+	enum error_class errclass;	/* with error */
+	long		 records;	/* in the state after it; -1: unknown */
 	int		 stopped;	/* ended early on request */
 	const char	*stage;		/* the state it ended in */
 	unsigned	 fetched;
@@ -715,6 +731,7 @@ struct session	*session_start(const struct session_env *, struct config *,
 void		 session_stop(struct session *);
 void		 session_poll_now(struct session *);
 void		 session_abort(struct session *);
+int		 session_idling(const struct session *);
 
 /* authorize.c: maild --authorize */
 int		 authorize_run(const struct session_env *, struct config *,
@@ -725,6 +742,13 @@ void		 sdnotify(const char *, ...) PRINTFLIKE(1, 2);
 void		 sdnotify_reloading(void);
 
 /* status.c: the status file, maild --status and the --check report. */
+/* Poll durations, for a histogram: counts per bucket (metrics.c). */
+#define POLL_BUCKETS	10
+struct poll_hist {
+	unsigned long long	 count[POLL_BUCKETS + 1];	/* last: +Inf */
+	double			 sum;
+};
+/* One account (or one IMAP folder session of one) as account.c sees it. */
 struct status_account {
 	const char	*name;
 	const char	*state;		/* polling, waiting, ok, failing or
@@ -738,6 +762,24 @@ struct status_account {
 	int		 failures;	/* in a row */
 	const char	*error;		/* of the last poll, or NULL */
 	char		 token[64];	/* oauth2_status() */
+	/* What the metrics add: counters since maild started, ... */
+	const struct account_conf *ac;
+	int		 removed;	/* gone from the config, ending */
+	unsigned long long bytes_total;
+	unsigned long long deleted_total;
+	unsigned long long errors[ERRC_MAX];
+	struct poll_hist durations;
+	/* ... and what the last poll saw. */
+	unsigned	 waiting;	/* new messages left on the server */
+	long		 records;	/* in the state; -1: not known yet */
+	time_t		 token_expires;	/* 0: no OAuth2 token known */
+	int		 idle;		/* connections waiting in IDLE */
+};
+/* The whole of it: accounts configured, sessions running and waiting. */
+struct status_totals {
+	size_t		 accounts;
+	int		 active;
+	int		 queued;
 };
 void		 status_write(const char *, int, const struct status_account *,
 		     size_t);
@@ -757,5 +799,16 @@ void		 accounts_stop(void);
 void		 accounts_abort(void);
 int		 accounts_exitcode(void);
 void		 accounts_free(void);
+struct status_account *accounts_status(size_t *, struct status_totals *);
+
+/* metrics.c: the accounts' health for Prometheus; see metrics.c. */
+void		 metrics_init(struct event_base *, int);
+int		 metrics_configure(const struct config *, char **);
+void		 metrics_changed(void);
+void		 metrics_observe(struct poll_hist *, double);
+void		 metrics_shutdown(void);
+
+/* limits.c */
+void		 limits_raise(const struct config *);
 
 #endif /* MAILD_H */
