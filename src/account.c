@@ -453,6 +453,15 @@ accounts_stop(void)
 	stopping = 1;
 	TAILQ_FOREACH(a, &accounts, entry) {
 		evtimer_del(a->timer);
+		/* A daemon's stop waits for no notification; --once,
+		   whose caller may want the hook's work done, does. */
+		if (mode == ACCOUNTS_DAEMON && a->hook != NULL) {
+			log_info("account=%s stopping: on-new-mail killed "
+			    "before it finished", a->ac->name);
+			command_cancel(a->hook);
+			a->hook = NULL;
+			hooks--;
+		}
 		if (a->queued) {
 			account_dequeue(a);
 			host_put(a->host);
@@ -705,6 +714,8 @@ account_hook_start(struct account *a)
 	char	*vars[4], *cause = NULL;
 	int	 i;
 
+	if (stopping && mode == ACCOUNTS_DAEMON)
+		return;		/* see accounts_stop() */
 	xasprintf(&vars[0], "MAILD_ACCOUNT=%s", a->ac->name);
 	xasprintf(&vars[1], "MAILD_COUNT=%u", a->hook_count);
 	if (a->ac->deliver == DELIVER_MAILDIR)

@@ -447,6 +447,18 @@ conf_path(cfg_t *sec, const char *opt, char **out)
  * The protocol, and the options only IMAP has: folders (default INBOX),
  * folder-subdirs, move-to, mark-seen, idle and idle-refresh.
  */
+/*
+ * Do two IMAP folder names name one folder?  INBOX in any case is INBOX
+ * (RFC 3501 5.1); any other name is compared exactly, as servers do.
+ */
+static int
+conf_same_folder(const char *a, const char *b)
+{
+	if (strcasecmp(a, "INBOX") == 0)
+		return (strcasecmp(b, "INBOX") == 0);
+	return (strcmp(a, b) == 0);
+}
+
 static int
 conf_account_protocol(cfg_t *sec, struct account_conf *a)
 {
@@ -489,9 +501,10 @@ conf_account_protocol(cfg_t *sec, struct account_conf *a)
 			}
 		}
 		for (j = 0; j < i; j++) {
-			if (strcmp(a->folders[j], f) == 0) {
+			if (conf_same_folder(a->folders[j], f)) {
 				conf_account_error(sec, "folders", "folder "
-				    "\"%s\" is listed twice", f);
+				    "\"%s\" is listed twice (as \"%s\" too)",
+				    f, a->folders[j]);
 				return (-1);
 			}
 		}
@@ -509,6 +522,15 @@ conf_account_protocol(cfg_t *sec, struct account_conf *a)
 			conf_account_error(sec, "move-to", "move-to must name a "
 			    "folder");
 			return (-1);
+		}
+		for (j = 0; j < n; j++) {
+			if (conf_same_folder(a->folders[j], f)) {
+				/* Fetched again, moved again, every poll. */
+				conf_account_error(sec, "move-to", "move-to "
+				    "\"%s\" is one of the folders fetched; "
+				    "move to a folder that is not fetched", f);
+				return (-1);
+			}
 		}
 		a->move_to = xstrdup(f);
 	}

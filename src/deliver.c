@@ -61,7 +61,9 @@
  *    DELE), the record is forgotten at once, so that a server reusing the
  *    key for a new message does not get that one removed undelivered;
  *  - a message listed with a size other than the one recorded (both known,
- *    exact-sizes) is a different message under a reused key: it is new;
+ *    exact-sizes) is a different message under a reused key: it is new
+ *    (not for keys a session declares stable, deliver_stable_keys():
+ *    IMAP never reuses a UID under one UIDVALIDITY);
  *  - records of messages the listings no longer show are forgotten only
  *    after FORGET_LISTINGS complete listings in a row and FORGET_SECONDS
  *    without them, so that one empty or partial listing (a server glitch)
@@ -165,6 +167,7 @@ struct deliver {
 	struct state		*seen;		/* digests of this session */
 	EVP_MD_CTX		*mdctx;
 	int			 hash;		/* digest every message */
+	int			 stable_keys;	/* a key names one message */
 	char			*reident;	/* folder prefix: match digests */
 	size_t			 reidentlen;
 	char			*current;	/* ... not under this prefix */
@@ -173,14 +176,14 @@ struct deliver {
 	void			*arg;
 
 	struct batch_item	*batch;		/* being filled */
-	size_t			 nbatch;
+	size_t			 nbatch, batchcap;
 	uint64_t		 batch_bytes;
 	double			 batch_started;
 
 	/* deliver = lmtp or mda: the batch handed to the destination. */
 	struct dest		*dest;
 	struct batch_item	*cbatch;
-	size_t			 ncbatch, cwaiting;
+	size_t			 ncbatch, cbatchcap, cwaiting;
 	int			 commit_wanted;
 	deliver_ready_cb	 ready;
 	void			*ready_arg;
@@ -236,6 +239,10 @@ store_dir(struct store *s, const char *name, char **cause)
 		return (-1);
 	}
 	free(path);
+	if (maildir_mark_folder(&dir->md, cause) == -1) {
+		maildir_close(&dir->md);
+		return (-1);
+	}
 	dir->name = xstrdup(name);
 	return ((long)s->ndirs++);
 }
@@ -467,32 +474,177 @@ dedupe_key(const struct deliver_msg *m, size_t *len)
 	return (k);
 }
 
-/* Note the deliveries of a batch in the dedupe index. */
+/*
+ * Which message of which account a dedupe note is for: the digest of the
+ * account and the message's key (also what X-Maild-Id says).
+ */
 static void
-dedupe_note(struct deliver *d, struct batch_item *items, size_t n)
+deliver_msg_id(const struct deliver *d, const char *key, size_t keylen,
+    uint32_t ordinal, char *out, size_t size)
 {
-	struct state	*st;
-	char		*cause = NULL;
-	size_t		 i, len;
-	time_t		 now = time(NULL);
+	static const uint8_t	 idkey[16] = "maild X-Maild-Id";
+	char			*buf;
+	uint64_t		 h1, h2;
+	size_t			 n;
+
+	/* account NUL key NUL ordinal, digested */
+	n = strlen(d->ac->name) + 1 + keylen + 12;
+	buf = xmalloc(n);
+	n = (size_t)snprintf(buf, n, "%s", d->ac->name) + 1;
+	memcpy(buf + n, key, keylen);
+	n += keylen;
+	n += (size_t)snprintf(buf + n, 12, "%c%u", '\0', ordinal);
+	h1 = siphash24(idkey, buf, n);
+	buf[0] ^= 1;
+	h2 = siphash24(idkey, buf, n);
+	free(buf);
+	snprintf(out, size, "%016llx%016llx", (unsigned long long)h1,
+	    (unsigned long long)h2);
+}
+
+/*
+ * The tag of a note for a delivery under way: "p:<run>:<message>", run
+ * naming this process, message what deliver_msg_id() says.  A delivered
+ * message's note has no tag.
+ */
+static void
+dedupe_pending_tag(const struct deliver *d, const char *key, size_t keylen,
+    uint32_t ordinal, char *out, size_t size)
+{
+	static char	run[17];
+	char		id[40];
+
+	if (run[0] == '\0')
+		snprintf(run, sizeof run, "%08lx%08lx", (unsigned long)getpid(),
+		    (unsigned long)time(NULL));
+	deliver_msg_id(d, key, keylen, ordinal, id, sizeof id);
+	snprintf(out, size, "p:%s:%s", run, id);
+}
+
+static void
+dedupe_sync(struct deliver *d)
+{
+	char	*cause = NULL;
+
+	if (!state_dirty(d->dedupe->st) ||
+	    state_sync(d->dedupe->st, &cause) == 0)
+		return;
+	/* A lost note costs a copy at worst, never a message. */
+	log_warnx("account=%s cannot write the dedupe index: %s", d->ac->name,
+	    cause);
+	free(cause);
+}
+
+/*
+ * What the index says of a message about to be delivered (see
+ * dedupe_check()), on its own note: DELIVER_NEW if it is this message's
+ * (an attempt that did not finish), DELIVER_DONE if another account
+ * delivered the message (or began to, in an earlier run, and finishes
+ * it itself after that run's crash), DELIVER_LATER if another delivery
+ * of it is under way in this run.
+ */
+static int
+dedupe_verdict(const char *tag, const char *mine)
+{
+	const char	*run = mine + 2, *id = strchr(run, ':');
+
+	if (tag == NULL || strncmp(tag, "p:", 2) != 0)
+		return (DELIVER_DONE);
+	if (strcmp(strrchr(tag, ':'), id) == 0)
+		return (DELIVER_NEW);
+	if (strncmp(tag, mine, (size_t)(id - mine)) == 0)
+		return (DELIVER_LATER);
+	return (DELIVER_DONE);
+}
+
+/*
+ * dedupe = message-id: was the message delivered to this destination
+ * before, through any account?  If not, it is noted in the index as
+ * under way, so that another account meeting it now waits (DELIVER_LATER:
+ * it stays on that server for the next poll), and the note is written
+ * before the message is committed (dedupe_before_commit()), so that a
+ * crash cannot let another account deliver it again.  *dkey is set to
+ * its key in the index (NULL: it has no Message-ID, never suppressed).
+ */
+static int
+dedupe_check(struct deliver *d, const struct deliver_msg *m, const char *key,
+    size_t len, uint32_t ordinal, char **dkey)
+{
+	struct state		*st = d->dedupe->st;
+	const struct state_rec	*r;
+	char			 mine[80];
+	size_t			 dlen = 0;
+	uint32_t		 id;
+	int			 v;
+	time_t			 now = time(NULL);
+
+	if ((*dkey = dedupe_key(m, &dlen)) == NULL)
+		return (DELIVER_NEW);
+	dedupe_pending_tag(d, key, len, ordinal, mine, sizeof mine);
+	id = state_find(st, *dkey, dlen, 1);
+	if (id != STATE_NONE) {
+		r = state_rec(st, id);
+		v = now - r->first > d->dedupe->keep ? DELIVER_NEW :
+		    dedupe_verdict(state_rec_tag(st, r), mine);
+		if (v != DELIVER_NEW) {
+			free(*dkey);
+			*dkey = NULL;
+			return (v);
+		}
+	}
+	state_put(st, *dkey, dlen, 1, now, m->file.size, mine, NULL);
+	return (DELIVER_NEW);
+}
+
+/*
+ * A batch item's note, once its fate is known: delivered (the note stays,
+ * without a tag), or not (it goes, if it is still this message's).
+ */
+static void
+dedupe_settle(struct deliver *d, struct batch_item *b, int delivered)
+{
+	struct state		*st;
+	char			 mine[80];
+	const char		*tag;
+	size_t			 len;
+	uint32_t		 id;
+
+	if (d->dedupe == NULL || b->dedupe == NULL)
+		return;
+	st = d->dedupe->st;
+	len = strlen(b->dedupe);
+	len += 1 + strlen(b->dedupe + len + 1);
+	if ((id = state_find(st, b->dedupe, len, 1)) == STATE_NONE)
+		return;
+	dedupe_pending_tag(d, b->key, b->keylen, b->ordinal, mine,
+	    sizeof mine);
+	tag = state_rec_tag(st, state_rec(st, id));
+	if (tag == NULL || strcmp(tag, mine) != 0)
+		return;
+	if (delivered)
+		state_put(st, b->dedupe, len, 1, time(NULL), b->size, NULL,
+		    NULL);
+	else
+		state_forget(st, id);
+}
+
+/*
+ * The items' notes are settled: delivered or not.  Items whose fate is
+ * unknown (a commit failed half way) keep their notes: to this run they
+ * are under way, to the next one delivered (see dedupe_verdict()).
+ */
+static void
+dedupe_settle_all(struct deliver *d, struct batch_item *items, size_t n,
+    int delivered)
+{
+	size_t	i;
 
 	if (d->dedupe == NULL)
 		return;
-	st = d->dedupe->st;
-	for (i = 0; i < n; i++) {
-		if (items[i].dedupe == NULL || items[i].status != DEST_OK)
-			continue;
-		len = strlen(items[i].dedupe);
-		len += 1 + strlen(items[i].dedupe + len + 1);
-		state_put(st, items[i].dedupe, len, 1, now, items[i].size,
-		    NULL, NULL);
-	}
-	/* Only ever after the delivery: a lost note costs a copy, no more. */
-	if (state_dirty(st) && state_sync(st, &cause) == -1) {
-		log_warnx("account=%s cannot write the dedupe index: %s",
-		    d->ac->name, cause);
-		free(cause);
-	}
+	for (i = 0; i < n; i++)
+		dedupe_settle(d, &items[i], delivered &&
+		    items[i].status == DEST_OK);
+	dedupe_sync(d);
 }
 
 /*
@@ -630,10 +782,12 @@ deliver_close(struct deliver *d)
 {
 	if (d == NULL)
 		return;
+	dedupe_settle_all(d, d->batch, d->nbatch, 0);
 	deliver_clear_batch(d);
 	free(d->batch);
-	/* A commit in flight is dropped: its spool files go with the rest at
-	   the next start; what the destination took first may come twice. */
+	/* A commit still in flight (the session did not wait: maild is
+	   stopping) is dropped: its spool files go with the rest at the next
+	   start; what the destination took first may come twice. */
 	dest_close(d->dest);
 	deliver_clear_items(d, d->cbatch, d->ncbatch);
 	free(d->cbatch);
@@ -687,6 +841,17 @@ deliver_use_keys(struct deliver *d)
 	state_set_meta(d->s->st, "records", NULL);
 }
 
+/*
+ * This session's keys are never given to another message (IMAP:
+ * UIDVALIDITY and UID): a message listed with a size other than the
+ * recorded one is still the one delivered, not a new one.
+ */
+void
+deliver_stable_keys(struct deliver *d)
+{
+	d->stable_keys = 1;
+}
+
 /* Does a record's key start with prefix? */
 static int
 rec_in(struct state *st, const struct state_rec *r, const char *prefix,
@@ -732,8 +897,8 @@ deliver_listed(struct deliver *d, const char *key, size_t len,
 	if ((id = state_find(st, key, len, ordinal)) == STATE_NONE)
 		return (DELIVER_NEW);
 	r = state_rec(st, id);
-	if (d->ac->exact_sizes && size != 0 && r->size != 0 &&
-	    size != r->size) {
+	if (!d->stable_keys && d->ac->exact_sizes && size != 0 &&
+	    r->size != 0 && size != r->size) {
 		/* Not listed: the old record goes if it stays unlisted. */
 		log_warnx("account=%s the server lists \"%s\" with %llu bytes, "
 		    "but the message maild delivered under that id had %llu: "
@@ -1177,8 +1342,8 @@ deliver_end(struct deliver *d, struct deliver_msg *m, const char *key,
 {
 	struct batch_item	*b;
 	char			 digest[80], *dkey = NULL;
-	uint32_t		 old, id;
-	size_t			 dlen = 0;
+	uint32_t		 old;
+	int			 x;
 
 	if (maildir_finish(&m->file, cause) == -1) {
 		deliver_discard(d, m);
@@ -1203,25 +1368,37 @@ deliver_end(struct deliver *d, struct deliver_msg *m, const char *key,
 			return (DELIVER_DONE);
 		}
 	}
-	if (d->dedupe != NULL && (dkey = dedupe_key(m, &dlen)) != NULL) {
-		id = state_find(d->dedupe->st, dkey, dlen, 1);
-		if (id != STATE_NONE && time(NULL) -
-		    state_rec(d->dedupe->st, id)->first <= d->dedupe->keep) {
-			/* Delivered there already, through another account. */
-			log_info("account=%s message %.*s was delivered before "
-			    "(dedupe = message-id): not again", d->ac->name,
-			    (int)(m->msgidlen > 200 ? 200 : m->msgidlen),
-			    m->msgid);
-			free(dkey);
-			deliver_discard(d, m);
-			deliver_record(d, key, len, ordinal, listed, tag);
-			return (DELIVER_DONE);
+	if (d->dedupe != NULL && (x = dedupe_check(d, m, key, len, ordinal,
+	    &dkey)) != DELIVER_NEW) {
+		deliver_discard(d, m);
+		if (x == DELIVER_LATER) {
+			log_info("account=%s message %.*s is being delivered "
+			    "through another account (dedupe = message-id): "
+			    "it stays on the server until the next poll",
+			    d->ac->name, (int)(m->msgidlen > 200 ? 200 :
+			    m->msgidlen), m->msgid);
+			return (DELIVER_LATER);
 		}
+		/* Delivered there already, through another account. */
+		log_info("account=%s message %.*s was delivered before "
+		    "(dedupe = message-id): not again", d->ac->name,
+		    (int)(m->msgidlen > 200 ? 200 : m->msgidlen), m->msgid);
+		deliver_record(d, key, len, ordinal, listed, tag);
+		return (DELIVER_DONE);
 	}
-	if (d->nbatch == 0) {
-		if (d->batch == NULL)
-			d->batch = xcalloc(BATCH_MAX_MSGS, sizeof *d->batch);
+	if (d->nbatch == 0)
 		d->batch_started = now_mono();
+	/*
+	 * A batch outgrows BATCH_MAX_MSGS only while the one before it is
+	 * still with the destination; the messages wait in the spool, and
+	 * here only their names.
+	 */
+	if (d->nbatch == d->batchcap) {
+		d->batchcap = d->batchcap ? d->batchcap * 2 : BATCH_MAX_MSGS;
+		d->batch = xreallocarray(d->batch, d->batchcap,
+		    sizeof *d->batch);
+		memset(d->batch + d->nbatch, 0, (d->batchcap - d->nbatch) *
+		    sizeof *d->batch);
 	}
 	b = &d->batch[d->nbatch++];
 	b->dir = m->dir;
@@ -1301,7 +1478,7 @@ deliver_sync_dirs(struct deliver *d, int new, char **cause)
 static void
 deliver_note_file(struct deliver *d, const char *dir, const char *final)
 {
-	size_t	n = strlen(dir) + strlen(final) + 6;
+	size_t	n = strlen(dir) + strlen(final) + sizeof "/new/\n";
 
 	if (d->ac->on_new_mail == NULL || d->newlen + n > NEWFILES_MAX)
 		return;
@@ -1367,6 +1544,8 @@ deliver_maildir_commit(struct deliver *d, char **cause)
 	}
 	if (deliver_sync_dirs(d, 0, cause) == -1)
 		goto discard;
+	if (d->dedupe != NULL)
+		dedupe_sync(d);		/* the notes before the records */
 	ids = xcalloc(d->nbatch, sizeof *ids);
 	for (i = 0; i < d->nbatch; i++) {
 		b = &d->batch[i];
@@ -1407,7 +1586,7 @@ deliver_maildir_commit(struct deliver *d, char **cause)
 	for (i = 0; i < d->nbatch; i++)
 		deliver_note_file(d, d->s->dirs[d->batch[i].dir].md.path,
 		    d->batch[i].final);
-	dedupe_note(d, d->batch, d->nbatch);
+	dedupe_settle_all(d, d->batch, d->nbatch, 1);
 	for (i = 0; i < d->nbatch; i++)
 		d->committed(d->batch[i].cookie, d->batch[i].size, d->arg);
 	deliver_clear_batch(d);
@@ -1418,6 +1597,7 @@ discard:
 	for (i = 0; i < d->nbatch; i++)
 		maildir_unlink(&d->s->dirs[d->batch[i].dir].md,
 		    d->batch[i].final);
+	dedupe_settle_all(d, d->batch, d->nbatch, 0);
 fail:
 	/*
 	 * Otherwise leave the batch's files where they are: whether they
@@ -1503,7 +1683,7 @@ deliver_dest_done(int status, const char *reply, void *arg)
 	}
 	log_debug("account=%s delivered %zu messages to the %s", d->ac->name,
 	    ok, d->ac->deliver == DELIVER_LMTP ? "LMTP server" : "mda");
-	dedupe_note(d, d->cbatch, d->ncbatch);
+	dedupe_settle_all(d, d->cbatch, d->ncbatch, 1);
 	for (i = 0; i < d->ncbatch; i++) {
 		if (d->cbatch[i].status == DEST_OK)
 			d->committed(d->cbatch[i].cookie, d->cbatch[i].size,
@@ -1529,12 +1709,10 @@ deliver_dest_done(int status, const char *reply, void *arg)
 static int
 deliver_dest_commit(struct deliver *d, char **cause)
 {
-	static const uint8_t	 idkey[16] = "maild X-Maild-Id";
 	struct batch_item	*b, *tmp;
 	struct maildir		*md;
-	char			 header[128], name[256], *buf;
-	uint64_t		 h1, h2;
-	size_t			 i, n;
+	char			 header[128], name[256], id[40];
+	size_t			 i, cap;
 	int			 fd;
 
 	if (d->nbatch == 0)
@@ -1553,25 +1731,19 @@ deliver_dest_commit(struct deliver *d, char **cause)
 	d->ncbatch = d->nbatch;
 	d->batch = tmp;
 	d->nbatch = 0;
+	cap = d->cbatchcap;
+	d->cbatchcap = d->batchcap;
+	d->batchcap = cap;
 	d->batch_bytes = 0;
 	d->cwaiting = d->ncbatch;
+	if (d->dedupe != NULL)
+		dedupe_sync(d);		/* the notes before the handing over */
 	for (i = 0; i < d->ncbatch; i++) {
 		b = &d->cbatch[i];
 		b->d = d;
 		md = &d->s->dirs[b->dir].md;
-		/* account NUL key NUL ordinal, digested */
-		n = strlen(d->ac->name) + 1 + b->keylen + 12;
-		buf = xmalloc(n);
-		n = (size_t)snprintf(buf, n, "%s", d->ac->name) + 1;
-		memcpy(buf + n, b->key, b->keylen);
-		n += b->keylen;
-		n += (size_t)snprintf(buf + n, 12, "%c%u", '\0', b->ordinal);
-		h1 = siphash24(idkey, buf, n);
-		buf[0] ^= 1;
-		h2 = siphash24(idkey, buf, n);
-		free(buf);
-		snprintf(header, sizeof header, "X-Maild-Id: %016llx%016llx\n",
-		    (unsigned long long)h1, (unsigned long long)h2);
+		deliver_msg_id(d, b->key, b->keylen, b->ordinal, id, sizeof id);
+		snprintf(header, sizeof header, "X-Maild-Id: %s\n", id);
 		maildir_tmp_name(b->final, name, sizeof name);
 		fd = openat(md->tmpfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd == -1) {
@@ -1604,8 +1776,20 @@ deliver_abort(struct deliver *d, char **cause)
 	for (i = 0; i < d->nbatch; i++)
 		maildir_unlink(&d->s->dirs[d->batch[i].dir].md,
 		    d->batch[i].final);
+	dedupe_settle_all(d, d->batch, d->nbatch, 0);
 	deliver_clear_batch(d);
 	return (0);
+}
+
+/*
+ * Is a batch with the destination?  A session that ends waits for its
+ * answers (deliver_set_ready()): dropping them would deliver again what
+ * the destination took.
+ */
+int
+deliver_in_flight(const struct deliver *d)
+{
+	return (d != NULL && d->cwaiting > 0);
 }
 
 /*

@@ -69,9 +69,11 @@
 #define IMAP_SMALL_LITERAL_MAX	(64U << 10)
 /* Values of one response. */
 #define IMAP_NODES_MAX		4096
-/* Commands in flight at once (pipelining); FETCHes among them. */
+/* Commands in flight at once (pipelining); FETCHes among them, and
+   STORE/COPY/MOVE/EXPUNGE commands of one step. */
 #define IMAP_PENDING_MAX	64
 #define FETCH_CMDS_MAX		8
+#define REMOVE_CMDS_MAX		16
 /* One FETCH asks for at most this many messages, or bytes. */
 #define FETCH_MSGS_MAX		64
 #define FETCH_BYTES_MAX		(4U << 20)
@@ -81,8 +83,14 @@
 #define OUTBUF_SIZE		(128U << 10)
 /* A server that keeps challenging is not going to let us in. */
 #define SASL_MAX_STEPS		4
-/* Longest set of UIDs in one command line. */
-#define SET_MAX			(8U << 10)
+/* Longest set of UIDs in one command line, and longest line (RFC 7162
+   section 4: servers take 8192 octets; a quoted folder name may take
+   2300 of them). */
+#define SET_MAX			2000
+#define IMAP_CMD_MAX		8192
+/* How much larger than its listed RFC822.SIZE a body literal may be
+   (as in pop3.c): beyond that the server is lying. */
+#define SIZE_LIMIT(sz)		(2 * ((sz) + (1U << 20)))
 
 enum imap_state {
 	IMAP_STATE_GREETING,
@@ -135,8 +143,9 @@ struct imap_cmd {
 	unsigned	 tag;
 	imap_done_fn	 done;
 	/* A FETCH of bodies: which messages, how many bytes listed. */
-	uint32_t	 first, count;	/* into the want list */
+	uint32_t	 first, count;	/* into the want (or removal) list */
 	uint64_t	 bytes;
+	uint64_t	 maxsize;	/* the largest of them */
 	/* Parts of the command still to send after a "+" (literals). */
 	struct evbuffer	*rest;
 	int		 secret;	/* rest holds a password */
@@ -168,6 +177,7 @@ struct imap {
 #define I_SASL_IR	0x40
 #define I_REIDENT	0x80	/* UIDVALIDITY changed: match by digest */
 #define I_FULL		0x100	/* list everything after this IDLE */
+#define I_NOIDLE	0x200	/* the server refused IDLE: poll */
 	unsigned	 nexttag;
 	struct imap_cmd	 pending[IMAP_PENDING_MAX];
 	size_t		 npending;
@@ -222,6 +232,8 @@ struct imap {
 	char		*move_to;	/* the move-to folder, quoted */
 	int		 partial;	/* listing only what is new */
 	int		 fast;		/* fetching behind DONE, unlisted */
+	uint32_t	*rem;		/* the step's messages, indexes */
+	uint32_t	 nrem, next_rem;
 	uint32_t	*search;	/* SEARCH DELETED's answer */
 	size_t		 nsearch;
 	int		 searched;
@@ -240,6 +252,8 @@ static void	imap_next_folder(struct session *);
 static void	imap_select(struct session *);
 static void	imap_pump(struct session *);
 static void	imap_remove(struct session *);
+static void	imap_remove_more(struct session *);
+static void	imap_last_cmd(struct session *, uint32_t, uint32_t);
 static void	imap_idle(struct session *);
 static void	imap_response(struct session *, struct imap_resp *);
 static void	imap_folder_done(struct session *);
@@ -264,14 +278,23 @@ static void	logout_done(struct session *, struct imap_resp *);
 
 /* ---- sending ---- */
 
+/*
+ * A new command in flight.  The windows (FETCH_CMDS_MAX,
+ * REMOVE_CMDS_MAX) keep their number below IMAP_PENDING_MAX whatever the
+ * server does; should that ever fail, the session ends (NULL).
+ */
 static struct imap_cmd *
 imap_cmd_new(struct session *s, imap_done_fn done)
 {
 	struct imap	*p = I(s);
 	struct imap_cmd	*c;
 
-	if (p->npending >= IMAP_PENDING_MAX)
-		fatalx("imap: too many commands in flight");
+	if (p->npending >= IMAP_PENDING_MAX) {
+		session_fail(s, EXIT_SOFTWARE, "more than %d IMAP commands in "
+		    "flight (a bug in maild; please report it)",
+		    IMAP_PENDING_MAX);
+		return (NULL);
+	}
 	c = &p->pending[p->npending++];
 	memset(c, 0, sizeof *c);
 	c->tag = ++p->nexttag;
@@ -281,11 +304,16 @@ imap_cmd_new(struct session *s, imap_done_fn done)
 	return (c);
 }
 
-/* Send a tagged command (its text after the tag); -1 if it failed. */
+/*
+ * Send a tagged command (its text after the tag); -1 if it failed.  Not
+ * session_send(): IMAP's lines (sets of UIDs, folder names) are longer
+ * than POP3's, up to IMAP_CMD_MAX.
+ */
 static int
 imap_send(struct session *s, imap_done_fn done, const char *fmt, ...)
 {
 	struct imap_cmd	*c;
+	struct evbuffer	*out;
 	char		*line;
 	va_list		 ap;
 	int		 r;
@@ -297,10 +325,23 @@ imap_send(struct session *s, imap_done_fn done, const char *fmt, ...)
 	va_end(ap);
 	if (r == -1)
 		fatalx("imap_send: vasprintf");
-	c = imap_cmd_new(s, done);
-	r = session_send(s, "A%u %s", c->tag, line);
+	if (r > IMAP_CMD_MAX - 16) {
+		session_fail(s, EXIT_CONFIG, "an IMAP command would be longer "
+		    "than %d bytes; is a folder name that long?", IMAP_CMD_MAX);
+		free(line);
+		return (-1);
+	}
+	if ((c = imap_cmd_new(s, done)) == NULL) {
+		free(line);
+		return (-1);
+	}
+	log_trace("account=%s >>> A%u %s", s->ac->name, c->tag, line);
+	out = bufferevent_get_output(s->bev);
+	evbuffer_add_printf(out, "A%u ", c->tag);
+	evbuffer_add(out, line, (size_t)r);
+	evbuffer_add(out, "\r\n", 2);
 	free(line);
-	return (r);
+	return (0);
 }
 
 /* The command whose tag this is; NULL if none. */
@@ -385,7 +426,8 @@ imap_send_login(struct session *s)
 	size_t		 n;
 	char		*buf;
 
-	c = imap_cmd_new(s, login_done);
+	if ((c = imap_cmd_new(s, login_done)) == NULL)
+		return;
 	line = evbuffer_new();
 	evbuffer_add_printf(line, "A%u LOGIN ", c->tag);
 	imap_astring(s, line, &rest, s->ac->user, strlen(s->ac->user),
@@ -416,13 +458,15 @@ static void
 imap_enter_state(struct session *s, enum imap_state new)
 {
 	struct imap	*p = I(s);
+	struct imap_cmd	*c;
 
 	log_trace("account=%s state %s -> %s", s->ac->name,
 	    imap_state_names[p->state], imap_state_names[new]);
 	p->state = new;
 	switch (new) {
 	case IMAP_STATE_GREETING:
-		imap_cmd_new(s, greeting_done)->tag = 0;
+		if ((c = imap_cmd_new(s, greeting_done)) != NULL)
+			c->tag = 0;
 		break;
 	case IMAP_STATE_CAPABILITY:
 		p->caps = 0;
@@ -475,8 +519,10 @@ imap_connected(struct session *s)
 	if (p == NULL) {
 		s->p = p = xcalloc(1, sizeof *p);
 		p->state = IMAP_STATE_GREETING;
-		if (s->dl != NULL)
+		if (s->dl != NULL) {
 			deliver_want_digests(s->dl);
+			deliver_stable_keys(s->dl);
+		}
 		if (s->ac->move_to != NULL) {
 			n = imap_utf7_encode(s->ac->move_to,
 			    strlen(s->ac->move_to), utf7, sizeof utf7 - 1);
@@ -644,6 +690,46 @@ imap_sasl_response(struct session *s)
 	}
 }
 
+/*
+ * auth = auto: the choice POP3 makes (auth.c), from what the server
+ * offers: its AUTH= mechanisms, and LOGIN unless LOGINDISABLED.
+ */
+static int
+imap_auth_auto(struct session *s)
+{
+	static const struct {
+		unsigned	 flag;
+		const char	*mech;
+	} mechs[] = {
+		{ CAP_AUTH_CRAM_MD5, "CRAM-MD5" }, { CAP_AUTH_PLAIN, "PLAIN" },
+		{ CAP_AUTH_LOGIN, "LOGIN" },
+	};
+	struct imap		*p = I(s);
+	struct pop3_capa	 capa;
+	const char		*why = NULL;
+	size_t			 i, o = 0;
+	int			 m;
+
+	memset(&capa, 0, sizeof capa);
+	for (i = 0; i < sizeof mechs / sizeof mechs[0]; i++) {
+		if (p->caps & mechs[i].flag)
+			o += snprintf(capa.sasl + o, sizeof capa.sasl - o,
+			    "%s%s", o ? " " : "", mechs[i].mech);
+	}
+	if (o > 0)
+		capa.flags |= CAPA_SASL;
+	if (!(p->caps & CAP_LOGINDISABLED))
+		capa.flags |= CAPA_USER;
+	m = auth_choose(AUTH_AUTO, &capa, 1, 0,
+	    (s->flags & S_TLS_UP) != 0, &why);
+	if (m == -1) {
+		session_fail(s, EXIT_NOPERM, "cannot log in: %s", why);
+		return (-1);
+	}
+	p->method = (enum auth_method)m;
+	return (0);
+}
+
 /* Choose how to log in, and do. */
 static void
 imap_login(struct session *s)
@@ -656,20 +742,8 @@ imap_login(struct session *s)
 	unsigned	 need = 0;
 
 	p->method = s->ac->auth;
-	if (p->method == AUTH_AUTO) {
-		if (p->caps & CAP_AUTH_CRAM_MD5 && !tls)
-			p->method = AUTH_CRAM_MD5;
-		else if (!tls) {
-			session_fail(s, EXIT_NOPERM, "cannot log in: no login "
-			    "method the server offers keeps the password secret "
-			    "on an unencrypted connection; use TLS, or set auth "
-			    "explicitly");
-			return;
-		} else if (p->caps & CAP_AUTH_PLAIN)
-			p->method = AUTH_PLAIN;
-		else
-			p->method = AUTH_USER;
-	}
+	if (p->method == AUTH_AUTO && imap_auth_auto(s) == -1)
+		return;
 	switch (p->method) {
 	case AUTH_PLAIN:
 		need = CAP_AUTH_PLAIN;
@@ -712,8 +786,9 @@ imap_login(struct session *s)
 	}
 	mech = auth_sasl_name(p->method);
 	p->sasl_step = 0;
+	if ((c = imap_cmd_new(s, login_done)) == NULL)
+		return;
 	ir = imap_sasl_response(s);
-	c = imap_cmd_new(s, login_done);
 	if (ir != NULL && (p->caps & CAP_SASL_IR)) {
 		char	prefix[64], trace[64];
 
@@ -872,9 +947,11 @@ imap_folder_clear(struct imap *p)
 	free(p->msgs);
 	free(p->want);
 	free(p->search);
+	free(p->rem);
 	p->mailbox = p->subdir = p->prefix = p->fprefix = NULL;
 	p->msgs = NULL;
-	p->want = p->search = NULL;
+	p->want = p->search = p->rem = NULL;
+	p->nrem = p->next_rem = 0;
 	p->nmsgs = p->capmsgs = p->nwant = p->next_want = p->nfetching = 0;
 	p->nsearch = 0;
 	p->searched = 0;
@@ -887,37 +964,6 @@ imap_folder_clear(struct imap *p)
 }
 
 /*
- * The Maildir++ folder for an IMAP folder: "INBOX" is the Maildir itself;
- * another is "." and its name, the server's separator made ".", the
- * "INBOX." prefix of servers that put folders under INBOX dropped.
- */
-static char *
-imap_subdir(const char *utf7, char delim)
-{
-	char	*out, *o;
-
-	if (strcasecmp(utf7, "INBOX") == 0)
-		return (NULL);
-	if (delim != '\0' && strncasecmp(utf7, "INBOX", 5) == 0 &&
-	    utf7[5] == delim && utf7[6] != '\0')
-		utf7 += 6;
-	out = xmalloc(strlen(utf7) + 2);
-	o = out;
-	*o++ = '.';
-	for (; *utf7 != '\0'; utf7++) {
-		if (*utf7 == delim && delim != '\0')
-			*o++ = '.';
-		else if (*utf7 == '/' || *utf7 == '.' ||
-		    (unsigned char)*utf7 < 0x21)
-			*o++ = '_';
-		else
-			*o++ = *utf7;
-	}
-	*o = '\0';
-	return (out);
-}
-
-/*
  * May this session wait in its folder for news?  Only a session of one
  * folder, in the daemon, when the server has IDLE and idle is not off.
  */
@@ -927,7 +973,8 @@ imap_may_idle(struct session *s)
 	struct imap	*p = I(s);
 
 	return (s->idle && s->nfolders == 1 && (p->caps & CAP_IDLE) &&
-	    s->ac->idle != IDLE_NO && !(s->flags & S_STOPPING));
+	    !(p->flags & I_NOIDLE) && s->ac->idle != IDLE_NO &&
+	    !(s->flags & S_STOPPING));
 }
 
 /* On to the next folder, or (after the last) to LOGOUT. */
@@ -999,6 +1046,38 @@ delim_done(struct session *s, struct imap_resp *r)
 	imap_select(s);
 }
 
+/*
+ * With folder-subdirs, the folder's Maildir++ folder (".Name", named as
+ * Dovecot names it; see imap_maildir_folder()), or the Maildir itself
+ * for INBOX.  A name that has no safe Maildir++ name (the folder "/"
+ * with the separator "/" would be "..") is refused.
+ */
+static int
+imap_folder_subdir(struct session *s)
+{
+	struct imap	*p = I(s);
+	const char	*name = s->ac->folders[p->folder];
+	char		 utf7[1100], sub[256], esc[LOG_ESCAPE_MAX];
+	ssize_t		 n;
+
+	free(p->subdir);
+	p->subdir = NULL;
+	if ((n = imap_utf7_encode(name, strlen(name), utf7,
+	    sizeof utf7)) == -1 || (n = imap_maildir_folder(utf7, (size_t)n,
+	    p->delim, sub, sizeof sub)) == -1) {
+		session_fail(s, EXIT_CONFIG, "folder \"%s\" has no safe "
+		    "Maildir++ folder name (an empty level between the "
+		    "server's hierarchy separators \"%c\", or too long); fetch "
+		    "it without folder-subdirs, in an account of its own",
+		    log_escape(esc, sizeof esc, name, strlen(name)),
+		    p->delim != '\0' ? p->delim : '-');
+		return (-1);
+	}
+	if (n > 0)
+		p->subdir = xstrdup(sub);
+	return (0);
+}
+
 /* Note the UIDVALIDITYs other than now of the folder's records. */
 static void
 imap_old_validity(const char *key, size_t len, uint32_t ord, const char *tag,
@@ -1016,9 +1095,8 @@ select_done(struct session *s, struct imap_resp *r)
 {
 	struct imap	*p = I(s);
 	const char	*name = s->ac->folders[p->folder];
-	char		 esc[LOG_ESCAPE_MAX], utf7[1100];
+	char		 esc[LOG_ESCAPE_MAX];
 	size_t		 len = strlen(name);
-	ssize_t		 n;
 
 	if (r->cond != IMAP_COND_OK) {
 		imap_server_error(s, "cannot open the folder", r,
@@ -1032,16 +1110,12 @@ select_done(struct session *s, struct imap_resp *r)
 		return;
 	}
 	if (s->flags & S_CHECK) {
-		s->result.messages += p->exists;
-		imap_next_folder(s);
+		/* The messages and their sizes, from the listing. */
+		imap_enter_state(s, IMAP_STATE_LIST);
 		return;
 	}
-	if (s->ac->folder_subdirs) {
-		n = imap_utf7_encode(name, len, utf7, sizeof utf7 - 1);
-		utf7[n > 0 ? n : 0] = '\0';
-		free(p->subdir);
-		p->subdir = imap_subdir(utf7, p->delim);
-	}
+	if (s->ac->folder_subdirs && imap_folder_subdir(s) == -1)
+		return;
 	free(p->fprefix);
 	p->fprefixlen = len + 1;
 	p->fprefix = xmalloc(p->fprefixlen + 1);
@@ -1165,6 +1239,13 @@ list_done(struct session *s, struct imap_resp *r)
 		return;
 	}
 	p->partial = 0;
+	if (s->flags & S_CHECK) {
+		s->result.messages += p->nmsgs;
+		for (i = 0; i < p->nmsgs; i++)
+			s->result.octets += p->msgs[i].size;
+		imap_next_folder(s);
+		return;
+	}
 	qsort(p->msgs, p->nmsgs, sizeof *p->msgs, imap_msg_cmp);
 	for (i = 1; i < p->nmsgs; i++) {
 		if (p->msgs[i].uid == p->msgs[i - 1].uid) {
@@ -1275,7 +1356,7 @@ imap_pump(struct session *s)
 	struct imap	*p = I(s);
 	struct imap_cmd	*c;
 	char		 set[SET_MAX], *cause = NULL;
-	uint32_t	 first, n;
+	uint32_t	 first, n, i;
 	uint64_t	 bytes;
 
 	if ((s->flags & S_DEAD) || p->state != IMAP_STATE_TRANSFER)
@@ -1301,6 +1382,10 @@ imap_pump(struct session *s)
 		c->first = first;
 		c->count = n;
 		c->bytes = bytes;
+		for (i = first; i < first + n; i++) {
+			if (p->msgs[p->want[i]].size > c->maxsize)
+				c->maxsize = p->msgs[p->want[i]].size;
+		}
 		p->nfetching++;
 		p->bytes_inflight += bytes;
 	}
@@ -1374,6 +1459,40 @@ imap_flush_body(struct session *s)
 	}
 	p->outlen = 0;
 	return (0);
+}
+
+/*
+ * A body literal of n bytes is announced: it may be no larger than what
+ * the server listed (the largest message of the FETCHes in flight;
+ * behind DONE, unlisted, the RFC822.SIZE before it in the response),
+ * with the slack pop3.c allows for sizes that are estimates.  A server
+ * that announces more is lying, and could fill the disk: nothing of it
+ * is written.
+ */
+static int
+imap_body_bound(struct session *s, uint64_t n)
+{
+	struct imap	*p = I(s);
+	uint64_t	 listed = 0;
+	size_t		 i;
+
+	if (p->fast) {
+		if (imap_fetch_size_before(p->resp, p->resplen, &listed) == -1)
+			return (0);	/* only the literal's own bound */
+	} else {
+		for (i = 0; i < p->npending; i++) {
+			if (p->pending[i].done == fetch_done &&
+			    p->pending[i].maxsize > listed)
+				listed = p->pending[i].maxsize;
+		}
+	}
+	if (n <= SIZE_LIMIT(listed))
+		return (0);
+	session_fail(s, EXIT_PROTOCOL, "the server announced a message of %llu "
+	    "bytes, far larger than the %llu bytes it listed: nothing of it "
+	    "was kept, nothing was deleted; giving up on this server",
+	    (unsigned long long)n, (unsigned long long)listed);
+	return (-1);
 }
 
 /* A body literal begins: a new file in tmp/ (which message: at its end). */
@@ -1606,17 +1725,15 @@ imap_next_step(struct session *s, int step, int seen, int gone)
 
 /*
  * The messages whose delivery is committed (or that were known) may be
- * flagged, moved or deleted now; one step at a time, each step's
- * commands pipelined.
+ * flagged, moved or deleted now; one step at a time.  A step's commands
+ * are pipelined, at most REMOVE_CMDS_MAX in flight, each naming a set of
+ * at most SET_MAX characters: a folder of any size needs no more.
  */
 static void
 imap_remove(struct session *s)
 {
 	struct imap	*p = I(s);
-	char		 set[SET_MAX];
-	uint32_t	*seen, *gone, nseen = 0, ngone = 0, i, pos = 0, n;
-	uint32_t	*idx;
-	uint64_t	 bytes;
+	uint32_t	*seen, *gone, nseen = 0, ngone = 0, i;
 
 	seen = xcalloc(p->nmsgs ? p->nmsgs : 1, sizeof *seen);
 	gone = xcalloc(p->nmsgs ? p->nmsgs : 1, sizeof *gone);
@@ -1630,10 +1747,20 @@ imap_remove(struct session *s)
 	}
 	p->rem_step = (p->flags & I_EXAMINE) ? REM_DONE :
 	    imap_next_step(s, p->rem_step, nseen > 0, ngone > 0);
-	idx = p->rem_step == REM_SEEN ? seen : gone;
-	n = p->rem_step == REM_SEEN ? nseen : ngone;
+	free(p->rem);
+	if (p->rem_step == REM_SEEN) {
+		p->rem = seen;
+		p->nrem = nseen;
+		free(gone);
+	} else {
+		p->rem = gone;
+		p->nrem = ngone;
+		free(seen);
+	}
+	p->next_rem = 0;
 	switch (p->rem_step) {
 	case REM_DONE:
+		imap_folder_done(s);
 		break;
 	case REM_SEARCH:
 		p->removing++;
@@ -1645,40 +1772,78 @@ imap_remove(struct session *s)
 	case REM_EXPUNGE:
 		if (!(p->caps & CAP_UIDPLUS)) {
 			p->removing++;
-			imap_send(s, expunge_done, "EXPUNGE");
+			if (imap_send(s, expunge_done, "EXPUNGE") == 0)
+				imap_last_cmd(s, 0, p->nrem);
+			p->next_rem = p->nrem;
 			break;
 		}
 		/* FALLTHROUGH */
 	default:
-		while (pos < n) {
-			imap_set(p, idx, n, &pos, UINT32_MAX, UINT64_MAX,
-			    &bytes, set, sizeof set);
-			p->removing++;
-			if (p->rem_step == REM_SEEN)
-				imap_send(s, store_done, "UID STORE %s "
-				    "+FLAGS.SILENT (\\Seen)", set);
-			else if (p->rem_step == REM_MOVE)
-				imap_send(s, expunge_done, "UID MOVE %s %s",
-				    set, p->move_to);
-			else if (p->rem_step == REM_COPY)
-				imap_send(s, store_done, "UID COPY %s %s", set,
-				    p->move_to);
-			else if (p->rem_step == REM_DELETE)
-				imap_send(s, store_done, "UID STORE %s "
-				    "+FLAGS.SILENT (\\Deleted)", set);
-			else
-				imap_send(s, expunge_done, "UID EXPUNGE %s",
-				    set);
-		}
+		imap_remove_more(s);
 		break;
 	}
-	free(seen);
-	free(gone);
-	if (p->rem_step == REM_DONE)
-		imap_folder_done(s);
 }
 
-/* A STORE or COPY is answered: when all are, the next step. */
+/* The command just sent is about rem[first .. first + count). */
+static void
+imap_last_cmd(struct session *s, uint32_t first, uint32_t count)
+{
+	struct imap	*p = I(s);
+	struct imap_cmd	*c = &p->pending[p->npending - 1];
+
+	c->first = first;
+	c->count = count;
+}
+
+/* Send more of the step's commands, while the window allows. */
+static void
+imap_remove_more(struct session *s)
+{
+	struct imap	*p = I(s);
+	char		 set[SET_MAX];
+	uint32_t	 first, n;
+	uint64_t	 bytes;
+	int		 r;
+
+	while (!(s->flags & S_DEAD) && p->next_rem < p->nrem &&
+	    p->removing < REMOVE_CMDS_MAX) {
+		first = p->next_rem;
+		n = imap_set(p, p->rem, p->nrem, &p->next_rem, UINT32_MAX,
+		    UINT64_MAX, &bytes, set, sizeof set);
+		if (p->rem_step == REM_SEEN)
+			r = imap_send(s, store_done, "UID STORE %s "
+			    "+FLAGS.SILENT (\\Seen)", set);
+		else if (p->rem_step == REM_MOVE)
+			r = imap_send(s, expunge_done, "UID MOVE %s %s", set,
+			    p->move_to);
+		else if (p->rem_step == REM_COPY)
+			r = imap_send(s, store_done, "UID COPY %s %s", set,
+			    p->move_to);
+		else if (p->rem_step == REM_DELETE)
+			r = imap_send(s, store_done, "UID STORE %s "
+			    "+FLAGS.SILENT (\\Deleted)", set);
+		else
+			r = imap_send(s, expunge_done, "UID EXPUNGE %s", set);
+		if (r == -1)
+			return;
+		imap_last_cmd(s, first, n);
+		p->removing++;
+	}
+}
+
+/* A command of the step is answered: more of it, or the next step. */
+static void
+imap_remove_next(struct session *s)
+{
+	struct imap	*p = I(s);
+
+	if (p->next_rem < p->nrem)
+		imap_remove_more(s);
+	else if (p->removing == 0)
+		imap_remove(s);
+}
+
+/* A STORE or COPY is answered. */
 static void
 store_done(struct session *s, struct imap_resp *r)
 {
@@ -1692,8 +1857,7 @@ store_done(struct session *s, struct imap_resp *r)
 		    "fetched messages failed", r, EXIT_PROTOCOL);
 		return;
 	}
-	if (p->removing == 0)
-		imap_remove(s);
+	imap_remove_next(s);
 }
 
 /* UID SEARCH DELETED: may a plain EXPUNGE go (only ours \Deleted)? */
@@ -1727,14 +1891,24 @@ search_done(struct session *s, struct imap_resp *r)
 	imap_remove(s);
 }
 
-/* The messages are gone for good: so are their records. */
+/*
+ * The messages of a UID EXPUNGE, UID MOVE or EXPUNGE are gone for good:
+ * so are their records.  Not on Gmail, where expunging a message from a
+ * folder only takes a label off: its record (tagged with its
+ * X-GM-MSGID) stays to recognise it in the other folders, until the
+ * listings have not shown it for long enough (deliver.c).  (IMAP never
+ * gives a UID to another message of the folder, so a record kept longer
+ * claims nothing it does not describe.)
+ */
 static void
 expunge_done(struct session *s, struct imap_resp *r)
 {
 	struct imap	*p = I(s);
+	struct imap_cmd	*c = imap_cmd_find(s, r->tag, r->taglen);
+	struct imap_msg	*m;
 	char		 key[1200];
 	size_t		 klen;
-	uint32_t	 i;
+	uint32_t	 i, end;
 
 	p->removing--;
 	if (r->cond != IMAP_COND_OK) {
@@ -1743,18 +1917,19 @@ expunge_done(struct session *s, struct imap_resp *r)
 		    "messages failed", r, EXIT_PROTOCOL);
 		return;
 	}
-	if (p->removing > 0)
-		return;
-	for (i = 0; i < p->nmsgs; i++) {
-		if ((p->msgs[i].flags & (M_DONE | M_REMOVE)) !=
-		    (M_DONE | M_REMOVE))
+	end = c != NULL ? c->first + c->count : 0;
+	for (i = c != NULL ? c->first : 0; i < end && i < p->nrem; i++) {
+		m = &p->msgs[p->rem[i]];
+		if ((m->flags & (M_DONE | M_REMOVE)) != (M_DONE | M_REMOVE))
 			continue;
-		klen = imap_key(p, p->msgs[i].uid, key, sizeof key);
-		deliver_forget(s->dl, key, klen, 1);
+		if (m->gmid == 0) {
+			klen = imap_key(p, m->uid, key, sizeof key);
+			deliver_forget(s->dl, key, klen, 1);
+		}
 		s->result.deleted++;
-		p->msgs[i].flags &= ~M_REMOVE;
+		m->flags &= ~M_REMOVE;
 	}
-	imap_remove(s);
+	imap_remove_next(s);
 }
 
 /*
@@ -1840,7 +2015,8 @@ imap_idle_end(struct session *s)
 	 */
 	if ((p->flags & I_NEWS) && !(p->flags & (I_FULL | I_REIDENT)) &&
 	    !(s->flags & S_STOPPING) && s->ac->max_size == 0 &&
-	    !(p->caps & CAP_GMAIL) && s->dl != NULL) {
+	    !(p->caps & CAP_GMAIL) && s->dl != NULL &&
+	    p->maxuid < UINT32_MAX) {
 		p->flags &= ~I_NEWS;
 		free(p->msgs);
 		p->msgs = NULL;
@@ -1862,11 +2038,23 @@ static void
 idle_done(struct session *s, struct imap_resp *r)
 {
 	struct imap	*p = I(s);
+	char		 esc[LOG_ESCAPE_MAX];
 
 	evtimer_del(p->refresh_ev);
 	session_idle(s, 0);
 	if (r->cond != IMAP_COND_OK) {
-		imap_server_error(s, "IDLE failed", r, EXIT_PROTOCOL);
+		/*
+		 * It offered IDLE, and refuses it: nothing is wrong with the
+		 * folder, which is polled (this session ends; the next
+		 * comes after poll-interval) rather than failed.
+		 */
+		log_warnx("account=%s folder=%s the server refused IDLE (%s): "
+		    "the folder is polled every poll-interval instead (set "
+		    "idle = no not to try)", s->ac->name, p->mailbox,
+		    log_escape(esc, sizeof esc, r->text, r->textlen));
+		p->flags |= I_NOIDLE;
+		if (p->state == IMAP_STATE_IDLE)
+			imap_enter_state(s, IMAP_STATE_LOGOUT);
 		return;
 	}
 	if (p->state != IMAP_STATE_IDLE)
@@ -1883,7 +2071,7 @@ static void
 imap_relist(struct session *s)
 {
 	struct imap	*p = I(s);
-	uint32_t	 from = p->maxuid + 1;
+	uint64_t	 from = (uint64_t)p->maxuid + 1;
 
 	p->partial = !(p->flags & I_FULL);
 	p->flags &= ~(I_FULL | I_NEWS);
@@ -1892,9 +2080,12 @@ imap_relist(struct session *s)
 	p->nmsgs = p->capmsgs = 0;
 	p->delivered = p->missing = 0;
 	p->state = IMAP_STATE_LIST;
-	if (p->partial)
-		imap_send(s, list_done, "UID FETCH %u:* (UID RFC822.SIZE%s)",
-		    from, (p->caps & CAP_GMAIL) ? " X-GM-MSGID" : "");
+	if (p->partial && from > UINT32_MAX)
+		list_done(s, NULL);	/* no UID can be higher */
+	else if (p->partial)
+		imap_send(s, list_done, "UID FETCH %llu:* (UID RFC822.SIZE%s)",
+		    (unsigned long long)from, (p->caps & CAP_GMAIL) ?
+		    " X-GM-MSGID" : "");
 	else
 		imap_send(s, list_done, "UID FETCH 1:* (UID RFC822.SIZE%s)",
 		    (p->caps & CAP_GMAIL) ? " X-GM-MSGID" : "");
@@ -1911,6 +2102,40 @@ logout_done(struct session *s, struct imap_resp *r)
 
 /* ---- reading ---- */
 
+/*
+ * [UIDVALIDITY n]: the folder's, as it is selected.  Announced later
+ * (another client, or the server, renumbered the folder), a new one
+ * means that every UID maild holds now names another message, or none:
+ * nothing more may be stored, moved or expunged by them.  The session
+ * ends at once (what is fetched and complete is kept); the next one
+ * lists the folder again under the new UIDVALIDITY.
+ */
+static void
+imap_validity(struct session *s, struct imap_resp *r)
+{
+	struct imap	*p = I(s);
+	uint64_t	 v;
+
+	if (imap_number(r->codeargs, r->codeargslen, UINT32_MAX, &v) == -1 ||
+	    v == 0) {
+		session_fail(s, EXIT_PROTOCOL, "bad UIDVALIDITY from the "
+		    "server");
+		return;
+	}
+	if (p->state == IMAP_STATE_SELECT) {
+		p->validity = (uint32_t)v;
+		p->have_validity = 1;
+		return;
+	}
+	if (p->state < IMAP_STATE_LIST || p->state > IMAP_STATE_IDLE ||
+	    v == p->validity)
+		return;
+	session_fail(s, EXIT_TEMPFAIL, "folder %s was renumbered while maild "
+	    "had it open (UIDVALIDITY %u, now %llu): nothing more is done "
+	    "there by the old UIDs; the next poll lists it again",
+	    p->mailbox, p->validity, (unsigned long long)v);
+}
+
 /* An untagged response: data, or news, at any time. */
 static void
 imap_untagged(struct session *s, struct imap_resp *r)
@@ -1922,25 +2147,13 @@ imap_untagged(struct session *s, struct imap_resp *r)
 	ssize_t		 n;
 	char		 d[8];
 
-	if (r->code != NULL && r->codelen == 5 &&
-	    strncasecmp(r->code, "ALERT", 5) == 0)
-		log_warnx("account=%s the server says: %s", s->ac->name,
-		    log_escape(esc, sizeof esc, r->text, r->textlen));
 	if (r->cond == IMAP_COND_OK && r->code != NULL) {
 		if (r->codelen == 10 && strncasecmp(r->code, "CAPABILITY",
 		    10) == 0)
 			imap_capabilities(s, r->codeargs, r->codeargslen);
 		else if (r->codelen == 11 && strncasecmp(r->code,
-		    "UIDVALIDITY", 11) == 0 && p->state == IMAP_STATE_SELECT) {
-			if (imap_number(r->codeargs, r->codeargslen,
-			    UINT32_MAX, &v) == -1 || v == 0) {
-				session_fail(s, EXIT_PROTOCOL, "bad UIDVALIDITY "
-				    "from the server");
-				return;
-			}
-			p->validity = (uint32_t)v;
-			p->have_validity = 1;
-		}
+		    "UIDVALIDITY", 11) == 0)
+			imap_validity(s, r);
 		return;
 	}
 	if (r->cond == IMAP_COND_BYE) {
@@ -2009,11 +2222,17 @@ imap_response(struct session *s, struct imap_resp *r)
 {
 	struct imap	*p = I(s);
 	struct imap_cmd	*c, copy;
+	char		 esc[LOG_ESCAPE_MAX];
 
 	if (r->kind == IMAP_CONTINUATION) {
 		imap_continuation(s, r);
 		return;
 	}
+	/* RFC 3501 7.1: an ALERT must be shown, wherever it comes. */
+	if (r->code != NULL && r->codelen == 5 &&
+	    strncasecmp(r->code, "ALERT", 5) == 0)
+		log_warnx("account=%s the server says: %s", s->ac->name,
+		    log_escape(esc, sizeof esc, r->text, r->textlen));
 	if (r->kind == IMAP_UNTAGGED && p->state == IMAP_STATE_GREETING &&
 	    p->npending == 1 && p->pending[0].tag == 0) {
 		if (r->code != NULL && r->codelen == 10 &&
@@ -2131,7 +2350,7 @@ imap_read(struct session *s, struct evbuffer *in)
 		}
 		p->resplen += len;
 		session_arm_progress(s);
-		if (p->resplen >= 3 && p->resp[p->resplen - 3] == '}') {
+		if (imap_literal_marker(p->resp, p->resplen)) {
 			body = imap_literal_is_body(p->resp, p->resplen, &n);
 			if (body == -1) {
 				session_fail(s, EXIT_PROTOCOL, "bad literal from "
@@ -2145,7 +2364,8 @@ imap_read(struct session *s, struct evbuffer *in)
 					tail--;
 				memcpy(tail, "0}\r\n", 4);
 				p->resplen = (size_t)(tail - p->resp) + 4;
-				if (imap_body_begin(s) == -1)
+				if (imap_body_bound(s, n) == -1 ||
+				    imap_body_begin(s) == -1)
 					return;
 				p->literal = n;
 				if (n == 0) {

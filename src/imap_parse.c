@@ -17,17 +17,18 @@
 /*
  * imap_parse.c: pure parsers for what an IMAP server sends (RFC 3501,
  * 9051), and the few pure encoders maild needs to speak to one (quoted
- * strings, modified UTF-7 folder names).  Like parse.c, nothing here
- * allocates, logs or calls the rest of maild: a response is parsed into
- * nodes of a caller's array, each pointing into the response's bytes,
- * and every number, depth and count is bounded.  tests/fuzz/fuzz_imap.c
- * drives these functions directly.
+ * strings, modified UTF-7 folder names, their Maildir++ names).  Like
+ * parse.c, nothing here allocates, logs or calls the rest of maild: a
+ * response is parsed into nodes of a caller's array, each pointing into
+ * the response's bytes, and every number, depth and count is bounded.
+ * tests/fuzz/fuzz_imap.c drives these functions directly.
  *
  * A response reaches imap_parse() whole: its lines with CRLF, and its
  * literals inline ("{n}" CRLF and n bytes).  The session streams a
  * message's body literal to disk instead of keeping it, and leaves "{0}"
- * in its place; imap_literal_is_body() tells it, before the literal
- * arrives, whether a literal is such a body.
+ * in its place.  imap_literal_marker() tells it whether a line ends in
+ * a literal at all, imap_literal_is_body() whether that literal is such
+ * a body, before the literal arrives.
  */
 
 #include "config.h"
@@ -472,6 +473,134 @@ imap_literal_is_body(const char *buf, size_t len, uint64_t *n)
 	    (alen == 6 && strncasecmp(att, "RFC822", 6) == 0))
 		return (1);
 	return (0);
+}
+
+/*
+ * Does the response so far (its lines, and the literals before) end with
+ * a literal marker, "{n}" or "{n+}" CRLF, where a literal may stand?
+ * Only data responses hold literals: the text of a status response
+ * (OK, NO, BAD, BYE, PREAUTH) or of a continuation may end in "}" like
+ * any text ("* OK IMAP server {v2.3}"), and a literal is a value, after
+ * a space or "(" (or "~" for literal8).  Returns 1 if it is a marker
+ * (imap_literal_is_body() then reads its length, and refuses a bad
+ * one), 0 if the line is only a line.
+ */
+int
+imap_literal_marker(const char *buf, size_t len)
+{
+	const char	*end = buf + len, *p, *w;
+	size_t		 digits = 0;
+
+	if (len < 5 || end[-2] != '\r' || end[-1] != '\n' || end[-3] != '}')
+		return (0);
+	/* A continuation, or a status response: text, no literal. */
+	if (buf[0] == '+')
+		return (0);
+	for (p = buf; p < end && *p != ' ' && *p != '\r'; p++)
+		;
+	if (p >= end || *p != ' ')
+		return (0);
+	p++;
+	for (w = p; w < end && imap_atom_char((unsigned char)*w); w++)
+		;
+	if (imap_cond(p, w - p) != IMAP_COND_NONE)
+		return (0);
+	/* Back over "+" and the digits (a bounded walk) to the "{". */
+	p = end - 3;
+	if (p > buf && p[-1] == '+')
+		p--;
+	while (p > buf && p[-1] >= '0' && p[-1] <= '9' && digits <= 24) {
+		p--;
+		digits++;
+	}
+	if (digits == 0 || p == buf || p[-1] != '{')
+		return (0);
+	p--;
+	if (p > buf && p[-1] == '~')
+		p--;
+	if (p == buf || (p[-1] != ' ' && p[-1] != '('))
+		return (0);
+	return (1);
+}
+
+/*
+ * The RFC822.SIZE of a FETCH response, when it comes before the body
+ * literal the response so far ends with ("* 3 FETCH (UID 7 RFC822.SIZE
+ * 2000 BODY[] {2000}"): the bound for what may follow.  Only the first
+ * line is looked at.  Returns 0 with *size set, -1 if it is not there.
+ */
+int
+imap_fetch_size_before(const char *buf, size_t len, uint64_t *size)
+{
+	static const char	 att[] = "RFC822.SIZE ";
+	const char		*end, *p, *q;
+
+	if ((end = memchr(buf, '\n', len)) == NULL)
+		return (-1);
+	for (p = buf + 1; p + sizeof att - 1 < end; p++) {
+		if ((p[-1] != ' ' && p[-1] != '(') ||
+		    strncasecmp(p, att, sizeof att - 1) != 0)
+			continue;
+		p += sizeof att - 1;
+		for (q = p; q < end && *q >= '0' && *q <= '9'; q++)
+			;
+		if (q == end || (*q != ' ' && *q != ')'))
+			return (-1);
+		return (imap_number(p, q - p, IMAP_LITERAL_LEN_MAX, size));
+	}
+	return (-1);
+}
+
+/*
+ * The Maildir++ folder (".Name") for an IMAP folder (in modified UTF-7,
+ * as Dovecot names its folders on disk) into buf: "INBOX" is the Maildir
+ * itself (returns 0); the "INBOX<sep>" prefix of servers that nest
+ * folders under INBOX is dropped; the server's hierarchy separator
+ * becomes "."; a "." or "/" within a name, and a control character,
+ * becomes "_"; spaces stay ("Sent Items" -> ".Sent Items").  A name with
+ * an empty level (the folder "/" with separator "/", "a//b", ".a") has
+ * no safe name ("..", "..a"): -1, as for one that does not fit.
+ */
+ssize_t
+imap_maildir_folder(const char *utf7, size_t len, char delim, char *buf,
+    size_t size)
+{
+	size_t	i, o = 0, level = 0;
+	char	c;
+
+	if (len == 5 && strncasecmp(utf7, "INBOX", 5) == 0)
+		return (0);
+	if (delim != '\0' && len > 6 && strncasecmp(utf7, "INBOX", 5) == 0 &&
+	    utf7[5] == delim) {
+		utf7 += 6;
+		len -= 6;
+	}
+	if (len == 0 || size < 2)
+		return (-1);
+	buf[o++] = '.';
+	for (i = 0; i < len; i++) {
+		c = utf7[i];
+		if (c == '\0')
+			return (-1);
+		if (delim != '\0' && c == delim) {
+			if (level == 0)
+				return (-1);	/* an empty level */
+			c = '.';
+			level = 0;
+		} else {
+			if (c == '/' || c == '.' || (unsigned char)c < 0x20 ||
+			    c == 0x7f)
+				c = '_';
+			level++;
+		}
+		if (o + 1 >= size)
+			return (-1);
+		buf[o++] = c;
+	}
+	if (level == 0)
+		return (-1);		/* ends in the separator */
+	buf[o] = '\0';
+	return ((ssize_t)o);
 }
 
 /* The value of a FETCH attribute (name as sent: "UID", "BODY[]"). */

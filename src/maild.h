@@ -410,7 +410,11 @@ struct imap_resp {
 int		 imap_number(const char *, size_t, uint64_t, uint64_t *);
 int		 imap_parse(const char *, size_t, struct imap_node *, size_t,
 		     struct imap_resp *);
+int		 imap_literal_marker(const char *, size_t);
 int		 imap_literal_is_body(const char *, size_t, uint64_t *);
+int		 imap_fetch_size_before(const char *, size_t, uint64_t *);
+ssize_t		 imap_maildir_folder(const char *, size_t, char, char *,
+		     size_t);
 size_t		 imap_fetch_att(const struct imap_resp *, const char *);
 int		 imap_node_number(const struct imap_resp *, size_t, uint64_t,
 		     uint64_t *);
@@ -515,6 +519,7 @@ struct maildir_file {
 int		 maildir_open(struct maildir *, const char *, uint32_t,
 		     const char *, char **);
 void		 maildir_close(struct maildir *);
+int		 maildir_mark_folder(struct maildir *, char **);
 int		 maildir_create(struct maildir *, struct maildir_file *, char **);
 int		 maildir_write(struct maildir_file *, const void *, size_t);
 int		 maildir_finish(struct maildir_file *, char **);
@@ -533,6 +538,7 @@ int		 maildir_name_tag(const char *, uint32_t *);
 /* deliver.c: the one delivery core; see deliver.c. */
 #define DELIVER_NEW	0
 #define DELIVER_DONE	1
+#define DELIVER_LATER	2	/* dedupe: another account delivers it now */
 struct deliver;
 struct deliver_msg {
 	struct maildir_file	 file;
@@ -560,6 +566,7 @@ int		 deliver_sync(struct deliver *, char **);
 int		 deliver_use_digests(struct deliver *);
 void		 deliver_use_keys(struct deliver *);
 void		 deliver_want_digests(struct deliver *);
+void		 deliver_stable_keys(struct deliver *);
 void		 deliver_listing_start(struct deliver *, const char *, size_t);
 int		 deliver_listed(struct deliver *, const char *, size_t, uint32_t,
 		     uint64_t, int64_t *);
@@ -588,6 +595,7 @@ int		 deliver_end(struct deliver *, struct deliver_msg *, const char *,
 size_t		 deliver_batched(const struct deliver *);
 int		 deliver_commit(struct deliver *, char **);
 int		 deliver_abort(struct deliver *, char **);
+int		 deliver_in_flight(const struct deliver *);
 void		 deliver_removal_acked(struct deliver *, const char *, size_t,
 		     uint32_t);
 int		 deliver_removing(struct deliver *, char **);

@@ -171,6 +171,29 @@ fail:
 	return (-1);
 }
 
+/*
+ * Mark a Maildir++ folder as one, with the empty "maildirfolder" file
+ * Courier and Dovecot put in each (quota code and delivery agents look
+ * for it).  Its name is made durable like the folder's own.
+ */
+int
+maildir_mark_folder(struct maildir *md, char **cause)
+{
+	char	path[PATH_MAX];
+	int	fd;
+
+	snprintf(path, sizeof path, "%s/maildirfolder", md->path);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+	    0600);
+	if (fd == -1 && errno == EEXIST)
+		return (0);
+	if (fd == -1 || close(fd) == -1 || fsync_dir(md->path) == -1) {
+		xasprintf(cause, "maildir %s: %s", path, strerror(errno));
+		return (-1);
+	}
+	return (0);
+}
+
 void
 maildir_close(struct maildir *md)
 {

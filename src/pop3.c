@@ -1498,13 +1498,17 @@ pop3_message_done(struct session *s)
 		return;
 	}
 	if (r == DELIVER_DONE) {
-		/* No UIDL: delivered by a session that died before QUIT. */
-		log_info("account=%s message %u was delivered before (same "
-		    "content); deleting it without delivering it again",
-		    s->ac->name, m->num);
+		/* No UIDL: delivered by a session that died before QUIT.
+		   Or dedupe: delivered through another account. */
+		if (p->flags & P_NO_UIDL)
+			log_info("account=%s message %u was delivered before "
+			    "(same content); deleting it without delivering "
+			    "it again", s->ac->name, m->num);
 		p->delivered++;
-		pop3_want_dele(s, pd.msg);
+		if (!s->ac->keep)
+			pop3_want_dele(s, pd.msg);
 	}
+	/* DELIVER_LATER: it stays on the server until the next poll. */
 	pop3_pump(s);
 }
 

@@ -67,6 +67,7 @@ static void	session_connected_cb(int, const char *, void *);
 static void	session_read_cb(struct bufferevent *, void *);
 static void	session_event_cb(struct bufferevent *, short, void *);
 static void	session_progress_cb(evutil_socket_t, short, void *);
+static void	session_conclude(struct session *);
 static void	session_deadline_cb(evutil_socket_t, short, void *);
 static void	session_greeting_cb(evutil_socket_t, short, void *);
 static void	session_tls_failed(struct session *, short);
@@ -254,6 +255,19 @@ session_ready_cb(void *arg, const char *cause)
 {
 	struct session	*s = arg;
 
+	if (s->flags & S_DRAINING) {
+		if (cause != NULL && s->result.error == NULL) {
+			xasprintf(&s->result.error, "cannot deliver: %s",
+			    cause);
+			s->result.exitcode = EXIT_IOERR;
+			s->result.errclass = ERRC_DISK;
+		}
+		if (deliver_in_flight(s->dl))
+			return;		/* the next batch went out */
+		s->flags &= ~S_DRAINING;
+		session_conclude(s);
+		return;
+	}
 	if (s->flags & S_DEAD)
 		return;
 	if (cause != NULL) {
@@ -431,6 +445,12 @@ session_progress_cb(evutil_socket_t fd, short what, void *arg)
 	struct session	*s = arg;
 	char		 lost[128] = "";
 
+	/* Waiting for the LMTP server or the mda is not the server's
+	   fault; the destination has time limits of its own. */
+	if (deliver_in_flight(s->dl)) {
+		session_arm_progress(s);
+		return;
+	}
 	if (s->phase == PHASE_PROTOCOL)
 		s->proto->lost(s, lost, sizeof lost);
 	session_fail(s, EXIT_TEMPFAIL, "%s timed out after %d seconds "
@@ -786,15 +806,42 @@ session_fail(struct session *s, int code, const char *fmt, ...)
 void
 session_finish(struct session *s)
 {
+	if (s->flags & S_DEAD)
+		return;
+	s->flags |= S_DEAD;
+	s->result.stage = session_state(s);
+	session_wipe_secret(s);
+	if (s->bev != NULL) {
+		if (s->hangup_cb != NULL) {
+			evbuffer_remove_cb_entry(bufferevent_get_output(
+			    bufferevent_get_underlying(s->bev)), s->hangup_cb);
+			s->hangup_cb = NULL;
+		}
+		bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
+		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
+	}
+	evtimer_del(s->progress_ev);
+	evtimer_del(s->deadline_ev);
+	evtimer_del(s->greeting_ev);
+	/* What the destination has taken must be recorded, however the
+	   session ended: session_ready_cb() goes on when it has answered. */
+	if (deliver_in_flight(s->dl)) {
+		s->flags |= S_DRAINING;
+		return;
+	}
+	session_conclude(s);
+}
+
+/* The session and its deliveries are over: the result, from a fresh
+   event. */
+static void
+session_conclude(struct session *s)
+{
 	char		*cause = NULL;
 	const char	*reply;
 	unsigned	 n;
 	int		 perm;
 
-	if (s->flags & S_DEAD)
-		return;
-	s->flags |= S_DEAD;
-	s->result.stage = session_state(s);
 	if (s->dl != NULL && s->result.error == NULL &&
 	    (n = deliver_refused(s->dl, &perm, &reply)) > 0) {
 		xasprintf(&s->result.error, "the %s refused %u message%s%s; "
@@ -813,19 +860,6 @@ session_finish(struct session *s)
 		} else
 			free(cause);
 	}
-	session_wipe_secret(s);
-	if (s->bev != NULL) {
-		if (s->hangup_cb != NULL) {
-			evbuffer_remove_cb_entry(bufferevent_get_output(
-			    bufferevent_get_underlying(s->bev)), s->hangup_cb);
-			s->hangup_cb = NULL;
-		}
-		bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
-		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
-	}
-	evtimer_del(s->progress_ev);
-	evtimer_del(s->deadline_ev);
-	evtimer_del(s->greeting_ev);
 	s->free_ev = evtimer_new(s->base, session_free_cb, s);
 	event_active(s->free_ev, EV_TIMEOUT, 0);
 }

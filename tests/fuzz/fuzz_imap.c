@@ -11,8 +11,13 @@
  * is read back with imap_node_string() and imap_node_number(), the FETCH
  * attributes maild uses are looked up.
  *
- * imap_literal_is_body() sees every prefix of the input that ends in
+ * imap_literal_marker(), imap_literal_is_body() and
+ * imap_fetch_size_before() see every prefix of the input that ends in
  * "}" CRLF (as the session asks at the end of each line).
+ *
+ * imap_maildir_folder() gets the input as a folder name, with each of
+ * the separators servers use: a name it gives is "." and then bytes
+ * that hold no "/" and no empty level ("..").
  *
  * imap_utf7_encode() gets the input as a folder name: if it accepts it,
  * the result is printable ASCII whose "&...-" runs decode back (a
@@ -161,9 +166,42 @@ fuzz_literal_is_body(const char *buf, size_t len)
 		    buf[i - 3] != '}')
 			continue;
 		n = 0;
+		x = imap_literal_marker(buf, i);
+		if (x < 0 || x > 1)
+			abort();
 		x = imap_literal_is_body(buf, i, &n);
 		if (x < -1 || x > 1 || (x >= 0 && n > IMAP_LITERAL_LEN_MAX))
 			abort();
+		n = 0;
+		if (imap_fetch_size_before(buf, i, &n) == 0 &&
+		    n > IMAP_LITERAL_LEN_MAX)
+			abort();
+	}
+}
+
+/* A Maildir++ name never leaves the Maildir. */
+static void
+fuzz_maildir_folder(const char *in, size_t len)
+{
+	static const char	delims[] = { '/', '.', '\0' };
+	char			buf[256];
+	ssize_t			n;
+	size_t			i, k;
+
+	for (k = 0; k < sizeof delims; k++) {
+		n = imap_maildir_folder(in, len, delims[k], buf, sizeof buf);
+		if (n < -1 || n >= (ssize_t)sizeof buf)
+			abort();
+		if (n <= 0)
+			continue;
+		if (buf[0] != '.' || buf[n] != '\0' || n < 2 ||
+		    buf[n - 1] == '.')
+			abort();
+		for (i = 0; i < (size_t)n; i++) {
+			if (buf[i] == '/' || buf[i] == '\0' ||
+			    (buf[i] == '.' && i > 0 && buf[i - 1] == '.'))
+				abort();
+		}
 	}
 }
 
@@ -335,6 +373,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fuzz_literal_is_body(buf, size);
 	fuzz_utf7(buf, size);
 	fuzz_quote(buf, size);
+	fuzz_maildir_folder(buf, size);
 	free(buf);
 	if ((buf = malloc(size + 2)) == NULL)
 		abort();

@@ -23,6 +23,7 @@ the daemon's start).
 import os
 import pwd
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -316,6 +317,24 @@ def test_example_config_every_option(t):
             out.append(ln)
     assert shown >= 20, f"only {shown} commented-out options in the example"
     check_example(t, "\n".join(out) + "\n")
+
+
+@tap.test
+def test_example_config_imap(t):
+    """The IMAP account etc/maild.conf shows commented out passes
+    "maild -n" once uncommented (its options are IMAP's only, so the
+    test above leaves them alone), with move-to in place of keep."""
+    with open(EXAMPLE, encoding="utf-8") as f:
+        text = f.read()
+    m = re.search(r'^#account "imap" \{\n(?:#.*\n)*?#\}$', text, re.M)
+    assert m, "no commented-out IMAP account in the example"
+    block = "\n".join(ln[1:] for ln in m.group(0).splitlines()) + "\n"
+    block = block.replace("imap.pass", "example.pass")
+    check_example(t, block)
+    block = re.sub(r"(?m)^\t(keep|mark-seen) = .*$", "", block)
+    block = block.replace("\t#move-to", "\tkeep = no\n\tmove-to")
+    shutil.rmtree(t.tmp / ".config")
+    check_example(t, block)
 
 
 @tap.test

@@ -441,9 +441,6 @@ def test_folder_utf7(t):
 @tap.test(name="folder-subdirs: a folder name with spaces (\"Sent Items\") "
           "keeps them in its Maildir++ name, as Dovecot names it")
 def test_folder_spaces(t):
-    # BUG (reported): imap.c imap_subdir() makes every character below
-    # 0x21 "_", so "Sent Items" goes to ".Sent_Items", a folder a mail
-    # reader shows as "Sent_Items".
     srv = t.fx.get(t)
     u = "spaces"
     srv.set_mailbox(u, [])
@@ -466,9 +463,6 @@ def test_folder_spaces(t):
           "case-insensitive): refused by the configuration check, or each "
           "message delivered once")
 def test_inbox_case(t):
-    # BUG (reported): config.c conf_account_protocol() compares folder
-    # names with strcmp; imap.c keys records by the name as configured,
-    # so INBOX listed as "INBOX" and "inbox" is fetched twice.
     srv = t.fx.get(t)
     u = "inboxcase"
     m = msgs(u, 4, specials=False)
@@ -537,8 +531,6 @@ for _a in AUTHS:
 @tap.test(name="auth = auto over TLS: the strongest method offered, "
           "CRAM-MD5, as maild.conf(5) documents (and POP3 does)")
 def test_auth_auto_tls(t):
-    # BUG (reported): imap.c imap_login() picks PLAIN over TLS when
-    # CRAM-MD5 is offered; maild.conf(5) says auto takes CRAM-MD5 first.
     srv = t.fx.get(t)
     u = "auto"
     m = msgs(u, 3)
@@ -673,8 +665,6 @@ def test_uidvalidity_twins(t):
 @tap.test(name="--check for an IMAP account: connect, TLS, capabilities, "
           "login, mailbox; nothing fetched")
 def test_check(t):
-    # BUG (reported): the mailbox line says "0 bytes" for a mailbox that
-    # holds messages (imap.c select_done() counts messages only).
     srv = t.fx.get(t)
     u = "check"
     m = msgs(u, 7)
@@ -886,9 +876,6 @@ def _gmail_test(keep):
 
 tap.test(name="fake: Gmail (X-GM-EXT-1), keep mode: a message in two "
          "labels (one X-GM-MSGID) delivered once")(_gmail_test(True))
-# BUG (reported): in delete mode expunge_done() forgets INBOX's records,
-# tags included, before the next label is listed: the same X-GM-MSGID in
-# "Work" is fetched and delivered again.
 tap.test(name="fake: Gmail (X-GM-EXT-1), delete mode: a message in two "
          "labels delivered once, removed from both")(_gmail_test(False))
 
@@ -919,9 +906,6 @@ def test_fake_inbox_prefix(t):
           "by the configuration (78), or each message delivered once over "
           "three runs")
 def test_fake_move_to_fetched_folder(t):
-    # BUG (reported): nothing refuses folders = {"INBOX", "Archive"} with
-    # move-to = "Archive": every poll fetches Archive, delivers its
-    # messages again and moves them into Archive again.
     m = [corpus.simple(f"mvf/{i}") for i in range(3)]
     with fake(m) as srv:
         srv.create("Archive")

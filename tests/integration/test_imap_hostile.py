@@ -564,9 +564,6 @@ def test_unavailable_alert(t):
 @tap.test(name="[ALERT] in the greeting and after SELECT: logged, the "
           "fetch goes on")
 def test_alert_logged(t):
-    # BUG (reported): imap.c imap_response() handles the greeting apart
-    # and looks only for [CAPABILITY] there: an [ALERT] in the greeting
-    # is not logged (RFC 3501: it MUST be presented to the user).
     m = tiny("alert", 2)
 
     def select(conn, cmd):
@@ -636,9 +633,6 @@ def test_bad_uidvalidity(t):
 @tap.test(name="a greeting whose text ends in braces (\"{v2.3}\") is a "
           "greeting, not a literal")
 def test_greeting_braces(t):
-    # BUG (reported): imap.c imap_read() takes any line ending in "}" for
-    # a literal marker and fails ("bad literal") when it holds no number;
-    # resp-text may end in "}" (RFC 3501: TEXT-CHAR).
     m = tiny("brace", 1)
     with h.imap_server(m, greeting=b"* OK IMAP server {v2.3}\r\n") as srv:
         acct = h.ImapAccount(t, srv)
@@ -673,11 +667,6 @@ def test_stray_continuation(t):
           "server: not delivered again (UIDVALIDITY + UID name one "
           "immutable message)")
 def test_delivered_uid_changes(t):
-    # BUG (reported): deliver.c's rule for POP3 keys ("a message listed
-    # with another size is a different message under a reused key")
-    # applies to IMAP keys too, which RFC 3501 never reuses: the message
-    # is fetched again (delivered twice, or 76 at every poll when only
-    # RFC822.SIZE changed).
     m = tiny("chg", 3)
     with h.imap_server(m) as srv:
         acct = h.ImapAccount(t, srv, keep=True)
@@ -717,10 +706,6 @@ def _renumber_reverse(srv, conn, validity):
           "maild stores and expunges nothing by the old UIDs (a message "
           "not fetched keeps its place)")
 def test_uidvalidity_mid_session(t):
-    # BUG (reported): imap.c imap_untagged() looks at [UIDVALIDITY] only
-    # in the select state; afterwards UID STORE/UID EXPUNGE go out with
-    # the old UIDs, which now name other messages: the big message that
-    # max-size left on the server is expunged undelivered.
     small = tiny("uvmid", 3)
     big = [corpus.simple("uvmid/big", body="b" * 70 + "\n" * 4000)]
     m = small + big
@@ -747,9 +732,6 @@ def test_uidvalidity_mid_session(t):
 @tap.test(name="a folder named like the server's delimiter (\"/\", \".\") "
           "with folder-subdirs: nothing written outside the Maildir")
 def test_folder_named_delimiter(t):
-    # BUG (reported): imap.c imap_subdir() turns the folder "/" (server
-    # delimiter "/") or "." (delimiter ".") into ".." : the message goes
-    # to new/ of the Maildir's parent directory.
     for name, delim in (("/", "/"), (".", ".")):
         base = t.tmp / f"d{ord(delim)}"
         m = [corpus.simple(f"delim/{ord(delim)}")]
@@ -803,10 +785,6 @@ def _fast_store_expunge(srv):
 
 def _sparse_test(extra, what):
     def test(t):
-        # BUG (reported): imap.c imap_set() builds sets of up to SET_MAX
-        # (8 KB) for STORE/COPY/MOVE/EXPUNGE, but session_send() refuses
-        # a line over SEND_LINE_MAX (1024 bytes): exit 78 "is the user
-        # name that long?", and every later run fails the same way.
         m = tiny(f"sparse-{what}", 300)
         with h.imap_server([]) as srv:
             if "move_to" in extra:
@@ -836,9 +814,6 @@ for _extra, _what in (({"keep": False}, "delete"),
           "their UID sets need over 64 commands: all removed, no crash",
           timeout=300)
 def test_many_removals(t):
-    # BUG (reported): imap.c imap_remove() sends one UID STORE per 8 KB
-    # set, all at once; past IMAP_PENDING_MAX (64) commands
-    # imap_cmd_new() calls fatalx().
     n = 50000
     first = 4000000001
     data = corpus.simple("many/one").data
@@ -1028,10 +1003,6 @@ def test_literal_too_big(t):
           "endless: maild gives up after a bounded amount, keeps nothing",
           timeout=120)
 def test_endless_body_literal(t):
-    # BUG (reported): imap.c imap_body() streams a body literal into tmp/
-    # whatever its announced size, without comparing it with the sizes
-    # listed: a server can fill the disk (POP3 gives up once a message is
-    # far larger than LIST said: test_hostile.py's endless body).
     m = tiny("endless", 3)
 
     def handler(conn, cmd):

@@ -19,7 +19,8 @@ one connection per folder within max-connections).
 
 The fake server, for the moments Dovecot does not produce: news (EXISTS)
 announced before the server's "+ idling", SIGUSR1 and SIGTERM arriving
-between IDLE and "+ idling": none may be lost.
+between IDLE and "+ idling": none may be lost; a server that offers IDLE
+and refuses it (NO or BAD): the folder is polled instead.
 """
 
 import functools
@@ -357,10 +358,6 @@ def test_idle_no(t):
 @tap.test(name="two folders: maild holds IDLE on both (one connection per "
           "folder), a message in either is pushed", timeout=120)
 def test_two_folders(t):
-    # BUG (reported): account.c starts one session for all of an
-    # account's folders, and imap.c idles only in a session of one
-    # folder: an account of several folders never idles (issue 12 wants
-    # one connection per folder within max-connections).
     srv = t.fx.get(t)
     u = "twofolders"
     srv.set_mailbox(u, [])
@@ -404,10 +401,6 @@ def verbs(srv):
 @tap.test(name="fake: EXISTS announced before \"+ idling\": the new message "
           "is fetched at once, not after idle-refresh", timeout=60)
 def test_fake_exists_before_continuation(t):
-    # BUG (reported): imap.c imap_untagged() sets I_NEWS and calls
-    # imap_idle_end(), which returns without DONE while "+" has not come;
-    # imap_continuation() then only sets I_IDLING: the news waits for
-    # the next EXISTS or idle-refresh (25 minutes).
     first = corpus.simple("eb/first")
     late = corpus.simple("eb/late")
     with fake([first]) as srv:
@@ -453,8 +446,6 @@ def _signal_before_continuation(t, sig, then):
 @tap.test(name="fake: SIGUSR1 between IDLE and \"+ idling\": DONE as soon "
           "as the \"+\" comes, the folder listed", timeout=60)
 def test_fake_usr1_before_continuation(t):
-    # BUG (reported): see test_fake_exists_before_continuation: the
-    # request to end the IDLE is dropped while "+" has not come.
     def then(srv, d):
         d.wait(lambda: "DONE" in verbs(srv), "DONE after SIGUSR1", ARRIVE)
         d.wait(lambda: verbs(srv).count("IDLE") >= 2, "a second IDLE",
@@ -469,7 +460,6 @@ def test_fake_usr1_before_continuation(t):
 @tap.test(name="fake: SIGTERM between IDLE and \"+ idling\": DONE, LOGOUT, "
           "exit 0 without waiting for the grace time", timeout=60)
 def test_fake_term_before_continuation(t):
-    # BUG (reported): see test_fake_exists_before_continuation.
     def then(srv, d):
         t0 = time.monotonic()
         try:
@@ -535,9 +525,6 @@ def test_fake_done_never_answered(t):
           "\"UID FETCH 0:*\" (the next UID overflowed), no error",
           timeout=60)
 def test_fake_uid_max_news(t):
-    # BUG (reported): imap.c imap_relist() computes p->maxuid + 1 in 32
-    # bits: after UID 4294967295 it asks for "UID FETCH 0:*", which a
-    # server refuses (the session fails and reconnects).
     m = corpus.simple("umax/1")
     with fake() as srv:
         srv.add(m, uid=fakeimap.UID_MAX)
@@ -556,6 +543,40 @@ def test_fake_uid_max_news(t):
         rc, _ = d.stop()
         assert rc == 0
         mt.assert_maildir(md, [m])
+
+
+def _idle_refused_test(status):
+    def test(t):
+        first = corpus.simple(f"ir{status}/first")
+        late = corpus.simple(f"ir{status}/late")
+        refusal = fakeimap.reply(f"{status} IDLE is switched off here")
+        with fake([first], handlers={"IDLE": refusal}) as srv:
+            md = t.tmp / "Maildir"
+            d = Daemon(t, fake_config(t, srv, RETRY))
+            wait_new(d, md, 1)
+            d.wait(lambda: "IDLE" in verbs(srv), "an IDLE")
+            srv.add(late)
+            # poll-interval is 2 s: the next poll fetches it
+            wait_new(d, md, 2, "the message of the next poll")
+            log = d.log()
+            assert "error=" not in log, log[-800:]
+            assert re.search(r"account=im .*refused IDLE.*polled", log), \
+                "the refusal is not logged"
+            v = verbs(srv)
+            assert "IDLE" in v and "LOGOUT" in v[v.index("IDLE"):], v
+            assert len(srv.connections) >= 2, "no second poll"
+            rc, _ = d.stop()
+            assert rc == 0
+            mt.assert_maildir(md, [first, late])
+    test.__name__ = f"test_fake_idle_refused_{status.lower()}"
+    return test
+
+
+for _status in ("NO", "BAD"):
+    tap.test(name=f"fake: the server offers IDLE and answers it {_status}: "
+             "no error and no reconnection with backoff; the folder is "
+             "polled every poll-interval instead",
+             timeout=60)(_idle_refused_test(_status))
 
 
 if __name__ == "__main__":

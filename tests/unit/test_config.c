@@ -1167,6 +1167,41 @@ wire_case(const char *what, size_t userlen, const char *auth,
 #define A64	"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" \
 		"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 
+/* IMAP folder names: INBOX in any case is one folder, others exact. */
+static void
+test_imap_folders(void)
+{
+	bad_exact("INBOX twice, in two cases",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    protocol = imap\n"
+	    "    folders = {\"INBOX\", \"Work\", \"inbox\"}\n"
+	    "}\n", 8, "account \"a\": folder \"inbox\" is listed twice (as "
+	    "\"INBOX\" too)");
+	bad_exact("move-to a folder also fetched",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    protocol = imap\n"
+	    "    folders = {\"INBOX\", \"Archive\"}\n"
+	    "    move-to = \"Archive\"\n"
+	    "}\n", 9, "account \"a\": move-to \"Archive\" is one of the "
+	    "folders fetched; move to a folder that is not fetched");
+	bad_exact("move-to Inbox, INBOX fetched by default",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    protocol = imap\n"
+	    "    move-to = \"Inbox\"\n"
+	    "}\n", 8, "account \"a\": move-to \"Inbox\" is one of the "
+	    "folders fetched; move to a folder that is not fetched");
+	good("two folders differing in case only (not INBOX)",
+	    "state-dir = \"/s\"\n"
+	    ACCT("a", "h")
+	    "    protocol = imap\n"
+	    "    folders = {\"Work\", \"work\", \"INBOX.work\"}\n"
+	    "    move-to = \"WORK\"\n"
+	    "}\n", 0600);
+}
+
 static void
 test_wire(void)
 {
@@ -1415,6 +1450,7 @@ main(void)
 	test_good();
 	test_bad();
 	test_syntax();
+	test_imap_folders();
 	test_wire();
 	test_account_equal();
 	test_default_path();

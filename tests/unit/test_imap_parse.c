@@ -1,8 +1,9 @@
 /*
  * test_imap_parse.c: unit tests for src/imap_parse.c, the pure parsers of
- * what an IMAP server sends (imap_parse, imap_literal_is_body,
- * imap_fetch_att, imap_node_number, imap_node_string, imap_has_word,
- * imap_number) and its encoders (imap_quote, imap_utf7_encode).
+ * what an IMAP server sends (imap_parse, imap_literal_marker,
+ * imap_literal_is_body, imap_fetch_size_before, imap_fetch_att,
+ * imap_node_number, imap_node_string, imap_has_word, imap_number) and its
+ * encoders (imap_quote, imap_utf7_encode, imap_maildir_folder).
  *
  * Every response is parsed from a heap copy of exactly its length, so
  * that a parser reading past the end shows up under ASan and valgrind;
@@ -807,6 +808,175 @@ test_literal_is_body(void)
 
 /* ---------------------------------------------------------------------- */
 
+static int
+marker(const char *s, size_t len)
+{
+	free(copy);
+	copy = malloc(len ? len : 1);
+	if (copy == NULL)
+		abort();
+	memcpy(copy, s, len);
+	return (imap_literal_marker(copy, len));
+}
+#define MARKER(lit)	marker(S(lit))
+
+static void
+test_literal_marker(void)
+{
+	is_int(MARKER("* 1 FETCH (UID 5 BODY[] {44}\r\n"), 1,
+	    "a FETCH literal");
+	is_int(MARKER("* 1 FETCH (BODY[] {0}\r\n"), 1, "{0}");
+	is_int(MARKER("* 1 FETCH (X (a {3}\r\n"), 1, "after (");
+	is_int(MARKER("* 1 FETCH (BINARY[] ~{7}\r\n"), 1, "literal8");
+	is_int(MARKER("* LIST () \"/\" {7}\r\n"), 1, "a LIST literal");
+	is_int(MARKER("* 1 FETCH (BODY[] {7+}\r\n"), 1,
+	    "{7+} is a marker (imap_literal_is_body refuses it)");
+	is_int(MARKER("* 1 FETCH (BODY[] {1099511627777}\r\n"), 1,
+	    "too long is still a marker (then refused)");
+	is_int(MARKER("* OK IMAP server {v2.3}\r\n"), 0,
+	    "greeting text ending in {v2.3}");
+	is_int(MARKER("* OK IMAP server {5}\r\n"), 0,
+	    "greeting text ending in {5}: status text, no literal");
+	is_int(MARKER("* ok [ALERT] see {12}\r\n"), 0,
+	    "a status response in lower case");
+	is_int(MARKER("* BYE {3}\r\n"), 0, "BYE");
+	is_int(MARKER("* PREAUTH {3}\r\n"), 0, "PREAUTH");
+	is_int(MARKER("A7 NO [ALERT] quota {1}\r\n"), 0, "a tagged NO");
+	is_int(MARKER("A7 OK {1}\r\n"), 0, "a tagged OK");
+	is_int(MARKER("+ {5}\r\n"), 0, "a continuation");
+	is_int(MARKER("+{5}\r\n"), 0, "a continuation without a space");
+	is_int(MARKER("* 1 FETCH (BODY[] {}\r\n"), 0, "{}: no digits");
+	is_int(MARKER("* 1 FETCH (BODY[] {x}\r\n"), 0, "{x}");
+	is_int(MARKER("* 1 FETCH (BODY[]{7}\r\n"), 0, "no space before {");
+	is_int(MARKER("* CAPABILITY IMAP4rev1 X{7}\r\n"), 0,
+	    "inside an atom");
+	is_int(MARKER("* 1 FETCH (BODY[] 7}\r\n"), 0, "no {");
+	is_int(MARKER("* 1 FETCH (BODY[] {7}\n"), 0, "LF only");
+	is_int(MARKER("{7}\r\n"), 0, "a marker alone");
+	is_int(MARKER("}\r\n"), 0, "a lone }");
+	is_int(MARKER("*\r\n"), 0, "a lone *");
+	is_int(MARKER("* 1 FETCH (UID 1 BODY[] {2}\r\nab BODY[] {9}\r\n"), 1,
+	    "a second literal after a first");
+	{
+		static char	big[300000];
+
+		memset(big, '9', sizeof big);
+		memcpy(big, "* 1 FETCH (X {", 14);
+		memcpy(big + sizeof big - 3, "}\r\n", 3);
+		is_int(marker(big, sizeof big), 0,
+		    "300 KB of digits: no marker within reach");
+	}
+}
+
+static int
+size_before(const char *s, size_t len, uint64_t *v)
+{
+	free(copy);
+	copy = malloc(len ? len : 1);
+	if (copy == NULL)
+		abort();
+	memcpy(copy, s, len);
+	return (imap_fetch_size_before(copy, len, v));
+}
+#define SIZE_BEFORE(lit, v)	size_before(S(lit), (v))
+
+static void
+test_fetch_size_before(void)
+{
+	uint64_t	v = 0;
+
+	is_int(SIZE_BEFORE("* 1 FETCH (UID 5 RFC822.SIZE 2000 BODY[] {9}\r\n",
+	    &v), 0, "RFC822.SIZE before the body");
+	is_int(v, 2000, "its value");
+	is_int(SIZE_BEFORE("* 1 FETCH (rfc822.size 7 BODY[] {9}\r\n", &v), 0,
+	    "in lower case, first in the list");
+	is_int(v, 7, "its value");
+	is_int(SIZE_BEFORE("* 1 FETCH (UID 5 BODY[] {9}\r\n", &v), -1,
+	    "none");
+	is_int(SIZE_BEFORE("* 1 FETCH (UID 5 XRFC822.SIZE 7 BODY[] {9}\r\n",
+	    &v), -1, "part of another word");
+	is_int(SIZE_BEFORE("* 1 FETCH (RFC822.SIZE 7x BODY[] {9}\r\n", &v), -1,
+	    "not a number");
+	is_int(SIZE_BEFORE("* 1 FETCH (RFC822.SIZE 1099511627777 BODY[] "
+	    "{9}\r\n", &v), -1, "over IMAP_LITERAL_LEN_MAX");
+	is_int(SIZE_BEFORE("* 1 FETCH (X {3}\r\nabc RFC822.SIZE 7 BODY[] "
+	    "{9}\r\n", &v), -1, "only the first line is looked at");
+	is_int(SIZE_BEFORE("* 1 FETCH (RFC822.SIZE ", &v), -1,
+	    "no line end");
+}
+
+static ssize_t
+mfolder(const char *name, char delim, char *buf, size_t size)
+{
+	free(copy);
+	copy = malloc(strlen(name) + 1);
+	if (copy == NULL)
+		abort();
+	memcpy(copy, name, strlen(name));
+	return (imap_maildir_folder(copy, strlen(name), delim, buf, size));
+}
+
+static void
+test_maildir_folder(void)
+{
+	static const struct {
+		const char	*name;
+		char		 delim;
+		const char	*want;		/* NULL: refused; "": INBOX */
+	} cases[] = {
+		{ "INBOX", '/', "" },
+		{ "inbox", '.', "" },
+		{ "Work", '/', ".Work" },
+		{ "Sent Items", '/', ".Sent Items" },
+		{ "Lists/Linux", '/', ".Lists.Linux" },
+		{ "INBOX.Sent", '.', ".Sent" },
+		{ "INBOX.Lists.Linux", '.', ".Lists.Linux" },
+		{ "INBOX/Sent", '/', ".Sent" },
+		{ "INBOX/INBOX", '/', ".INBOX" },
+		{ "a.b", '/', ".a_b" },
+		{ "a/b", '.', ".a_b" },
+		{ "a/b", '\0', ".a_b" },
+		{ "x\001y\177", '/', ".x_y_" },
+		{ "&AOk-t&AOk-", '/', ".&AOk-t&AOk-" },
+		{ ".hidden", '/', "._hidden" },
+		{ "..", '/', ".__" },
+		{ "/", '/', NULL },
+		{ ".", '.', NULL },
+		{ "a//b", '/', NULL },
+		{ "a/", '/', NULL },
+		{ "/a", '/', NULL },
+		{ "INBOX/", '/', NULL },
+		{ "INBOX//", '/', NULL },
+		{ "", '/', NULL },
+	};
+	char	buf[64];
+	ssize_t	n;
+	size_t	i;
+
+	for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		memset(buf, 'Z', sizeof buf);
+		n = mfolder(cases[i].name, cases[i].delim, buf, sizeof buf);
+		if (cases[i].want == NULL)
+			is_int(n, -1, tap_fmt("Maildir++ name of \"%s\" (%c): "
+			    "refused", cases[i].name, cases[i].delim ?
+			    cases[i].delim : '0'));
+		else if (cases[i].want[0] == '\0')
+			is_int(n, 0, tap_fmt("\"%s\" is the Maildir",
+			    cases[i].name));
+		else if (ok(n == (ssize_t)strlen(cases[i].want),
+		    tap_fmt("Maildir++ name of \"%s\" (%c): length",
+		    cases[i].name, cases[i].delim ? cases[i].delim : '0')))
+			is_str(buf, cases[i].want, tap_fmt("Maildir++ name of "
+			    "\"%s\"", cases[i].name));
+	}
+	is_int(mfolder("abcdefgh", '/', buf, 10), 9,
+	    "\".abcdefgh\" fits with its NUL");
+	is_int(mfolder("abcdefgh", '/', buf, 9), -1, "one byte short");
+	is_int(mfolder("abc", '/', buf, 1), -1, "no room at all");
+}
+
+/* ---------------------------------------------------------------------- */
+
 static void
 test_fetch_att(void)
 {
@@ -1182,6 +1352,9 @@ main(void)
 	test_truncations();
 	test_mutations();
 	test_literal_is_body();
+	test_literal_marker();
+	test_fetch_size_before();
+	test_maildir_folder();
 	test_fetch_att();
 	test_node_string();
 	test_has_word();
