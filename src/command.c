@@ -112,12 +112,12 @@ command_run(struct event_base *base, const char *cmd, char *const *env,
 		signal(SIGUSR1, SIG_DFL);
 		sigemptyset(&set);
 		sigprocmask(SIG_SETMASK, &set, NULL);
-		dup2(pin[0], STDIN_FILENO);
+		if (pin[0] != -1)
+			dup2(pin[0], STDIN_FILENO);
+		else if ((devnull = open("/dev/null", O_RDONLY)) != -1)
+			dup2(devnull, STDIN_FILENO);
 		dup2(pout[1], STDOUT_FILENO);
 		dup2(pout[1], STDERR_FILENO);
-		if (pin[0] == -1 && (devnull = open("/dev/null",
-		    O_RDONLY)) != -1)
-			dup2(devnull, STDIN_FILENO);
 		/* Nothing of maild's but the three standard descriptors. */
 		closefrom(STDERR_FILENO + 1);
 		for (i = 0; env != NULL && env[i] != NULL; i++)
@@ -255,8 +255,8 @@ command_read_cb(evutil_socket_t fd, short what, void *arg)
 static void
 command_wait_later(struct command *c)
 {
-	struct timeval	 tv = { 0, 1000 * (c->eof ? COMMAND_POLL_EOF_MS :
-			    COMMAND_POLL_MS) };
+	struct timeval	 tv = { 0, (suseconds_t)1000 * (c->eof ?
+			    COMMAND_POLL_EOF_MS : COMMAND_POLL_MS) };
 
 	evtimer_add(c->waitev, &tv);
 }

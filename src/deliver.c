@@ -108,7 +108,7 @@
 #define BATCH_MAX_SECONDS	2.0
 /* Forget a record missing from this many listings and for this long. */
 #define FORGET_LISTINGS		3
-#define FORGET_SECONDS		(7 * 86400)
+#define FORGET_SECONDS		((time_t)7 * 86400)
 /* The flags deliver.c keeps on records (state_set_flags). */
 #define REC_LISTED		0x01	/* in this session's listing */
 #define REC_REMOVED		0x02	/* the server acknowledged removal */
@@ -369,7 +369,7 @@ store_close(struct store *s)
 {
 	size_t	i;
 
-	for (i = 0; i < s->ndirs; i++) {
+	for (i = 0; s->dirs != NULL && i < s->ndirs; i++) {
 		maildir_close(&s->dirs[i].md);
 		free(s->dirs[i].name);
 	}

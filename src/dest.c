@@ -84,12 +84,18 @@ dest_send(struct dest *d, int fd, const char *header, dest_done_cb cb,
 }
 
 static void
-dest_later_free(struct later *l)
+later_free(struct later *l)
 {
-	LIST_REMOVE(l, entry);
 	event_free(l->ev);
 	free(l->text);
 	free(l);
+}
+
+static void
+dest_later_free(struct later *l)
+{
+	LIST_REMOVE(l, entry);
+	later_free(l);
 }
 
 static void
@@ -128,10 +134,16 @@ dest_answer_later(struct dest *d, dest_done_cb cb, void *arg, int status,
 void
 dest_close(struct dest *d)
 {
+	struct later	*l, *next;
+
 	if (d == NULL)
 		return;
-	while (!LIST_EMPTY(&d->later))
-		dest_later_free(LIST_FIRST(&d->later));
+	/* Walked by hand: the whole list goes, so nothing is unlinked. */
+	for (l = LIST_FIRST(&d->later); l != NULL; l = next) {
+		next = LIST_NEXT(l, entry);
+		later_free(l);
+	}
+	LIST_INIT(&d->later);
 	lmtp_close(d->lmtp);
 	mda_close(d->mda);
 	free(d);

@@ -1246,7 +1246,8 @@ list_done(struct session *s, struct imap_resp *r)
 		imap_next_folder(s);
 		return;
 	}
-	qsort(p->msgs, p->nmsgs, sizeof *p->msgs, imap_msg_cmp);
+	if (p->nmsgs > 1)
+		qsort(p->msgs, p->nmsgs, sizeof *p->msgs, imap_msg_cmp);
 	for (i = 1; i < p->nmsgs; i++) {
 		if (p->msgs[i].uid == p->msgs[i - 1].uid) {
 			session_fail(s, EXIT_PROTOCOL, "the server listed UID "
@@ -2144,7 +2145,6 @@ imap_untagged(struct session *s, struct imap_resp *r)
 	char		 esc[LOG_ESCAPE_MAX];
 	uint64_t	 v;
 	size_t		 i;
-	ssize_t		 n;
 	char		 d[8];
 
 	if (r->cond == IMAP_COND_OK && r->code != NULL) {
@@ -2210,8 +2210,8 @@ imap_untagged(struct session *s, struct imap_resp *r)
 	} else if (strcasecmp(r->name, "LIST") == 0 && r->data != IMAP_NONE) {
 		/* (flags) "delimiter" name: the separator, or NIL */
 		i = r->nodes[r->data].next;
-		if (i != IMAP_NONE && (n = imap_node_string(r, i, d,
-		    sizeof d)) == 1)
+		if (i != IMAP_NONE && imap_node_string(r, i, d,
+		    sizeof d) == 1)
 			p->delim = d[0];
 	}
 }

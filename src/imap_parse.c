@@ -758,7 +758,7 @@ imap_utf7_encode(const char *in, size_t len, char *buf, size_t size)
 		/* One UTF-8 sequence. */
 		if (c < 0x80)
 			return (-1);	/* a control character */
-		else if ((c & 0xe0) == 0xc0) {
+		if ((c & 0xe0) == 0xc0) {
 			cp = c & 0x1f;
 			extra = 1;
 		} else if ((c & 0xf0) == 0xe0) {

@@ -346,7 +346,7 @@ pop3_queue(struct session *s, enum pop3_cmd cmd, uint32_t msg)
 
 	if (p->qlen == p->qcap) {
 		struct pop3_pending	*nq;
-		size_t			 i, cap = p->qcap * 2;
+		size_t			 i, cap = p->qcap ? p->qcap * 2 : 64;
 
 		nq = xcalloc(cap, sizeof *nq);
 		for (i = 0; i < p->qlen; i++)

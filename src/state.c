@@ -352,6 +352,11 @@ state_append(struct state *st, const char *fmt, ...)
 	/* A state in memory only (tests, sets) keeps no journal. */
 	if (st->path == NULL)
 		return;
+	/* Never offset a null pointer, even by zero (UBSan says why). */
+	if (st->pending == NULL) {
+		st->pendcap = 65536;
+		st->pending = xreallocarray(NULL, st->pendcap, 1);
+	}
 	for (;;) {
 		va_start(ap, fmt);
 		n = vsnprintf(st->pending + st->pendlen, st->pendcap -
@@ -361,7 +366,7 @@ state_append(struct state *st, const char *fmt, ...)
 			fatalx("state: vsnprintf");
 		if ((size_t)n < st->pendcap - st->pendlen)
 			break;
-		st->pendcap = st->pendcap ? st->pendcap * 2 : 65536;
+		st->pendcap *= 2;
 		while ((size_t)n >= st->pendcap - st->pendlen)
 			st->pendcap *= 2;
 		st->pending = xreallocarray(st->pending, st->pendcap, 1);

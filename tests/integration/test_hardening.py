@@ -153,7 +153,19 @@ def core_case(t, flags):
                            (soft, resource.RLIM_INFINITY))
         if drop:
             drop()
-    dm = maildd.Daemon(t, cfg, *flags, preexec=pre)
+    # ASan lowers RLIMIT_CORE to 0 at start (disable_coredump); this test
+    # is about what maild does to the limits, so ASan must leave them.
+    saved = os.environ.get("ASAN_OPTIONS")
+    if mt.sanitized():
+        os.environ["ASAN_OPTIONS"] = ((saved + ":") if saved else "") + \
+            "disable_coredump=0"
+    try:
+        dm = maildd.Daemon(t, cfg, *flags, preexec=pre)
+    finally:
+        if saved is None:
+            os.environ.pop("ASAN_OPTIONS", None)
+        else:
+            os.environ["ASAN_OPTIONS"] = saved
     rec = dm.wait_summaries("h", 1, timeout=20)[0]
     assert rec["error"] is None, rec["line"]
     owner = os.stat(f"/proc/{dm.pid}/status").st_uid
