@@ -83,6 +83,7 @@ struct account {
 	TAILQ_ENTRY(account)	 entry;
 	TAILQ_ENTRY(account)	 waiting;
 	struct host		*host;		/* while waiting or polling */
+	int			 fresh;		/* added by this reload */
 	struct config		*conf;		/* a reference */
 	const struct account_conf *ac;		/* inside conf */
 	struct config		*next_conf;	/* to switch to (reload) */
@@ -333,7 +334,7 @@ account_switch(struct account *a)
 int
 accounts_reload(struct config *conf)
 {
-	struct account			*a, *next, **fresh = NULL;
+	struct account			*a, *next;
 	const struct account_conf	*nac;
 	size_t				 i, nfresh = 0;
 	int				 changes = 0;
@@ -427,16 +428,18 @@ accounts_reload(struct config *conf)
 				    conf->accounts[i].name);
 				changes++;
 			}
-			fresh = xreallocarray(fresh, nfresh + 1, sizeof *fresh);
-			fresh[nfresh++] = account_new(conf, &conf->accounts[i],
-			    slot);
+			account_new(conf, &conf->accounts[i], slot)->fresh = 1;
+			nfresh++;
 		}
 	}
 	/* Many new accounts at once (a file of include-dir): spread. */
-	for (i = 0; i < nfresh; i++)
-		account_schedule_ms(fresh[i], account_spread_ms(fresh[i], conf,
-		    i, nfresh));
-	free(fresh);
+	i = 0;
+	TAILQ_FOREACH(a, &accounts, entry) {
+		if (!a->fresh)
+			continue;
+		a->fresh = 0;
+		account_schedule_ms(a, account_spread_ms(a, conf, i++, nfresh));
+	}
 	config_free(current);
 	current = config_ref(conf);
 	accounts_dequeue();	/* the limits may have grown */
@@ -584,14 +587,16 @@ static void
 account_run(struct account *a)
 {
 	struct session_opts	 opts;
+	struct host		*h;
 	char			*cause = NULL;
 	size_t			 n;
 
 	/* Its settings may have changed while it waited (reload). */
 	if (a->host->port != a->ac->port ||
 	    strcasecmp(a->host->name, a->ac->host) != 0) {
+		h = host_get(a->ac);
 		host_put(a->host);
-		a->host = host_get(a->ac);
+		a->host = h;
 	}
 	active++;
 	a->host->active++;

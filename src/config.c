@@ -1808,9 +1808,9 @@ conf_include(struct config *conf, int any_owner)
 	size_t	  i, n;
 	int	  r = 0;
 
-	if ((names = conf_include_names(conf, any_owner, &n)) == NULL &&
-	    cp->error != NULL)
-		return (-1);
+	/* NULL: an error, or no file there. */
+	if ((names = conf_include_names(conf, any_owner, &n)) == NULL)
+		return (cp->error != NULL ? -1 : 0);
 	conf->files = xreallocarray(conf->files, conf->nfiles + n,
 	    sizeof *conf->files);
 	for (i = 0; i < n; i++) {

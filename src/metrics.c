@@ -249,8 +249,7 @@ label(const char *s, char *buf, size_t size)
 static int
 agg_cmp(const void *a, const void *b)
 {
-	const struct status_account	*x = *(const struct status_account *const *)a;
-	const struct status_account	*y = *(const struct status_account *const *)b;
+	const struct status_account	*x = a, *y = b;
 
 	return (strcmp(x->name, y->name));
 }
@@ -295,28 +294,27 @@ agg_add(struct agg *g, const struct status_account *sa, int first)
 	g->idle += sa->idle;
 }
 
-/* The accounts, one each, by name; the removed ones left out. */
+/*
+ * The accounts, one each, by name (sa sorted in place); the removed ones
+ * left out.
+ */
 static struct agg *
 agg_accounts(struct status_account *sa, size_t n, size_t *np)
 {
-	const struct status_account	**v;
-	struct agg			*g;
-	size_t				 i, k = 0, m = 0;
+	struct agg	*g;
+	size_t		 i, k = 0;
 
-	v = xcalloc(n ? n : 1, sizeof *v);
+	if (n > 0)
+		qsort(sa, n, sizeof *sa, agg_cmp);
+	g = xcalloc(n ? n : 1, sizeof *g);
 	for (i = 0; i < n; i++) {
-		if (!sa[i].removed)
-			v[m++] = &sa[i];
-	}
-	qsort(v, m, sizeof *v, agg_cmp);
-	g = xcalloc(m ? m : 1, sizeof *g);
-	for (i = 0; i < m; i++) {
-		if (i > 0 && strcmp(v[i]->name, v[i - 1]->name) == 0)
-			agg_add(&g[k - 1], v[i], 0);
+		if (sa[i].removed)
+			continue;
+		if (k > 0 && strcmp(sa[i].name, g[k - 1].sa->name) == 0)
+			agg_add(&g[k - 1], &sa[i], 0);
 		else
-			agg_add(&g[k++], v[i], 1);
+			agg_add(&g[k++], &sa[i], 1);
 	}
-	free(v);
 	*np = k;
 	return (g);
 }
@@ -405,12 +403,19 @@ static long long
 process_rss(void)
 {
 	FILE		*f;
-	long long	 size, rss = -1;
+	char		 line[128], *p, *end;
+	long long	 rss = -1;
 
 	if ((f = fopen("/proc/self/statm", "re")) == NULL)
 		return (-1);
-	if (fscanf(f, "%lld %lld", &size, &rss) != 2)
-		rss = -1;
+	/* "size resident shared ...", in pages */
+	if (fgets(line, sizeof line, f) != NULL &&
+	    (p = strchr(line, ' ')) != NULL) {
+		errno = 0;
+		rss = strtoll(p + 1, &end, 10);
+		if (errno != 0 || end == p + 1 || rss < 0)
+			rss = -1;
+	}
 	fclose(f);
 	return (rss < 0 ? -1 : rss * sysconf(_SC_PAGESIZE));
 }
