@@ -44,7 +44,8 @@ import dovecot     # noqa: E402
 import maildtest as mt  # noqa: E402
 import tap         # noqa: E402
 from service import (  # noqa: E402
-    acct, Daemon, fixture, server, simple_msgs, wait_until, write_conf)
+    acct, conn_times, Daemon, fixture, server, simple_msgs, wait_until,
+    write_conf)
 
 
 def write_include(path, accounts):
@@ -309,6 +310,40 @@ def test_many_accounts_and_a_black_hole(t):
             recs[u]["line"]
         mt.assert_maildir(t.tmp / "mail" / u, [m.data for m in msgs[u]],
                           f"Maildir of {u}")
+
+
+@tap.test(timeout=90)
+def test_first_polls_spread(t):
+    """More accounts than max-connections: their first polls are spread
+    over the poll-interval instead of all starting at once, and the next
+    polls keep that spread (each counts from the start of the previous
+    one)."""
+    n, interval = 6, 12
+    srvs = [server(simple_msgs(f"s{i}", 1)) for i in range(n)]
+    state = t.tmp / "state"
+    accts = [acct(f"s{i}", s, t.tmp / f"M{i}", poll_interval=interval)
+             for i, s in enumerate(srvs)]
+    cfg = write_conf(t.tmp / "maild.conf", accts, state, max_connections=2)
+    dm = Daemon(t, cfg)
+    for i in range(n):
+        dm.wait_summaries(f"s{i}", 2, timeout=3 * interval)
+    firsts = [conn_times(s)[0] for s in srvs]
+    seconds = [conn_times(s)[1] for s in srvs]
+    t.note(f"first polls at {[round(x - firsts[0], 2) for x in firsts]}, "
+           f"second at {[round(x - firsts[0], 2) for x in seconds]}")
+    # spread evenly: account i at about i * interval / n (2 s apart)
+    assert firsts == sorted(firsts), "the first polls are not in order"
+    span = firsts[-1] - firsts[0]
+    assert span >= interval / 2, \
+        f"the first polls came within {span:.1f} s, not spread over " \
+        f"the {interval} s poll-interval"
+    # and they stay spread: each next poll one interval after the first
+    for i in range(n):
+        gap = seconds[i] - firsts[i]
+        assert interval - 1 <= gap <= interval + 2 * mt.timeout_scale(), \
+            f"s{i}: next poll {gap:.1f} s after the first"
+    rc, _ = dm.stop()
+    assert rc == 0
 
 
 def _limits(pid):
