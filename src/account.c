@@ -603,7 +603,7 @@ account_run(struct account *a)
 	a->started = now_mono();
 	a->last_poll = time(NULL);
 	if (a->ctx == NULL && a->ac->tls != TLS_NONE &&
-	    (a->ctx = tls_ctx_new(a->ac, &cause)) == NULL) {
+	    (a->ctx = tls_ctx_get(a->ac, &cause)) == NULL) {
 		struct session_result	r;
 
 		memset(&r, 0, sizeof r);

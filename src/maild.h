@@ -647,6 +647,7 @@ void		 mda_close(struct mda *);
 struct ssl_ctx_st;
 struct ssl_st;
 struct ssl_ctx_st *tls_ctx_new(const struct account_conf *, char **);
+struct ssl_ctx_st *tls_ctx_get(const struct account_conf *, char **);
 void		 tls_shutdown(void);
 struct ssl_st	*tls_ssl_new(struct ssl_ctx_st *, const struct account_conf *);
 int		 tls_check_pin(struct ssl_st *, const struct account_conf *);

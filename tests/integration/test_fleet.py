@@ -44,8 +44,8 @@ import dovecot     # noqa: E402
 import maildtest as mt  # noqa: E402
 import tap         # noqa: E402
 from service import (  # noqa: E402
-    acct, conn_times, Daemon, fixture, server, simple_msgs, wait_until,
-    write_conf)
+    acct, conn_times, Daemon, dc_acct, fixture, server, simple_msgs,
+    wait_until, write_conf)
 
 
 def write_include(path, accounts):
@@ -342,6 +342,41 @@ def test_first_polls_spread(t):
         gap = seconds[i] - firsts[i]
         assert interval - 1 <= gap <= interval + 2 * mt.timeout_scale(), \
             f"s{i}: next poll {gap:.1f} s after the first"
+    rc, _ = dm.stop()
+    assert rc == 0
+
+
+@tap.test(timeout=60)
+def test_shared_tls_keeps_each_accounts_checks(t):
+    """Accounts of one server share a TLS context (and its resumption
+    session) only with the same TLS settings: an account with another
+    ca-file, or a pin the server's certificate does not match, is
+    refused every time, also after the others' sessions could have been
+    resumed; the others fetch every time."""
+    c = certs.get()
+    dc = t.fx.dovecot()
+    state = t.tmp / "state"
+
+    def user_acct(name, **extra):
+        u = t.fx.user(simple_msgs(name, 1))
+        return dc_acct(name, dc, u, t.tmp / name, poll_interval=1, **extra)
+    good = [user_acct(f"good{i}") for i in range(3)]
+    other = user_acct("otherca")
+    other["ca_file"] = str(c.other_ca)
+    pinned = user_acct("pinned",
+                       tls_fingerprint="sha256:" + ":".join(["AB"] * 32))
+    cfg = write_conf(t.tmp / "maild.conf", good + [other, pinned], state)
+    dm = Daemon(t, cfg)
+    for i in range(3):
+        recs = dm.wait_summaries(f"good{i}", 3, timeout=20)
+        assert all(r["error"] is None for r in recs), recs[-1]["line"]
+    for name in ("otherca", "pinned"):
+        recs = dm.wait_summaries(name, 2, timeout=30)
+        assert all(r["error"] is not None and r["fetched"] == 0
+                   for r in recs), f"{name}: {recs[-1]['line']}"
+    assert not mt.maildir_files(t.tmp / "otherca") and \
+        not mt.maildir_files(t.tmp / "pinned"), "mail delivered over TLS " \
+        "the account's own settings refuse"
     rc, _ = dm.stop()
     assert rc == 0
 
