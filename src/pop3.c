@@ -318,6 +318,9 @@ pop3_connected(struct session *s)
 		s->p = p = xcalloc(1, sizeof *p);
 		p->qcap = 64;
 		p->q = xcalloc(p->qcap, sizeof *p->q);
+		/* Never null: a server without UIDL still has empty ones. */
+		p->arenacap = 8192;
+		p->arena = xmalloc(p->arenacap);
 		p->state = POP3_STATE_GREETING;
 		pop3_enter_state(s, POP3_STATE_GREETING);
 		return;
