@@ -17,22 +17,33 @@
 /*
  * account.c: when each account is polled.  Every account has a one-shot
  * timer, re-armed when its session ends, so an account never has two
- * sessions at once; at most max-connections sessions run together and the
- * others wait in line.  One account failing never holds up another; after
- * failures it is polled less and less often (backoff).
+ * sessions at once; at most max-connections sessions run together, at
+ * most max-connections-per-host to one server, and the others wait in
+ * line (an account whose server is at its limit lets the next one in
+ * line pass).  One account failing never holds up another: a server that
+ * swallows packets costs only its own accounts their timeouts, and only
+ * max-connections-per-host slots meanwhile.  After failures an account
+ * is polled less and less often (backoff).
+ *
+ * Many accounts starting together (more than max-connections) have their
+ * first polls spread over their poll interval, and each next poll counts
+ * from when the previous one started, so the polls stay spread instead
+ * of queueing up together at every interval.
  *
  * A reload (SIGHUP) matches the new configuration's accounts with the
  * running ones by name: unchanged accounts keep their schedule and their
  * session, removed ones finish what is in flight and go, changed ones
  * finish and start again with the new settings, new ones start now.
  * After every poll, the status file in the state directory is rewritten
- * (status.c says what goes into it).
+ * (status.c says what goes into it), at most every millisecond per
+ * account, and the metrics hear of it (metrics.c).
  */
 
 #include "config.h"
 
 #include <sys/queue.h>
 
+#include <strings.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,9 +65,25 @@
 /* Backoff after failures never waits longer than this (or 16 polls). */
 #define BACKOFF_CAP	3600
 
+/*
+ * A server (host and port) that accounts poll, and its sessions: at most
+ * max-connections-per-host.  It lives while an account waits for it or
+ * polls it.
+ */
+struct host {
+	LIST_ENTRY(host)	 entry;
+	char			*name;
+	int			 port;
+	int			 refs;
+	int			 active;
+};
+LIST_HEAD(host_list, host);
+
 struct account {
 	TAILQ_ENTRY(account)	 entry;
 	TAILQ_ENTRY(account)	 waiting;
+	struct host		*host;		/* while waiting or polling */
+	int			 fresh;		/* added by this reload */
 	struct config		*conf;		/* a reference */
 	const struct account_conf *ac;		/* inside conf */
 	struct config		*next_conf;	/* to switch to (reload) */
@@ -81,6 +108,13 @@ struct account {
 	unsigned		 last_fetched;
 	unsigned long long	 fetched_total;
 	char			*last_error;
+	/* For the metrics: totals since maild started, the last poll's. */
+	unsigned long long	 bytes_total;
+	unsigned long long	 deleted_total;
+	unsigned long long	 errors[ERRC_MAX];
+	struct poll_hist	 durations;
+	unsigned		 waiting_msgs;
+	long			 records;
 	/* on-new-mail: the one running, and what waits for the next. */
 	struct command		*hook;
 	char			*hook_files;
@@ -91,6 +125,11 @@ TAILQ_HEAD(account_list, account);
 
 static struct account_list	 accounts = TAILQ_HEAD_INITIALIZER(accounts);
 static struct account_list	 waitq = TAILQ_HEAD_INITIALIZER(waitq);
+static struct host_list		 hosts = LIST_HEAD_INITIALIZER(hosts);
+static size_t			 naccounts;	/* in accounts */
+static int			 nqueued;	/* in waitq */
+static struct event		*status_ev;	/* a status write to come */
+static double			 status_last;	/* the last one */
 static const struct session_env	*env;
 static struct config		*current;
 static int			 mode;		/* ACCOUNTS_* */
@@ -107,7 +146,11 @@ static void	account_free(struct account *);
 static void	account_check_finished(void);
 static long	account_next_delay_ms(struct account *,
 		    const struct session_result *);
+static long	account_keep_phase(const struct account *, long);
+static void	account_count(struct account *, const struct session_result *);
 static void	accounts_write_status(void);
+static void	status_write_now(void);
+static void	accounts_dequeue(void);
 
 /*
  * How many sessions an account has at once: an IMAP account that waits
@@ -118,11 +161,53 @@ static void	accounts_write_status(void);
 static size_t
 account_slots(const struct config *conf, const struct account_conf *ac)
 {
+	size_t	max = (size_t)conf->max_connections;
+
 	if (mode != ACCOUNTS_DAEMON || ac->protocol != PROTOCOL_IMAP ||
 	    ac->idle == IDLE_NO || ac->nfolders < 2)
 		return (1);
-	return (ac->nfolders < (size_t)conf->max_connections ? ac->nfolders :
-	    (size_t)conf->max_connections);
+	if ((size_t)conf->max_connections_per_host < max)
+		max = (size_t)conf->max_connections_per_host;
+	return (ac->nfolders < max ? ac->nfolders : max);
+}
+
+/* The server of an account, with a reference. */
+static struct host *
+host_get(const struct account_conf *ac)
+{
+	struct host	*h;
+
+	LIST_FOREACH(h, &hosts, entry) {
+		if (h->port == ac->port && strcasecmp(h->name, ac->host) == 0) {
+			h->refs++;
+			return (h);
+		}
+	}
+	h = xcalloc(1, sizeof *h);
+	h->name = xstrdup(ac->host);
+	h->port = ac->port;
+	h->refs = 1;
+	LIST_INSERT_HEAD(&hosts, h, entry);
+	return (h);
+}
+
+static void
+host_put(struct host *h)
+{
+	if (--h->refs > 0)
+		return;
+	LIST_REMOVE(h, entry);
+	free(h->name);
+	free(h);
+}
+
+/* Out of the line of accounts waiting for a connection. */
+static void
+account_dequeue(struct account *a)
+{
+	TAILQ_REMOVE(&waitq, a, waiting);
+	a->queued = 0;
+	nqueued--;
 }
 
 static struct account *
@@ -134,8 +219,10 @@ account_new(struct config *conf, const struct account_conf *ac, size_t slot)
 	a->conf = config_ref(conf);
 	a->ac = ac;
 	a->slot = slot;
+	a->records = -1;
 	a->timer = evtimer_new(env->base, account_timer_cb, a);
 	TAILQ_INSERT_TAIL(&accounts, a, entry);
+	naccounts++;
 	return (a);
 }
 
@@ -143,8 +230,11 @@ static void
 account_free(struct account *a)
 {
 	TAILQ_REMOVE(&accounts, a, entry);
+	naccounts--;
 	if (a->queued)
-		TAILQ_REMOVE(&waitq, a, waiting);
+		account_dequeue(a);
+	if (a->host != NULL)
+		host_put(a->host);
 	event_free(a->timer);
 	if (a->hook != NULL) {
 		command_cancel(a->hook);
@@ -164,11 +254,11 @@ accounts_init(const struct session_env *e, struct config *conf, int m)
 {
 	size_t	i;
 
+	size_t	n, j;
+
 	env = e;
 	mode = m;
 	current = config_ref(conf);
-	size_t	n, j;
-
 	for (i = 0; i < conf->naccounts; i++) {
 		n = account_slots(conf, &conf->accounts[i]);
 		for (j = 0; j < n; j++)
@@ -176,14 +266,31 @@ accounts_init(const struct session_env *e, struct config *conf, int m)
 	}
 }
 
-/* Poll every account now. */
+/*
+ * When the ith of n accounts starting together first polls: all at once
+ * if max-connections lets them (or not in the daemon), else spread evenly
+ * over the poll interval.
+ */
+static long
+account_spread_ms(const struct account *a, const struct config *conf,
+    size_t i, size_t n)
+{
+	if (mode != ACCOUNTS_DAEMON || n <= (size_t)conf->max_connections)
+		return (0);
+	return ((long)((double)a->ac->poll_interval * 1000.0 * (double)i /
+	    (double)n));
+}
+
+/* Start polling: every account now, or spread out (above). */
 void
 accounts_start(void)
 {
 	struct account	*a;
+	size_t		 i = 0;
 
 	TAILQ_FOREACH(a, &accounts, entry)
-		account_schedule(a, 0);
+		account_schedule_ms(a, account_spread_ms(a, current, i++,
+		    naccounts));
 	accounts_write_status();
 }
 
@@ -229,7 +336,7 @@ accounts_reload(struct config *conf)
 {
 	struct account			*a, *next;
 	const struct account_conf	*nac;
-	size_t				 i;
+	size_t				 i, nfresh = 0;
 	int				 changes = 0;
 
 	TAILQ_FOREACH_SAFE(a, &accounts, entry, next) {
@@ -321,12 +428,21 @@ accounts_reload(struct config *conf)
 				    conf->accounts[i].name);
 				changes++;
 			}
-			account_schedule(account_new(conf, &conf->accounts[i],
-			    slot), 0);
+			account_new(conf, &conf->accounts[i], slot)->fresh = 1;
+			nfresh++;
 		}
+	}
+	/* Many new accounts at once (a file of include-dir): spread. */
+	i = 0;
+	TAILQ_FOREACH(a, &accounts, entry) {
+		if (!a->fresh)
+			continue;
+		a->fresh = 0;
+		account_schedule_ms(a, account_spread_ms(a, conf, i++, nfresh));
 	}
 	config_free(current);
 	current = config_ref(conf);
+	accounts_dequeue();	/* the limits may have grown */
 	accounts_write_status();
 	return (changes);
 }
@@ -350,8 +466,9 @@ accounts_stop(void)
 			hooks--;
 		}
 		if (a->queued) {
-			TAILQ_REMOVE(&waitq, a, waiting);
-			a->queued = 0;
+			account_dequeue(a);
+			host_put(a->host);
+			a->host = NULL;
 		}
 		if (a->session != NULL)
 			session_stop(a->session);
@@ -391,6 +508,13 @@ accounts_free(void)
 {
 	struct account	*a;
 
+	if (status_ev != NULL) {
+		/* --once: the last poll's status is still to be written. */
+		if (evtimer_pending(status_ev, NULL))
+			status_write_now();
+		event_free(status_ev);
+		status_ev = NULL;
+	}
 	while ((a = TAILQ_FIRST(&accounts)) != NULL)
 		account_free(a);
 	config_free(current);
@@ -424,12 +548,38 @@ account_timer_cb(evutil_socket_t fd, short what, void *arg)
 		account_schedule(a, a->ac->poll_interval);
 		return;
 	}
-	if (active >= current->max_connections) {
+	if (a->host == NULL)
+		a->host = host_get(a->ac);
+	if (active >= current->max_connections ||
+	    a->host->active >= current->max_connections_per_host) {
 		a->queued = 1;
+		nqueued++;
 		TAILQ_INSERT_TAIL(&waitq, a, waiting);
 		return;
 	}
 	account_run(a);
+}
+
+/*
+ * Hand free connections to the accounts in line, in their order, passing
+ * over those whose server has max-connections-per-host already.  (A run
+ * may end at once and come back here: start again from the head.)
+ */
+static void
+accounts_dequeue(void)
+{
+	struct account	*b;
+
+again:
+	TAILQ_FOREACH(b, &waitq, waiting) {
+		if (stopping || active >= current->max_connections)
+			return;
+		if (b->host->active >= current->max_connections_per_host)
+			continue;
+		account_dequeue(b);
+		account_run(b);
+		goto again;
+	}
 }
 
 /* Start a session for a. */
@@ -437,18 +587,29 @@ static void
 account_run(struct account *a)
 {
 	struct session_opts	 opts;
+	struct host		*h;
 	char			*cause = NULL;
 	size_t			 n;
 
+	/* Its settings may have changed while it waited (reload). */
+	if (a->host->port != a->ac->port ||
+	    strcasecmp(a->host->name, a->ac->host) != 0) {
+		h = host_get(a->ac);
+		host_put(a->host);
+		a->host = h;
+	}
 	active++;
+	a->host->active++;
 	a->started = now_mono();
 	a->last_poll = time(NULL);
 	if (a->ctx == NULL && a->ac->tls != TLS_NONE &&
-	    (a->ctx = tls_ctx_new(a->ac, &cause)) == NULL) {
+	    (a->ctx = tls_ctx_get(a->ac, &cause)) == NULL) {
 		struct session_result	r;
 
 		memset(&r, 0, sizeof r);
 		r.exitcode = EXIT_CONFIG;
+		r.errclass = ERRC_CONFIG;
+		r.records = -1;
 		r.error = cause;
 		r.stage = "init";
 		account_done_cb(&r, 1, a);
@@ -472,7 +633,10 @@ account_run(struct account *a)
 	    account_done_cb, a);
 }
 
-/* Log how a poll went, in one key=value line (and a word on what stays). */
+/*
+ * Log how a poll went, in one key=value line (and a word on what stays).
+ * next= is the delay until the next poll, counted from this one's start.
+ */
 static void
 account_log(struct account *a, const struct session_result *r, long next)
 {
@@ -604,6 +768,21 @@ account_hook(struct account *a, const struct session_result *r)
 		account_hook_start(a);
 }
 
+/* What a poll adds to the account's figures (status, metrics). */
+static void
+account_count(struct account *a, const struct session_result *r)
+{
+	a->last_fetched = r->fetched;
+	a->fetched_total += r->fetched;
+	a->bytes_total += r->bytes;
+	a->deleted_total += r->deleted;
+	if (r->records >= 0)
+		a->records = r->records;
+	/* A poll that failed before the listing knows nothing of it. */
+	if (r->error == NULL || r->left + r->too_big > 0)
+		a->waiting_msgs = r->left + r->too_big;
+}
+
 /* A session that goes on (IMAP IDLE) fetched a round: log it. */
 static void
 account_cycle(struct account *a, const struct session_result *r)
@@ -614,8 +793,7 @@ account_cycle(struct account *a, const struct session_result *r)
 	a->failures = 0;
 	free(a->last_error);
 	a->last_error = NULL;
-	a->last_fetched = r->fetched;
-	a->fetched_total += r->fetched;
+	account_count(a, r);
 	if (r->fetched > 0 || r->deleted > 0 || r->too_big > 0)
 		account_log(a, r, -1);
 	account_hook(a, r);
@@ -626,7 +804,7 @@ account_cycle(struct account *a, const struct session_result *r)
 static void
 account_done_cb(struct session_result *r, int final, void *arg)
 {
-	struct account	*a = arg, *b;
+	struct account	*a = arg;
 	long		 next;
 
 	if (!final) {
@@ -635,9 +813,11 @@ account_done_cb(struct session_result *r, int final, void *arg)
 	}
 	a->session = NULL;
 	active--;
+	a->host->active--;
+	host_put(a->host);
+	a->host = NULL;
 	a->polls++;
-	a->last_fetched = r->fetched;
-	a->fetched_total += r->fetched;
+	account_count(a, r);
 	/* Stopped on purpose is neither a success nor a failure. */
 	if (!r->stopped) {
 		a->exitcode = r->exitcode;
@@ -645,8 +825,12 @@ account_done_cb(struct session_result *r, int final, void *arg)
 		a->last_error = r->error != NULL ? xstrdup(r->error) : NULL;
 		if (r->exitcode == 0)
 			a->last_success = time(NULL);
+		else
+			a->errors[r->errclass != ERRC_NONE ? r->errclass :
+			    ERRC_PROTOCOL]++;
 		if (r->exitcode == EXIT_NOPERM)
 			oauth2_token_refused(a->ac);
+		metrics_observe(&a->durations, now_mono() - a->started);
 	}
 	next = account_next_delay_ms(a, r);
 	if (a->next_conf != NULL && a->next_ac != NULL &&
@@ -687,16 +871,11 @@ account_done_cb(struct session_result *r, int final, void *arg)
 			a->next_ac = NULL;
 		}
 		if (!stopping && (mode == ACCOUNTS_DAEMON || next == 0))
-			account_schedule_ms(a, next);
+			account_schedule_ms(a, account_keep_phase(a, next));
 	}
 
 	/* Hand the slot to the next account in line. */
-	while (!stopping && active < current->max_connections &&
-	    (b = TAILQ_FIRST(&waitq)) != NULL) {
-		TAILQ_REMOVE(&waitq, b, waiting);
-		b->queued = 0;
-		account_run(b);
-	}
+	accounts_dequeue();
 	accounts_write_status();
 	account_check_finished();
 }
@@ -743,6 +922,24 @@ account_next_delay_ms(struct account *a, const struct session_result *r)
 	return (delay < 1000 ? 1000 : delay);
 }
 
+/*
+ * The next poll counts from when this one started, not from when it
+ * ended, so that polls keep the spread of their start times however long
+ * each takes.  A poll that took about its whole interval is followed by a
+ * full one; LOGIN-DELAY counts from the end, to be safe.
+ */
+static long
+account_keep_phase(const struct account *a, long delay)
+{
+	long	took = (long)((now_mono() - a->started) * 1000.0);
+
+	if (mode != ACCOUNTS_DAEMON || delay - took < 1000)
+		return (delay);
+	if (delay - took < a->login_delay * 1000L)
+		return (a->login_delay * 1000L);
+	return (delay - took);
+}
+
 /* In --once/--check mode, or when stopping, leave the loop when done. */
 static void
 account_check_finished(void)
@@ -761,40 +958,104 @@ account_check_finished(void)
 }
 
 /*
- * Rewrite the status file and tell systemd (status.c), after every poll
- * and every change of the accounts.  --check has no status to tell.
+ * What account.c knows of every account (and IMAP folder session), for
+ * the status file and the metrics; NULL in --check mode.  The names and
+ * settings it points to are valid until the next reload.
+ */
+struct status_account *
+accounts_status(size_t *np, struct status_totals *tot)
+{
+	struct account		*a;
+	struct status_account	*sa, *x;
+
+	*np = 0;
+	if (tot != NULL) {
+		tot->accounts = current != NULL ? current->naccounts : 0;
+		tot->active = active;
+		tot->queued = nqueued;
+	}
+	if (mode == ACCOUNTS_CHECK)
+		return (NULL);
+	sa = xcalloc(naccounts ? naccounts : 1, sizeof *sa);
+	TAILQ_FOREACH(a, &accounts, entry) {
+		x = &sa[(*np)++];
+		x->name = a->ac->name;
+		x->ac = a->ac;
+		x->state = a->session != NULL ? "polling" :
+		    oauth2_needs_authorization(a->ac) ? "needs-authorization" :
+		    a->polls == 0 ? "waiting" : a->exitcode == 0 ? "ok" :
+		    "failing";
+		x->failing = a->exitcode != 0 && a->polls > 0;
+		x->last_poll = a->last_poll;
+		x->last_success = a->last_success;
+		if (mode == ACCOUNTS_DAEMON && !stopping)
+			x->next_poll = a->next_poll;
+		x->fetched = a->last_fetched;
+		x->fetched_total = a->fetched_total;
+		x->failures = a->failures;
+		x->error = a->last_error;
+		oauth2_status(a->ac, x->token, sizeof x->token);
+		x->removed = a->removed;
+		x->bytes_total = a->bytes_total;
+		x->deleted_total = a->deleted_total;
+		memcpy(x->errors, a->errors, sizeof x->errors);
+		x->durations = a->durations;
+		x->waiting = a->waiting_msgs;
+		x->records = a->records;
+		x->token_expires = oauth2_expires(a->ac);
+		x->idle = a->session != NULL && session_idling(a->session);
+	}
+	return (sa);
+}
+
+/* Rewrite the status file and tell systemd (status.c). */
+static void
+status_write_now(void)
+{
+	struct status_account	*sa;
+	size_t			 n;
+
+	if ((sa = accounts_status(&n, NULL)) == NULL)
+		return;
+	status_write(current->state_dir, mode, sa, n);
+	free(sa);
+	status_last = now_mono();
+}
+
+static void
+status_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	status_write_now();
+}
+
+/*
+ * After every poll and every change of the accounts: the status file is
+ * rewritten, and the metrics told.  A write costs a line per account:
+ * with thousands of accounts polls end faster than that is worth, so a
+ * write comes at most every millisecond per account (a few ms for a few
+ * accounts; two seconds for 2000), the polls in between in one write.
+ * --check has no status to tell.
  */
 static void
 accounts_write_status(void)
 {
-	struct account		*a;
-	struct status_account	*sa;
-	size_t			 n = 0;
+	struct timeval	tv;
+	double		gap = (double)naccounts / 1000.0, wait;
 
 	if (mode == ACCOUNTS_CHECK)
 		return;
-	TAILQ_FOREACH(a, &accounts, entry)
-		n++;
-	sa = xcalloc(n ? n : 1, sizeof *sa);
-	n = 0;
-	TAILQ_FOREACH(a, &accounts, entry) {
-		sa[n].name = a->ac->name;
-		sa[n].state = a->session != NULL ? "polling" :
-		    oauth2_needs_authorization(a->ac) ? "needs-authorization" :
-		    a->polls == 0 ? "waiting" : a->exitcode == 0 ? "ok" :
-		    "failing";
-		sa[n].failing = a->exitcode != 0 && a->polls > 0;
-		sa[n].last_poll = a->last_poll;
-		sa[n].last_success = a->last_success;
-		if (mode == ACCOUNTS_DAEMON && !stopping)
-			sa[n].next_poll = a->next_poll;
-		sa[n].fetched = a->last_fetched;
-		sa[n].fetched_total = a->fetched_total;
-		sa[n].failures = a->failures;
-		sa[n].error = a->last_error;
-		oauth2_status(a->ac, sa[n].token, sizeof sa[n].token);
-		n++;
+	metrics_changed();
+	if (status_ev == NULL &&
+	    (status_ev = evtimer_new(env->base, status_timer_cb, NULL)) == NULL)
+		fatalx("evtimer_new failed");
+	if (evtimer_pending(status_ev, NULL))
+		return;
+	wait = status_last + gap - now_mono();
+	if (status_last == 0 || wait <= 0) {
+		status_write_now();
+		return;
 	}
-	status_write(current->state_dir, mode, sa, n);
-	free(sa);
+	tv.tv_sec = (time_t)wait;
+	tv.tv_usec = (suseconds_t)((wait - (double)tv.tv_sec) * 1e6);
+	evtimer_add(status_ev, &tv);
 }

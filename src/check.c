@@ -66,21 +66,42 @@ struct check_addrs {
 
 static void	check_problem(const struct config *, int, const char *, ...)
 		    PRINTFLIKE(3, 4);
+static void	check_account_problem(const struct account_conf *, int,
+		    const char *, ...) PRINTFLIKE(3, 4);
 
 /* "maild: file:line: message" on stderr (no line if line is 0). */
+static void
+check_vproblem(const char *file, int line, const char *fmt, va_list ap)
+{
+	if (line > 0)
+		fprintf(stderr, "maild: %s:%d: ", file, line);
+	else
+		fprintf(stderr, "maild: %s: ", file);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
+/* A problem of the configuration file itself. */
 static void
 check_problem(const struct config *conf, int line, const char *fmt, ...)
 {
 	va_list	ap;
 
-	if (line > 0)
-		fprintf(stderr, "maild: %s:%d: ", conf->path, line);
-	else
-		fprintf(stderr, "maild: %s: ", conf->path);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	check_vproblem(conf->path, line, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+}
+
+/* A problem of an account, in the file it is in (include-dir). */
+static void
+check_account_problem(const struct account_conf *a, int line,
+    const char *fmt, ...)
+{
+	va_list	ap;
+
+	va_start(ap, fmt);
+	check_vproblem(a->file, line, fmt, ap);
+	va_end(ap);
 }
 
 /* What to do about errno when a directory cannot be written. */
@@ -297,11 +318,11 @@ check_start(const struct config *conf)
 		if ((why = check_maildir(a->maildir)) == NULL)
 			continue;
 		bad++;
-		check_problem(conf, a->maildir_line, "account \"%s\": maildir "
+		check_account_problem(a, a->maildir_line, "account \"%s\": maildir "
 		    "%s: %s", a->name, a->maildir, why);
 		free(why);
 	}
-	if (bad == conf->naccounts) {
+	if (bad > 0 && bad == conf->naccounts) {
 		fprintf(stderr, "maild: not starting: no account can deliver "
 		    "its mail\n");
 		return (-1);
@@ -320,19 +341,19 @@ check_account_paths(const struct config *conf, const struct account_conf *a)
 	int	 r = 0;
 
 	if ((why = check_maildir(a->maildir)) != NULL) {
-		check_problem(conf, a->maildir_line, "account \"%s\": maildir "
+		check_account_problem(a, a->maildir_line, "account \"%s\": maildir "
 		    "%s: %s", a->name, a->maildir, why);
 		free(why);
 		r = -1;
 	}
 	if (a->ca_file != NULL && access(a->ca_file, R_OK) == -1) {
-		check_problem(conf, a->line, "account \"%s\": ca-file %s: %s",
+		check_account_problem(a, a->line, "account \"%s\": ca-file %s: %s",
 		    a->name, a->ca_file, strerror(errno));
 		r = -1;
 	}
 	if (a->secret_source == SECRET_FILE &&
 	    private_path("password-file", a->secret, &why) == -1) {
-		check_problem(conf, a->line, "account \"%s\": %s", a->name,
+		check_account_problem(a, a->line, "account \"%s\": %s", a->name,
 		    why);
 		free(why);
 		r = -1;
@@ -340,14 +361,14 @@ check_account_paths(const struct config *conf, const struct account_conf *a)
 	if (a->oauth2_secret_source == SECRET_FILE &&
 	    private_path("oauth2-client-secret-file", a->oauth2_client_secret,
 	    &why) == -1) {
-		check_problem(conf, a->line, "account \"%s\": %s", a->name,
+		check_account_problem(a, a->line, "account \"%s\": %s", a->name,
 		    why);
 		free(why);
 		r = -1;
 	}
 	if (a->tls_key_file != NULL &&
 	    private_path("tls-key-file", a->tls_key_file, &why) == -1) {
-		check_problem(conf, a->line, "account \"%s\": %s", a->name,
+		check_account_problem(a, a->line, "account \"%s\": %s", a->name,
 		    why);
 		free(why);
 		r = -1;
@@ -362,7 +383,7 @@ check_oauth2_token(const struct config *conf, const struct account_conf *a)
 	if (a->oauth2_provider == OAUTH2_NONE ||
 	    access(a->oauth2_file, F_OK) == 0 || errno != ENOENT)
 		return;
-	check_problem(conf, a->line, "warning: account \"%s\" has no OAuth2 "
+	check_account_problem(a, a->line, "warning: account \"%s\" has no OAuth2 "
 	    "token yet (%s): run maild --authorize %s", a->name,
 	    a->oauth2_file, a->name);
 }
@@ -378,23 +399,23 @@ check_port_tls(const struct config *conf, const struct account_conf *a)
 	const char	*plainname = imap ? "IMAP" : "POP3";
 
 	if (a->port == tlsport && a->tls != TLS_IMPLICIT)
-		check_problem(conf, line, "warning: account \"%s\": port %d "
+		check_account_problem(a, line, "warning: account \"%s\": port %d "
 		    "is %s, where TLS starts at once, but tls = %s speaks "
 		    "plain %s first: set tls = implicit (or use port %d for "
 		    "%s)", a->name, tlsport, tlsname,
 		    a->tls == TLS_STARTTLS ? "starttls" : "none", plainname,
 		    plainport, a->tls == TLS_STARTTLS ? "STARTTLS" : plainname);
 	else if (a->port == plainport && a->tls == TLS_IMPLICIT)
-		check_problem(conf, line, "warning: account \"%s\": port %d "
+		check_account_problem(a, line, "warning: account \"%s\": port %d "
 		    "is plain %s, but tls = implicit (the default) starts "
 		    "TLS at once: set tls = starttls (or use port %d for "
 		    "%s)", a->name, plainport, plainname, tlsport, tlsname);
 	else if ((a->port == 993 || a->port == 143) && !imap)
-		check_problem(conf, line, "warning: account \"%s\": port %d "
+		check_account_problem(a, line, "warning: account \"%s\": port %d "
 		    "is IMAP's, but the account speaks POP3: set protocol = "
 		    "imap, or use port 995", a->name, a->port);
 	else if ((a->port == 995 || a->port == 110) && imap)
-		check_problem(conf, line, "warning: account \"%s\": port %d "
+		check_account_problem(a, line, "warning: account \"%s\": port %d "
 		    "is POP3's, but the account speaks IMAP (protocol = imap): "
 		    "use port 993", a->name, a->port);
 }
@@ -463,26 +484,30 @@ check_pair(const struct config *conf, const struct account_conf *a,
     const struct account_conf *b, struct check_addrs *aa,
     struct check_addrs *ba)
 {
-	char	shared[64];
+	char	shared[64], where[PATH_MAX + 32];
 
 	if (strcasecmp(a->user, b->user) != 0)
 		return;
+	if (strcmp(a->file, b->file) == 0)
+		snprintf(where, sizeof where, "line %d", b->line);
+	else
+		snprintf(where, sizeof where, "%s:%d", b->file, b->line);
 	if (strcasecmp(a->host, b->host) == 0) {
-		check_problem(conf, a->line, "warning: accounts \"%s\" and "
-		    "\"%s\" (line %d) both log in as \"%s\" to %s (ports %d "
+		check_account_problem(a, a->line, "warning: accounts \"%s\" and "
+		    "\"%s\" (%s) both log in as \"%s\" to %s (ports %d "
 		    "and %d): they fetch the same mailbox and race each other; "
-		    "keep one of them", a->name, b->name, b->line, a->user,
+		    "keep one of them", a->name, b->name, where, a->user,
 		    a->host, a->port, b->port);
 		return;
 	}
 	check_resolve(a->host, aa);
 	check_resolve(b->host, ba);
 	if (check_shared_addr(aa, ba, shared, sizeof shared) == 0)
-		check_problem(conf, a->line, "warning: accounts \"%s\" and "
-		    "\"%s\" (line %d) both log in as \"%s\" to the same server "
+		check_account_problem(a, a->line, "warning: accounts \"%s\" and "
+		    "\"%s\" (%s) both log in as \"%s\" to the same server "
 		    "(%s and %s are both %s): they fetch the same mailbox and "
 		    "race each other; keep one of them", a->name, b->name,
-		    b->line, a->user, a->host, b->host, shared);
+		    where, a->user, a->host, b->host, shared);
 }
 
 /*

@@ -30,6 +30,7 @@
 #include <arpa/inet.h>
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -49,6 +50,17 @@
 #define DEFAULT_TIMEOUT		60
 #define DEFAULT_SESSION_TIMEOUT	3600
 #define DEFAULT_MAX_CONNECTIONS	32
+/*
+ * Sessions to one server (host and port) at once.  Providers limit the
+ * connections of one login: Gmail to 15 (IMAP), Microsoft to 16 or 20,
+ * Dovecot to 10 per user and address (mail_max_userip_connections); an
+ * IMAP account waiting in IDLE holds one per folder, and the user's own
+ * mail programs need some too.  10 stays under all of them.
+ */
+#define DEFAULT_MAX_PER_HOST	10
+/* At most this many accounts, and files in include-dir. */
+#define ACCOUNTS_MAX		100000
+#define INCLUDE_FILES_MAX	10000
 #define ACCOUNT_NAME_MAX	64
 #define CONF_SIZE_MAX		(1 << 20)
 /* RFC 2449: a POP3 command is at most 255 octets with its CRLF. */
@@ -156,7 +168,11 @@ static cfg_opt_t global_opts[] = {
 	CFG_INT_CB("session-timeout", DEFAULT_SESSION_TIMEOUT, CFGF_NONE,
 	    conf_number_cb),
 	CFG_INT("max-connections", DEFAULT_MAX_CONNECTIONS, CFGF_NONE),
+	CFG_INT("max-connections-per-host", DEFAULT_MAX_PER_HOST, CFGF_NONE),
 	CFG_STR("on-new-mail", NULL, CFGF_NODEFAULT),
+	CFG_STR("include-dir", NULL, CFGF_NODEFAULT),
+	CFG_STR("metrics-listen", NULL, CFGF_NODEFAULT),
+	CFG_STR("metrics-file", NULL, CFGF_NODEFAULT),
 	CFG_SEC("account", account_opts,
 	    CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES),
 	CFG_END()
@@ -1407,32 +1423,83 @@ conf_read(const char *path, int any_owner, char **cause)
 	return (buf);
 }
 
-/* Refuse a config holding a password that others can read. */
+/*
+ * Refuse a file holding a password that others can read: each account's
+ * own file (maild.conf or one of include-dir).
+ */
 static int
-conf_check_secrecy(const char *path, const struct config *conf)
+conf_check_secrecy(const struct config *conf)
 {
-	struct stat	sb;
-	size_t		i;
+	const struct account_conf	*a;
+	struct stat			 sb;
+	const char			*what;
+	size_t				 i;
 
 	for (i = 0; i < conf->naccounts; i++) {
-		if (conf->accounts[i].secret_source == SECRET_PASSWORD ||
-		    conf->accounts[i].oauth2_secret_source == SECRET_PASSWORD)
-			break;
-	}
-	if (i == conf->naccounts)
-		return (0);
-	if (stat(path, &sb) == -1)
-		return (0);	/* parsed already; nothing sensible to add */
-	if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-		conf_errorx(conf->accounts[i].line, "account \"%s\" has a "
-		    "%s, but the file is readable by others (mode %04o); "
-		    "run 'chmod 600 %s' or use %s-file",
-		    conf->accounts[i].name, conf->accounts[i].secret_source ==
-		    SECRET_PASSWORD ? "password" : "oauth2-client-secret",
-		    (unsigned)(sb.st_mode & 07777), path,
-		    conf->accounts[i].secret_source == SECRET_PASSWORD ?
-		    "password" : "oauth2-client-secret");
+		a = &conf->accounts[i];
+		if (a->secret_source != SECRET_PASSWORD &&
+		    a->oauth2_secret_source != SECRET_PASSWORD)
+			continue;
+		if (stat(a->file, &sb) == -1)
+			continue;	/* parsed already; nothing to add */
+		if ((sb.st_mode & (S_IRWXG | S_IRWXO)) == 0)
+			continue;
+		what = a->secret_source == SECRET_PASSWORD ? "password" :
+		    "oauth2-client-secret";
+		cp->file = a->file;
+		conf_errorx(a->line, "account \"%s\" has a %s, but the file is "
+		    "readable by others (mode %04o); run 'chmod 600 %s' or use "
+		    "%s-file", a->name, what, (unsigned)(sb.st_mode & 07777),
+		    a->file, what);
 		return (-1);
+	}
+	return (0);
+}
+
+/* Where account b is, as seen from an error about account a. */
+static const char *
+conf_where(const struct account_conf *a, const struct account_conf *b,
+    char *buf, size_t size)
+{
+	if (strcmp(a->file, b->file) == 0)
+		snprintf(buf, size, "line %d", b->line);
+	else
+		snprintf(buf, size, "%s:%d", b->file, b->line);
+	return (buf);
+}
+
+/*
+ * Across all the files: account names are unique (within one file
+ * confuse_compat.c has said so already), and two accounts filling one
+ * mailbox from one server would race.
+ */
+static int
+conf_check_accounts(struct config *conf)
+{
+	struct account_conf	*a, *b;
+	char			 where[PATH_MAX + 32];
+	size_t			 i, j;
+
+	for (i = 0; i < conf->naccounts; i++) {
+		a = &conf->accounts[i];
+		for (j = 0; j < i; j++) {
+			b = &conf->accounts[j];
+			cp->file = a->file;
+			if (strcmp(a->name, b->name) == 0) {
+				conf_errorx(a->line, "account \"%s\" is defined "
+				    "twice: here and in %s", a->name,
+				    conf_where(a, b, where, sizeof where));
+				return (-1);
+			}
+			if (strcasecmp(a->host, b->host) == 0 &&
+			    a->port == b->port && strcmp(a->user, b->user) == 0) {
+				conf_errorx(a->line, "account \"%s\" fetches the "
+				    "same mailbox as account \"%s\" (%s)",
+				    a->name, b->name, conf_where(a, b, where,
+				    sizeof where));
+				return (-1);
+			}
+		}
 	}
 	return (0);
 }
@@ -1456,6 +1523,68 @@ struct config *
 config_load_readonly(const char *path, char **cause)
 {
 	return (conf_load(path, 1, cause));
+}
+
+/*
+ * metrics-listen = "port", "address:port" or "[IPv6 address]:port": a
+ * port alone is on loopback (127.0.0.1), any other address must be
+ * written out.  Numeric addresses only: a name could resolve elsewhere
+ * tomorrow, and resolving it would block.  metrics-file: a path.
+ */
+static int
+conf_metrics(cfg_t *cfg, struct config *conf)
+{
+	const char	*v, *port, *close;
+	char		 addr[INET6_ADDRSTRLEN];
+	unsigned char	 bin[16];
+	uint64_t	 n;
+	size_t		 len;
+	int		 v6 = 0;
+
+	if (conf_path(cfg, "metrics-file", &conf->metrics_file) == -1)
+		return (-1);
+	if (cfg_size(cfg, "metrics-listen") == 0)
+		return (0);
+	v = cfg_getstr(cfg, "metrics-listen");
+	if (v[0] != '\0' && strspn(v, "0123456789") == strlen(v)) {
+		snprintf(addr, sizeof addr, "127.0.0.1");
+		port = v;
+	} else if (v[0] == '[') {
+		if ((close = strchr(v, ']')) == NULL || close[1] != ':')
+			goto bad;
+		len = close - v - 1;
+		port = close + 2;
+		v6 = 1;
+		if (len >= sizeof addr)
+			goto bad;
+		memcpy(addr, v + 1, len);
+		addr[len] = '\0';
+	} else {
+		if ((port = strchr(v, ':')) == NULL || strchr(port + 1, ':') !=
+		    NULL || (size_t)(port - v) >= sizeof addr)
+			goto bad;
+		memcpy(addr, v, port - v);
+		addr[port - v] = '\0';
+		port++;
+	}
+	if (inet_pton(v6 ? AF_INET6 : AF_INET, addr, bin) != 1)
+		goto bad;
+	if (parse_u64(port, 65535, &n) == -1 || n == 0) {
+		conf_account_error(cfg, "metrics-listen", "metrics-listen: the "
+		    "port must be a number from 1 to 65535");
+		return (-1);
+	}
+	conf->metrics_listen = xstrdup(v);
+	conf->metrics_addr = xstrdup(addr);
+	conf->metrics_port = (int)n;
+	return (0);
+
+bad:
+	conf_account_error(cfg, "metrics-listen", "metrics-listen: '%s' is not "
+	    "a port or an IP address and port: write 9849 (on loopback), "
+	    "127.0.0.1:9849 or [::1]:9849, or 0.0.0.0:9849 to serve other "
+	    "hosts too", v);
+	return (-1);
 }
 
 /* The global options. */
@@ -1490,6 +1619,18 @@ conf_globals(cfg_t *cfg, struct config *conf)
 		return (-1);
 	}
 	conf->max_connections = (int)v;
+	v = cfg_getint(cfg, "max-connections-per-host");
+	if (v < 1 || v > 1000) {
+		conf_account_error(cfg, "max-connections-per-host",
+		    "max-connections-per-host must be between 1 and 1000");
+		return (-1);
+	}
+	conf->max_connections_per_host = (int)v;
+	if (conf_metrics(cfg, conf) == -1)
+		return (-1);
+	if (cfg_size(cfg, "include-dir") > 0 &&
+	    conf_path(cfg, "include-dir", &conf->include_dir) == -1)
+		return (-1);
 	if (cfg_size(cfg, "state-dir") > 0) {
 		if (conf_path(cfg, "state-dir", &conf->state_dir) == -1)
 			return (-1);
@@ -1512,6 +1653,178 @@ conf_globals(cfg_t *cfg, struct config *conf)
 	return (0);
 }
 
+static int
+conf_strcmp(const void *a, const void *b)
+{
+	return (strcmp(*(char *const *)a, *(char *const *)b));
+}
+
+/* The account sections of cfg, read from file, join conf's accounts. */
+static int
+conf_accounts(cfg_t *cfg, struct config *conf, const char *file)
+{
+	size_t	i, n = cfg_size(cfg, "account"), base = conf->naccounts;
+
+	if (n == 0)
+		return (0);
+	if (n > ACCOUNTS_MAX - base) {
+		conf_errorx(1, "more than %d accounts", ACCOUNTS_MAX);
+		return (-1);
+	}
+	conf->accounts = xreallocarray(conf->accounts, base + n,
+	    sizeof *conf->accounts);
+	memset(&conf->accounts[base], 0, n * sizeof *conf->accounts);
+	conf->naccounts = base + n;
+	for (i = 0; i < n; i++) {
+		cp->account = i;
+		conf->accounts[base + i].file = file;
+		if (conf_account(cfg_getnsec(cfg, "account", i), conf,
+		    &conf->accounts[base + i]) == -1)
+			return (-1);
+	}
+	return (0);
+}
+
+/*
+ * The *.conf files of include-dir, sorted (so that their order, and that
+ * of their accounts, does not depend on the directory's).  Like the file
+ * that names it, the directory must not be writable by others: a file
+ * dropped there could run a password-command.
+ */
+static char **
+conf_include_names(struct config *conf, int any_owner, size_t *np)
+{
+	const char	*dir = conf->include_dir;
+	struct dirent	*de;
+	struct stat	 sb;
+	DIR		*d;
+	char		**names = NULL;
+	size_t		 n = 0, len;
+	int		 fd, line = conf_line(cp->cfg, "include-dir");
+
+	*np = 0;
+	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1) {
+		conf_errorx(line, "include-dir %s: %s", dir, strerror(errno));
+		return (NULL);
+	}
+	if (fstat(fd, &sb) == -1) {
+		conf_errorx(line, "include-dir %s: %s", dir, strerror(errno));
+		close(fd);
+		return (NULL);
+	}
+	if (!any_owner && sb.st_uid != 0 && sb.st_uid != getuid()) {
+		conf_errorx(line, "include-dir %s: owned by uid %ld, neither "
+		    "root nor you (uid %ld): refusing it", dir,
+		    (long)sb.st_uid, (long)getuid());
+		close(fd);
+		return (NULL);
+	}
+	if ((sb.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+		conf_errorx(line, "include-dir %s: writable by others (mode "
+		    "%04o): refusing it; run 'chmod go-w %s'", dir,
+		    (unsigned)(sb.st_mode & 07777), dir);
+		close(fd);
+		return (NULL);
+	}
+	if ((d = fdopendir(fd)) == NULL) {
+		conf_errorx(line, "include-dir %s: %s", dir, strerror(errno));
+		close(fd);
+		return (NULL);
+	}
+	while ((de = readdir(d)) != NULL) {
+		len = strlen(de->d_name);
+		/* Editors' and package managers' leftovers are not *.conf. */
+		if (de->d_name[0] == '.' || len <= 5 ||
+		    strcmp(de->d_name + len - 5, ".conf") != 0)
+			continue;
+		if (n == INCLUDE_FILES_MAX) {
+			conf_errorx(line, "include-dir %s: more than %d *.conf "
+			    "files", dir, INCLUDE_FILES_MAX);
+			break;
+		}
+		names = xreallocarray(names, n + 1, sizeof *names);
+		names[n++] = xstrdup(de->d_name);
+	}
+	closedir(d);
+	if (cp->error != NULL) {
+		while (n > 0)
+			free(names[--n]);
+		free(names);
+		return (NULL);
+	}
+	if (n > 0)
+		qsort(names, n, sizeof *names, conf_strcmp);
+	*np = n;
+	return (names);
+}
+
+/*
+ * One file of include-dir: accounts only (global options belong to the
+ * file that names the directory), checked as that file is, with errors
+ * naming this file and its lines.
+ */
+static int
+conf_include_file(struct config *conf, const char *path, int any_owner)
+{
+	struct conf_parse	 saved = *cp;
+	const cfg_opt_t		*o;
+	char			*buf;
+	int			 r = -1, line;
+
+	cp->file = path;
+	cp->cfg = cfg_init(global_opts, CFGF_NONE);
+	cp->compat = NULL;
+	cp->account = 0;
+	if ((buf = conf_read(path, any_owner, &cp->error)) == NULL)
+		goto out;
+	cp->compat = compat_parse(cp->cfg, global_opts, path, buf,
+	    conf_value_problem, &cp->error);
+	freezero_str(buf);
+	if (cp->error != NULL)
+		goto out;
+	for (o = global_opts; o->type != CFGT_NONE; o++) {
+		if (o->type == CFGT_SEC ||
+		    (line = compat_line(cp->compat, -1, o->name)) == 0)
+			continue;
+		conf_errorx(line, "%s is a global option, which only %s may "
+		    "set: a file of include-dir holds accounts only", o->name,
+		    conf->files[0]);
+		goto out;
+	}
+	r = conf_accounts(cp->cfg, conf, path);
+out:
+	cfg_free(cp->cfg);
+	compat_free(cp->compat);
+	saved.error = cp->error;
+	*cp = saved;
+	return (r);
+}
+
+/* include-dir: every *.conf file there adds its accounts. */
+static int
+conf_include(struct config *conf, int any_owner)
+{
+	char	**names, *path;
+	size_t	  i, n;
+	int	  r = 0;
+
+	/* NULL: an error, or no file there. */
+	if ((names = conf_include_names(conf, any_owner, &n)) == NULL)
+		return (cp->error != NULL ? -1 : 0);
+	conf->files = xreallocarray(conf->files, conf->nfiles + n,
+	    sizeof *conf->files);
+	for (i = 0; i < n; i++) {
+		if (r == 0) {
+			xasprintf(&path, "%s/%s", conf->include_dir, names[i]);
+			conf->files[conf->nfiles++] = path;
+			r = conf_include_file(conf, path, any_owner);
+		}
+		free(names[i]);
+	}
+	free(names);
+	return (r);
+}
+
 static struct config *
 conf_load(const char *path, int any_owner, char **cause)
 {
@@ -1519,7 +1832,6 @@ conf_load(const char *path, int any_owner, char **cause)
 	struct config		*conf;
 	cfg_t			*cfg;
 	char			*buf;
-	size_t			 i, j;
 
 	memset(&parse, 0, sizeof parse);
 	parse.file = path;
@@ -1527,6 +1839,8 @@ conf_load(const char *path, int any_owner, char **cause)
 	conf = xcalloc(1, sizeof *conf);
 	conf->refs = 1;
 	conf->path = xstrdup(path);
+	conf->files = xcalloc(1, sizeof *conf->files);
+	conf->files[conf->nfiles++] = xstrdup(path);
 
 	cfg = parse.cfg = cfg_init(global_opts, CFGF_NONE);
 	if ((buf = conf_read(path, any_owner, &parse.error)) == NULL)
@@ -1534,37 +1848,17 @@ conf_load(const char *path, int any_owner, char **cause)
 	parse.compat = compat_parse(cfg, global_opts, path, buf,
 	    conf_value_problem, &parse.error);
 	freezero_str(buf);
-	if (parse.error != NULL || conf_globals(cfg, conf) == -1)
+	if (parse.error != NULL || conf_globals(cfg, conf) == -1 ||
+	    conf_accounts(cfg, conf, conf->files[0]) == -1)
 		goto fail;
-
-	conf->naccounts = cfg_size(cfg, "account");
-	if (conf->naccounts == 0) {
+	if (conf->include_dir != NULL && conf_include(conf, any_owner) == -1)
+		goto fail;
+	/* With include-dir, the accounts may all be still to come. */
+	if (conf->naccounts == 0 && conf->include_dir == NULL) {
 		xasprintf(&parse.error, "%s: no account is configured", path);
 		goto fail;
 	}
-	conf->accounts = xcalloc(conf->naccounts, sizeof *conf->accounts);
-	for (i = 0; i < conf->naccounts; i++) {
-		parse.account = i;
-		if (conf_account(cfg_getnsec(cfg, "account", i), conf,
-		    &conf->accounts[i]) == -1)
-			goto fail;
-	}
-	/* Two accounts filling one mailbox from one server would race. */
-	for (i = 0; i < conf->naccounts; i++) {
-		for (j = 0; j < i; j++) {
-			struct account_conf	*a = &conf->accounts[i];
-			struct account_conf	*b = &conf->accounts[j];
-
-			if (strcasecmp(a->host, b->host) == 0 &&
-			    a->port == b->port && strcmp(a->user, b->user) == 0) {
-				conf_errorx(a->line, "account \"%s\" fetches the "
-				    "same mailbox as account \"%s\" (line %d)",
-				    a->name, b->name, b->line);
-				goto fail;
-			}
-		}
-	}
-	if (conf_check_secrecy(path, conf) == -1)
+	if (conf_check_accounts(conf) == -1 || conf_check_secrecy(conf) == -1)
 		goto fail;
 
 	cfg_free(cfg);
@@ -1661,6 +1955,13 @@ config_free(struct config *conf)
 	for (i = 0; i < conf->naccounts; i++)
 		conf_account_free(&conf->accounts[i]);
 	free(conf->accounts);
+	for (i = 0; i < conf->nfiles; i++)
+		free(conf->files[i]);
+	free(conf->files);
+	free(conf->include_dir);
+	free(conf->metrics_listen);
+	free(conf->metrics_addr);
+	free(conf->metrics_file);
 	free(conf->state_dir);
 	free(conf->on_new_mail);
 	free(conf->path);

@@ -1921,3 +1921,10 @@ deliver_maildir(const struct deliver *d)
 {
 	return (d->s->maildir);
 }
+
+/* How many messages the account's state remembers (the metrics). */
+uint32_t
+deliver_records(const struct deliver *d)
+{
+	return (state_count(d->s->st));
+}

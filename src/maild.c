@@ -176,6 +176,11 @@ reload(void)
 	tls_shutdown();
 	/* Accounts that need OAuth2 authorization are tried again. */
 	oauth2_reload();
+	limits_raise(conf);
+	if (metrics_configure(conf, &cause) == -1) {
+		log_warnx("%s; the metrics stay where they were", cause);
+		free(cause);
+	}
 	changes = accounts_reload(conf);
 	config_free(conf);
 	log_info("reloaded %s: %d account%s added, removed or changed",
@@ -330,8 +335,15 @@ main(int argc, char **argv)
 	if (check) {
 		if (check_config(conf) == -1)
 			exit(EXIT_CONFIG);
-		printf("maild: %s: configuration OK (%zu account%s)\n",
-		    conf_path, conf->naccounts, conf->naccounts == 1 ? "" : "s");
+		if (conf->include_dir != NULL)
+			printf("maild: %s: configuration OK (%zu account%s, "
+			    "%zu file%s in %s)\n", conf_path, conf->naccounts,
+			    conf->naccounts == 1 ? "" : "s", conf->nfiles - 1,
+			    conf->nfiles == 2 ? "" : "s", conf->include_dir);
+		else
+			printf("maild: %s: configuration OK (%zu account%s)\n",
+			    conf_path, conf->naccounts, conf->naccounts == 1 ?
+			    "" : "s");
 		config_free(conf);
 		free(conf_path);
 		exit(0);
@@ -388,11 +400,23 @@ main(int argc, char **argv)
 	env.base = base;
 	env.dns = dns_init(base);
 	oauth2_init(base, env.dns);
+	limits_raise(conf);
 	accounts_init(&env, conf, run_mode);
-	if (run_mode != ACCOUNTS_CHECK)
+	if (run_mode != ACCOUNTS_CHECK) {
+		metrics_init(base, run_mode);
+		if (metrics_configure(conf, &cause) == -1) {
+			log_warnx("%s; not starting", cause);
+			if (!log_to_stderr())
+				fprintf(stderr, "maild: %s\n", cause);
+			exit(EXIT_OSERR);
+		}
 		log_info("started: %zu account%s, %s", conf->naccounts,
 		    conf->naccounts == 1 ? "" : "s", once ? "polling once" :
 		    "daemon");
+		if (conf->naccounts == 0)
+			log_info("no account yet: add a file to %s%s",
+			    conf->include_dir, once ? "" : " and send SIGHUP");
+	}
 	accounts_start();
 	sdnotify("READY=1");
 	event_base_dispatch(base);
@@ -400,6 +424,7 @@ main(int argc, char **argv)
 	code = run_mode != ACCOUNTS_DAEMON ? accounts_exitcode() : 0;
 	if (stopping && run_mode == ACCOUNTS_DAEMON)
 		log_info("stopped");
+	metrics_shutdown();
 	accounts_free();
 	oauth2_shutdown();
 	for (i = 0; i < 4; i++)

@@ -198,7 +198,9 @@ typedef uint8_t tls_pin[32];
 	/* a Message-ID delivered within dedupe_days is not again */	\
 	F(int,			dedupe,		ACF_VALUE)		\
 	F(int,			dedupe_days,	ACF_VALUE)		\
-	/* where the account block and some options are in the file */	\
+	/* the file (maild.conf or one of include-dir) and where in it	\
+	   the account block and some options are */			\
+	F(const char *,		file,		ACF_NONE)		\
 	F(int,			line,		ACF_NONE)		\
 	F(int,			port_line,	ACF_NONE)		\
 	F(int,			maildir_line,	ACF_NONE)
@@ -219,9 +221,17 @@ struct config {
 	int		 timeout;		/* seconds without progress */
 	int		 session_timeout;	/* seconds per session */
 	int		 max_connections;
+	int		 max_connections_per_host;
 	char		*state_dir;
 	int		 state_dir_line;	/* 0: the default */
 	char		*on_new_mail;		/* the accounts' default */
+	char		*include_dir;		/* NULL: none */
+	char		**files;		/* [0] path, then the included */
+	size_t		 nfiles;
+	char		*metrics_listen;	/* as written; NULL: none */
+	char		*metrics_addr;		/* its address, numeric */
+	int		 metrics_port;
+	char		*metrics_file;		/* NULL: none */
 	struct account_conf *accounts;
 	size_t		 naccounts;
 };
@@ -591,6 +601,7 @@ void		 deliver_removal_acked(struct deliver *, const char *, size_t,
 int		 deliver_removing(struct deliver *, char **);
 void		 deliver_removed(struct deliver *);
 const char	*deliver_maildir(const struct deliver *);
+uint32_t	 deliver_records(const struct deliver *);
 size_t		 deliver_trace_headers(const struct account_conf *,
 		     const char *, const char *, const char *, char *, size_t);
 
@@ -636,6 +647,7 @@ void		 mda_close(struct mda *);
 struct ssl_ctx_st;
 struct ssl_st;
 struct ssl_ctx_st *tls_ctx_new(const struct account_conf *, char **);
+struct ssl_ctx_st *tls_ctx_get(const struct account_conf *, char **);
 void		 tls_shutdown(void);
 struct ssl_st	*tls_ssl_new(struct ssl_ctx_st *, const struct account_conf *);
 int		 tls_check_pin(struct ssl_st *, const struct account_conf *);
@@ -663,12 +675,27 @@ int		 oauth2_needs_authorization(const struct account_conf *);
 void		 oauth2_token_refused(const struct account_conf *);
 void		 oauth2_reload(void);
 void		 oauth2_status(const struct account_conf *, char *, size_t);
+time_t		 oauth2_expires(const struct account_conf *);
 void		 oauth2_shutdown(void);
 
 /* session.c */
+/* What kind of failure ended a session: the metrics count them by class. */
+enum error_class {
+	ERRC_NONE,
+	ERRC_AUTH,		/* login refused */
+	ERRC_TLS,		/* handshake, certificate */
+	ERRC_NETWORK,		/* DNS, connect, timeouts, hang-ups */
+	ERRC_PROTOCOL,		/* the server broke POP3 or IMAP */
+	ERRC_DISK,		/* state, Maildir, local delivery */
+	ERRC_CONFIG,		/* a password file or command, a ca-file */
+	ERRC_OAUTH2,		/* no OAuth2 access token */
+	ERRC_MAX
+};
 struct session_result {
 	int		 exitcode;	/* 0 or an EXIT_* code */
 	char		*error;		/* what went wrong, for the log */
+	enum error_class errclass;	/* with error */
+	long		 records;	/* in the state after it; -1: unknown */
 	int		 stopped;	/* ended early on request */
 	const char	*stage;		/* the state it ended in */
 	unsigned	 fetched;
@@ -713,6 +740,7 @@ struct session	*session_start(const struct session_env *, struct config *,
 void		 session_stop(struct session *);
 void		 session_poll_now(struct session *);
 void		 session_abort(struct session *);
+int		 session_idling(const struct session *);
 
 /* authorize.c: maild --authorize */
 int		 authorize_run(const struct session_env *, struct config *,
@@ -723,6 +751,13 @@ void		 sdnotify(const char *, ...) PRINTFLIKE(1, 2);
 void		 sdnotify_reloading(void);
 
 /* status.c: the status file, maild --status and the --check report. */
+/* Poll durations, for a histogram: counts per bucket (metrics.c). */
+#define POLL_BUCKETS	10
+struct poll_hist {
+	unsigned long long	 count[POLL_BUCKETS + 1];	/* last: +Inf */
+	double			 sum;
+};
+/* One account (or one IMAP folder session of one) as account.c sees it. */
 struct status_account {
 	const char	*name;
 	const char	*state;		/* polling, waiting, ok, failing or
@@ -736,6 +771,24 @@ struct status_account {
 	int		 failures;	/* in a row */
 	const char	*error;		/* of the last poll, or NULL */
 	char		 token[64];	/* oauth2_status() */
+	/* What the metrics add: counters since maild started, ... */
+	const struct account_conf *ac;
+	int		 removed;	/* gone from the config, ending */
+	unsigned long long bytes_total;
+	unsigned long long deleted_total;
+	unsigned long long errors[ERRC_MAX];
+	struct poll_hist durations;
+	/* ... and what the last poll saw. */
+	unsigned	 waiting;	/* new messages left on the server */
+	long		 records;	/* in the state; -1: not known yet */
+	time_t		 token_expires;	/* 0: no OAuth2 token known */
+	int		 idle;		/* connections waiting in IDLE */
+};
+/* The whole of it: accounts configured, sessions running and waiting. */
+struct status_totals {
+	size_t		 accounts;
+	int		 active;
+	int		 queued;
 };
 void		 status_write(const char *, int, const struct status_account *,
 		     size_t);
@@ -755,5 +808,16 @@ void		 accounts_stop(void);
 void		 accounts_abort(void);
 int		 accounts_exitcode(void);
 void		 accounts_free(void);
+struct status_account *accounts_status(size_t *, struct status_totals *);
+
+/* metrics.c: the accounts' health for Prometheus; see metrics.c. */
+void		 metrics_init(struct event_base *, int);
+int		 metrics_configure(const struct config *, char **);
+void		 metrics_changed(void);
+void		 metrics_observe(struct poll_hist *, double);
+void		 metrics_shutdown(void);
+
+/* limits.c */
+void		 limits_raise(const struct config *);
 
 #endif /* MAILD_H */

@@ -401,6 +401,18 @@ oauth2_status(const struct account_conf *ac, char *buf, size_t size)
 	snprintf(buf, size, " token-expires=%s", t);
 }
 
+/* When the account's access token expires; 0: no token known. */
+time_t
+oauth2_expires(const struct account_conf *ac)
+{
+	struct oauth2_cache	*c;
+
+	if (ac->oauth2_provider == OAUTH2_NONE ||
+	    (c = oauth2_cache_find(ac->name)) == NULL)
+		return (0);
+	return (c->expires);
+}
+
 /* At exit: everything goes, a refresh in flight too. */
 void
 oauth2_shutdown(void)

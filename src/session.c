@@ -122,6 +122,7 @@ session_start(const struct session_env *env, struct config *conf,
 	s->done = done;
 	s->done_arg = arg;
 	s->phase = PHASE_INIT;
+	s->result.records = -1;
 
 	s->deadline_ev = evtimer_new(s->base, session_deadline_cb, s);
 	s->progress_ev = evtimer_new(s->base, session_progress_cb, s);
@@ -190,12 +191,21 @@ session_idle(struct session *s, int idle)
 	struct timeval	tv = { s->conf->session_timeout, 0 };
 
 	if (idle) {
+		s->flags |= S_IDLING;
 		evtimer_del(s->progress_ev);
 		evtimer_del(s->deadline_ev);
 	} else {
+		s->flags &= ~S_IDLING;
 		session_arm_progress(s);
 		evtimer_add(s->deadline_ev, &tv);
 	}
+}
+
+/* Is the session waiting for news (the metrics count the connections)? */
+int
+session_idling(const struct session *s)
+{
+	return ((s->flags & (S_IDLING | S_DEAD)) == S_IDLING);
 }
 
 /*
@@ -207,8 +217,10 @@ session_cycle(struct session *s)
 {
 	struct session_result	r = s->result;
 
-	if (s->dl != NULL)
+	if (s->dl != NULL) {
 		r.new_files = deliver_new_files(s->dl, &r.new_files_len);
+		r.records = deliver_records(s->dl);
+	}
 	s->done(&r, 0, s->done_arg);
 	free(r.new_files);
 	s->result.fetched = 0;
@@ -248,6 +260,7 @@ session_ready_cb(void *arg, const char *cause)
 			xasprintf(&s->result.error, "cannot deliver: %s",
 			    cause);
 			s->result.exitcode = EXIT_IOERR;
+			s->result.errclass = ERRC_DISK;
 		}
 		if (deliver_in_flight(s->dl))
 			return;		/* the next batch went out */
@@ -620,12 +633,13 @@ session_event_cb(struct bufferevent *bev, short what, void *arg)
 	}
 	s->proto->lost(s, lost, sizeof lost);
 	if (!(s->flags & S_GREETED) && (s->flags & S_TLS_UP) &&
-	    tls_cert_requested(bufferevent_openssl_get_ssl(bev)))
+	    tls_cert_requested(bufferevent_openssl_get_ssl(bev))) {
 		/* TLS 1.3 refuses a missing certificate after the handshake. */
+		s->result.errclass = ERRC_TLS;
 		session_fail(s, EXIT_NOPERM, "the server asked for a client "
 		    "certificate and then hung up: give one with "
 		    "tls-cert-file and tls-key-file");
-	else if ((what & BEV_EVENT_EOF) || EVUTIL_SOCKET_ERROR() == 0)
+	} else if ((what & BEV_EVENT_EOF) || EVUTIL_SOCKET_ERROR() == 0)
 		session_fail(s, EXIT_TEMPFAIL, "server closed the connection "
 		    "(state %s)%s", session_state(s), lost);
 	else
@@ -723,6 +737,43 @@ session_hangup(struct session *s)
 }
 
 /*
+ * What class of failure (the metrics) code is, from where the session
+ * was: the exit codes alone do not tell a refused certificate from a
+ * refused login, or a password command's failure from a server's.
+ */
+static enum error_class
+session_error_class(const struct session *s, int code)
+{
+	if (code == EXIT_IOERR || code == EXIT_DATAERR)
+		return (ERRC_DISK);
+	if (code == EXIT_CONFIG)
+		return (ERRC_CONFIG);
+	switch (s->phase) {
+	case PHASE_INIT:
+		return (ERRC_DISK);	/* the state or the Maildir */
+	case PHASE_SECRET:
+		return (s->ac->secret_source == SECRET_OAUTH2 ? ERRC_OAUTH2 :
+		    ERRC_CONFIG);
+	case PHASE_CONNECT:
+		return (ERRC_NETWORK);
+	case PHASE_TLS:
+		return (code == EXIT_TEMPFAIL || code == EXIT_UNAVAIL ?
+		    ERRC_NETWORK : ERRC_TLS);
+	default:
+		break;
+	}
+	switch (code) {
+	case EXIT_NOPERM:
+		return (ERRC_AUTH);
+	case EXIT_PROTOCOL:
+	case EXIT_SOFTWARE:
+		return (ERRC_PROTOCOL);
+	default:
+		return (ERRC_NETWORK);	/* timeouts, hang-ups */
+	}
+}
+
+/*
  * End the session with an error.  The protocol drops what is half done
  * first, and keeps what is complete: not keeping it would only mean
  * fetching it again.
@@ -740,6 +791,8 @@ session_fail(struct session *s, int code, const char *fmt, ...)
 			s->result.error = NULL;
 		va_end(ap);
 		s->result.exitcode = code;
+		if (s->result.errclass == ERRC_NONE)
+			s->result.errclass = session_error_class(s, code);
 	}
 	if (s->p != NULL)
 		s->proto->abort(s);
@@ -797,11 +850,13 @@ session_conclude(struct session *s)
 		    perm ? "" : " for now", n == 1 ? "it" : "they",
 		    n == 1 ? "s" : "", reply != NULL ? reply : "");
 		s->result.exitcode = perm ? EXIT_UNAVAIL : EXIT_TEMPFAIL;
+		s->result.errclass = ERRC_DISK;		/* local delivery */
 	}
 	if (s->dl != NULL && deliver_sync(s->dl, &cause) == -1) {
 		if (s->result.error == NULL) {
 			s->result.error = cause;
 			s->result.exitcode = EXIT_IOERR;
+			s->result.errclass = ERRC_DISK;
 		} else
 			free(cause);
 	}
@@ -815,9 +870,11 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
 	struct session	*s = arg;
 
 	/* Unlock the state before the scheduler may start the next one. */
-	if (s->dl != NULL)
+	if (s->dl != NULL) {
 		s->result.new_files = deliver_new_files(s->dl,
 		    &s->result.new_files_len);
+		s->result.records = deliver_records(s->dl);
+	}
 	deliver_close(s->dl);
 	s->dl = NULL;
 	s->done(&s->result, 1, s->done_arg);

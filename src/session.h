@@ -77,6 +77,7 @@ struct session {
 #define S_NO_PIPE		0x10	/* never pipeline */
 #define S_GREETED		0x20	/* the server spoke first */
 #define S_DRAINING	0x40	/* dead, waiting for the destination */
+#define S_IDLING		0x80	/* waiting for news (IMAP IDLE) */
 	const struct account_conf *ac;
 	struct config		*conf;		/* a reference */
 	struct event_base	*base;

@@ -19,15 +19,25 @@
  * system trust store or the account's ca-file, and the host name is
  * checked; when that fails, tls_explain_failure() turns OpenSSL's verdict
  * into a message that says what is wrong and what to do.
+ *
+ * Accounts of one server with the same TLS settings share one context
+ * (tls_ctx_get()), and with it the session kept for resumption: a
+ * context costs some 13 KiB and a loaded ca-file a few more, which
+ * thousands of accounts of one server would otherwise each pay.  The
+ * shared contexts are dropped at tls_shutdown() (a reload), so that
+ * certificates are read anew.
  */
 
 #include "config.h"
+
+#include <sys/queue.h>
 
 #include <arpa/inet.h>
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -50,6 +60,22 @@ struct tls_seen {
 	char	fingerprint[128];
 	char	expiry[64];
 };
+
+/* A context shared by the accounts whose settings are these. */
+struct tls_shared {
+	LIST_ENTRY(tls_shared)	 entry;
+	char			*host;
+	int			 port;
+	int			 verify;
+	int			 min_version;
+	char			*ca_file;
+	char			*cert_file;
+	char			*key_file;
+	tls_pin			*pins;
+	size_t			 npins;
+	SSL_CTX			*ctx;		/* a reference */
+};
+static LIST_HEAD(, tls_shared) tls_shared = LIST_HEAD_INITIALIZER(tls_shared);
 
 static int	tls_ex_index = -1;
 static int	tls_ctx_index = -1;	/* the last session, for resumption */
@@ -210,10 +236,90 @@ sslfail:
 	return (NULL);
 }
 
-/* Free what tls_ctx_new() and tls_system_trust() keep. */
+static int
+tls_same_str(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return (a == b);
+	return (strcmp(a, b) == 0);
+}
+
+/* Would an account with settings a use the shared context t? */
+static int
+tls_shared_fits(const struct tls_shared *t, const struct account_conf *a)
+{
+	return (t->port == a->port && t->verify == a->tls_verify &&
+	    t->min_version == a->tls_min_version &&
+	    strcasecmp(t->host, a->host) == 0 &&
+	    tls_same_str(t->ca_file, a->ca_file) &&
+	    tls_same_str(t->cert_file, a->tls_cert_file) &&
+	    tls_same_str(t->key_file, a->tls_key_file) &&
+	    t->npins == a->npins && (a->npins == 0 ||
+	    memcmp(t->pins, a->pins, a->npins * sizeof *a->pins) == 0));
+}
+
+static char *
+tls_strdup(const char *s)
+{
+	return (s != NULL ? xstrdup(s) : NULL);
+}
+
+/*
+ * The TLS context for an account, with a reference for the caller: the
+ * one another account of the same server with the same settings uses
+ * (above), or a new one.
+ */
+SSL_CTX *
+tls_ctx_get(const struct account_conf *a, char **cause)
+{
+	struct tls_shared	*t;
+	SSL_CTX			*ctx;
+
+	LIST_FOREACH(t, &tls_shared, entry) {
+		if (tls_shared_fits(t, a) && SSL_CTX_up_ref(t->ctx) == 1)
+			return (t->ctx);
+	}
+	if ((ctx = tls_ctx_new(a, cause)) == NULL)
+		return (NULL);
+	if (SSL_CTX_up_ref(ctx) != 1)
+		return (ctx);		/* not shared, then */
+	t = xcalloc(1, sizeof *t);
+	t->host = xstrdup(a->host);
+	t->port = a->port;
+	t->verify = a->tls_verify;
+	t->min_version = a->tls_min_version;
+	t->ca_file = tls_strdup(a->ca_file);
+	t->cert_file = tls_strdup(a->tls_cert_file);
+	t->key_file = tls_strdup(a->tls_key_file);
+	if (a->npins > 0) {
+		t->pins = xreallocarray(NULL, a->npins, sizeof *t->pins);
+		memcpy(t->pins, a->pins, a->npins * sizeof *t->pins);
+	}
+	t->npins = a->npins;
+	t->ctx = ctx;
+	LIST_INSERT_HEAD(&tls_shared, t, entry);
+	return (ctx);
+}
+
+/*
+ * Free what tls_ctx_get() and tls_system_trust() keep (contexts still
+ * in use stay until their users let them go).
+ */
 void
 tls_shutdown(void)
 {
+	struct tls_shared	*t;
+
+	while ((t = LIST_FIRST(&tls_shared)) != NULL) {
+		LIST_REMOVE(t, entry);
+		SSL_CTX_free(t->ctx);
+		free(t->host);
+		free(t->ca_file);
+		free(t->cert_file);
+		free(t->key_file);
+		free(t->pins);
+		free(t);
+	}
 	X509_STORE_free(tls_system_store);
 	tls_system_store = NULL;
 }
