@@ -25,6 +25,11 @@
  * max-connections-per-host slots meanwhile.  After failures an account
  * is polled less and less often (backoff).
  *
+ * A session waiting in IMAP IDLE gives its slot back while it waits (it
+ * may wait for days: the accounts in line would never be polled) and
+ * takes it again when news makes it work, even beyond the limits then,
+ * since its connection is open already.
+ *
  * Many accounts starting together (more than max-connections) have their
  * first polls spread over their poll interval, and each next poll counts
  * from when the previous one started, so the polls stay spread instead
@@ -95,6 +100,7 @@ struct account {
 	struct session		*session;
 	struct event		*timer;
 	int			 queued;
+	int			 idle_free;	/* idling: its slot given back */
 	int			 polls;		/* sessions finished */
 	int			 nopipelining;
 	int			 retried;	/* --once: the lock-step retry */
@@ -139,6 +145,7 @@ static int			 hooks;		/* on-new-mail running */
 
 static void	account_timer_cb(evutil_socket_t, short, void *);
 static void	account_done_cb(struct session_result *, int, void *);
+static void	account_idle_cb(int, void *);
 static void	account_run(struct account *);
 static void	account_schedule(struct account *, long);
 static void	account_schedule_ms(struct account *, long);
@@ -266,16 +273,26 @@ accounts_init(const struct session_env *e, struct config *conf, int m)
 	}
 }
 
+/* Does the account wait for news (IMAP IDLE, in the daemon)? */
+static int
+account_pushes(const struct account_conf *ac)
+{
+	return (mode == ACCOUNTS_DAEMON && ac->protocol == PROTOCOL_IMAP &&
+	    ac->idle != IDLE_NO);
+}
+
 /*
  * When the ith of n accounts starting together first polls: all at once
  * if max-connections lets them (or not in the daemon), else spread evenly
- * over the poll interval.
+ * over the poll interval.  An account that waits for news in IDLE starts
+ * at once, in line for a slot: it holds one only until it idles.
  */
 static long
 account_spread_ms(const struct account *a, const struct config *conf,
     size_t i, size_t n)
 {
-	if (mode != ACCOUNTS_DAEMON || n <= (size_t)conf->max_connections)
+	if (mode != ACCOUNTS_DAEMON || n <= (size_t)conf->max_connections ||
+	    account_pushes(a->ac))
 		return (0);
 	return ((long)((double)a->ac->poll_interval * 1000.0 * (double)i /
 	    (double)n));
@@ -627,8 +644,8 @@ account_run(struct account *a)
 	}
 	opts.nopipelining = a->nopipelining;
 	/* IMAP in the daemon: a session of one folder waits there. */
-	opts.idle = mode == ACCOUNTS_DAEMON &&
-	    a->ac->protocol == PROTOCOL_IMAP && a->ac->idle != IDLE_NO;
+	opts.idle = account_pushes(a->ac);
+	opts.idle_cb = account_idle_cb;
 	a->session = session_start(env, a->conf, a->ac, a->ctx, &opts,
 	    account_done_cb, a);
 }
@@ -801,6 +818,24 @@ account_cycle(struct account *a, const struct session_result *r)
 	accounts_write_status();
 }
 
+/* The session waits in IDLE (1), or works again (0): see the top. */
+static void
+account_idle_cb(int idle, void *arg)
+{
+	struct account	*a = arg;
+
+	if (idle && !a->idle_free) {
+		a->idle_free = 1;
+		active--;
+		a->host->active--;
+		accounts_dequeue();
+	} else if (!idle && a->idle_free) {
+		a->idle_free = 0;
+		active++;
+		a->host->active++;
+	}
+}
+
 static void
 account_done_cb(struct session_result *r, int final, void *arg)
 {
@@ -812,8 +847,12 @@ account_done_cb(struct session_result *r, int final, void *arg)
 		return;
 	}
 	a->session = NULL;
-	active--;
-	a->host->active--;
+	if (a->idle_free)
+		a->idle_free = 0;
+	else {
+		active--;
+		a->host->active--;
+	}
 	host_put(a->host);
 	a->host = NULL;
 	a->polls++;
@@ -951,6 +990,8 @@ account_check_finished(void)
 	if (active > 0 || !TAILQ_EMPTY(&waitq) || hooks > 0)
 		return;
 	TAILQ_FOREACH(a, &accounts, entry) {
+		if (a->session != NULL)
+			return;		/* one in IDLE is not in active */
 		if (!stopping && evtimer_pending(a->timer, NULL))
 			return;
 	}

@@ -59,6 +59,10 @@ limits_needed(const struct config *conf)
 			n += FDS_HOOK;
 		if (a->oauth2_provider != OAUTH2_NONE)
 			n += FDS_OAUTH2;
+		/* A session in IDLE holds its files beyond max-connections
+		   (account.c gives its slot back while it waits). */
+		if (a->protocol == PROTOCOL_IMAP && a->idle != IDLE_NO)
+			n += (rlim_t)a->nfolders * FDS_SESSION;
 		f = a->folder_subdirs ? 2 * (rlim_t)a->nfolders : 0;
 		if (f > folders)
 			folders = f;

@@ -733,6 +733,9 @@ struct session_opts {
 	size_t		 first_folder;	/* IMAP: its folders */
 	size_t		 nfolders;	/* 0: all */
 	int		 idle;		/* IMAP: may wait in its folder */
+	/* Told (with the done argument) when the session starts (1) and
+	   stops (0) waiting for news in IDLE. */
+	void		(*idle_cb)(int, void *);
 };
 struct session	*session_start(const struct session_env *, struct config *,
 		     const struct account_conf *, struct ssl_ctx_st *,

@@ -121,6 +121,7 @@ session_start(const struct session_env *env, struct config *conf,
 		SSL_CTX_up_ref(ctx);
 	s->done = done;
 	s->done_arg = arg;
+	s->idle_cb = opts->idle_cb;
 	s->phase = PHASE_INIT;
 	s->result.records = -1;
 
@@ -191,14 +192,20 @@ session_idle(struct session *s, int idle)
 	struct timeval	tv = { s->conf->session_timeout, 0 };
 
 	if (idle) {
-		s->flags |= S_IDLING;
 		evtimer_del(s->progress_ev);
 		evtimer_del(s->deadline_ev);
 	} else {
-		s->flags &= ~S_IDLING;
 		session_arm_progress(s);
 		evtimer_add(s->deadline_ev, &tv);
 	}
+	if (idle == !!(s->flags & S_IDLING))
+		return;
+	if (idle)
+		s->flags |= S_IDLING;
+	else
+		s->flags &= ~S_IDLING;
+	if (s->idle_cb != NULL)
+		s->idle_cb(idle, s->done_arg);
 }
 
 /* Is the session waiting for news (the metrics count the connections)? */

@@ -85,6 +85,7 @@ struct session {
 	SSL_CTX			*ctx;		/* a reference */
 	session_done_cb		 done;
 	void			*done_arg;
+	void			(*idle_cb)(int, void *);
 	struct session_result	 result;
 	struct deliver		*dl;
 

@@ -547,6 +547,36 @@ def test_fake_keepalive_then_silence(t):
         mt.assert_maildir(md, m + [late])
 
 
+@tap.test(name="fake: more accounts in IDLE than max-connections: each "
+          "idles (an idling session gives its slot back), and each gets a "
+          "new message at once", timeout=90)
+def test_fake_idle_beyond_max_connections(t):
+    # An IDLE session may last for days: had it kept its slot, the
+    # accounts in line behind it were never polled at all.
+    first = [corpus.simple(f"many/first{i}") for i in range(3)]
+    late = [corpus.simple(f"many/late{i}") for i in range(3)]
+    with fake([first[0]]) as s0, fake([first[1]]) as s1, \
+            fake([first[2]]) as s2:
+        srvs = [s0, s1, s2]
+        accts = [mt.account(f"im{i}", "127.0.0.1", srv.port, srv.user,
+                            srv.password, t.tmp / f"Maildir{i}", keep=True,
+                            ca_file=certs.get().ca, protocol="imap")
+                 for i, srv in enumerate(srvs)]
+        d = Daemon(t, config(t, accts, max_connections=1))
+        for i, srv in enumerate(srvs):
+            wait_new(d, t.tmp / f"Maildir{i}", 1, f"account im{i} polled")
+            d.wait(lambda: any(c.verb == "IDLE" for c in srv.commands()),
+                   f"account im{i} in IDLE", ARRIVE)
+        for i, srv in enumerate(srvs):
+            srv.add(late[i])
+        for i in range(3):
+            wait_new(d, t.tmp / f"Maildir{i}", 2, f"account im{i} pushed")
+        rc, _ = d.stop()
+        assert rc == 0
+        for i in range(3):
+            mt.assert_maildir(t.tmp / f"Maildir{i}", [first[i], late[i]])
+
+
 @tap.test(name="fake: the highest UID is 2^32-1 and EXISTS comes: no "
           "\"UID FETCH 0:*\" (the next UID overflowed), no error",
           timeout=60)

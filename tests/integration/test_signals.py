@@ -262,9 +262,11 @@ def test_sigterm_finishes_message_in_flight(t):
     mt.assert_maildir(md, m)
     assert a.verbs().count("RETR") == 20, \
         f"{a.verbs().count('RETR')} RETRs for 20 messages"
-    # "... say QUIT and exit 0" (maild(8), SIGNALS)
-    assert verbs[-1] == "QUIT", \
-        f"the stopped session ended without QUIT: {verbs}"
+    # "... say QUIT and exit 0" (maild(8), SIGNALS).  maild hangs up as
+    # soon as QUIT has left (nothing depends on its answer in keep mode):
+    # the server may read it after maild has exited.
+    wait_until(lambda: conn.verbs()[-1:] == ["QUIT"], 5,
+               f"QUIT at the end of the stopped session: {conn.verbs()}")
 
 
 def hanging_server(t, n=6):
