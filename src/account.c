@@ -141,6 +141,7 @@ static struct config		*current;
 static int			 mode;		/* ACCOUNTS_* */
 static int			 stopping;
 static int			 active;
+static int			 idling;	/* sessions in IDLE, not in active */
 static int			 hooks;		/* on-new-mail running */
 
 static void	account_timer_cb(evutil_socket_t, short, void *);
@@ -826,11 +827,13 @@ account_idle_cb(int idle, void *arg)
 
 	if (idle && !a->idle_free) {
 		a->idle_free = 1;
+		idling++;
 		active--;
 		a->host->active--;
 		accounts_dequeue();
 	} else if (!idle && a->idle_free) {
 		a->idle_free = 0;
+		idling--;
 		active++;
 		a->host->active++;
 	}
@@ -847,9 +850,10 @@ account_done_cb(struct session_result *r, int final, void *arg)
 		return;
 	}
 	a->session = NULL;
-	if (a->idle_free)
+	if (a->idle_free) {
 		a->idle_free = 0;
-	else {
+		idling--;
+	} else {
 		active--;
 		a->host->active--;
 	}
@@ -1012,7 +1016,7 @@ accounts_status(size_t *np, struct status_totals *tot)
 	*np = 0;
 	if (tot != NULL) {
 		tot->accounts = current != NULL ? current->naccounts : 0;
-		tot->active = active;
+		tot->active = active + idling;
 		tot->queued = nqueued;
 	}
 	if (mode == ACCOUNTS_CHECK)

@@ -452,8 +452,8 @@ render_process(struct evbuffer *out, const struct status_totals *tot)
 	    "configuration.");
 	evbuffer_add_printf(out, "maild_accounts_configured %zu\n",
 	    tot->accounts);
-	family(out, "maild_connections", "gauge", "Sessions with servers now "
-	    "(at most max-connections), IDLE ones too.");
+	family(out, "maild_connections", "gauge", "Sessions with servers now, "
+	    "IDLE ones too (those at work: at most max-connections).");
 	evbuffer_add_printf(out, "maild_connections %d\n", tot->active);
 	family(out, "maild_accounts_queued", "gauge", "Accounts due for a "
 	    "poll and waiting for a connection (max-connections, "
