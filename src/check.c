@@ -51,6 +51,8 @@
 
 /* The most addresses of one host compared (-n, two accounts, one box). */
 #define CHECK_ADDRS_MAX	32
+/* How long --check waits for an LMTP server's answers. */
+#define CHECK_PROBE_SECONDS	10
 /* What check_hint() says to do. */
 #define CHECK_HINT_MAX	128
 
@@ -271,17 +273,73 @@ check_maildir(const char *path)
 }
 
 /*
+ * --check: whether each account's LMTP server or mda can take mail, found
+ * out (probe.c) before the sessions start, for check_account_report().
+ */
+static struct check_dest {
+	int	 failed;
+	char	*msg;
+}		*check_dests;
+static size_t	 check_ndests;
+
+void
+check_dests_probe(const struct config *conf)
+{
+	const struct account_conf	*a;
+	struct check_dest		*d;
+	size_t				 i;
+
+	check_dests_free();
+	check_dests = xcalloc(conf->naccounts, sizeof *check_dests);
+	check_ndests = conf->naccounts;
+	for (i = 0; i < conf->naccounts; i++) {
+		a = &conf->accounts[i];
+		d = &check_dests[i];
+		if (a->deliver == DELIVER_LMTP) {
+			if (probe_lmtp(a->lmtp, a->lmtp_recipient,
+			    CHECK_PROBE_SECONDS, &d->msg) == -1)
+				d->failed = 1;
+			else
+				xasprintf(&d->msg, "%s takes mail for %s",
+				    a->lmtp, a->lmtp_recipient);
+		} else if (a->deliver == DELIVER_MDA) {
+			if (probe_mda(a->mda, &d->msg) == -1)
+				d->failed = 1;
+			else
+				d->msg = xstrdup(a->mda);
+		}
+	}
+}
+
+void
+check_dests_free(void)
+{
+	size_t	i;
+
+	for (i = 0; i < check_ndests; i++)
+		free(check_dests[i].msg);
+	free(check_dests);
+	check_dests = NULL;
+	check_ndests = 0;
+}
+
+/*
  * The local lines of the "maild --check" table: can this account's
- * Maildir and state be written?  -1 if not.
+ * Maildir (or spool) and state be written, and will its LMTP server or
+ * mda take mail?  -1 if not.
  */
 int
 check_account_report(const struct config *conf, const struct account_conf *a)
 {
-	const char	*what[2] = { "maildir", "state-dir" };
-	const char	*path[2] = { a->maildir, conf->state_dir };
-	char		*why;
-	int		 i, r = 0;
+	const char		*what[2] = { "maildir", "state-dir" };
+	const char		*path[2] = { a->maildir, conf->state_dir };
+	const struct check_dest	*d = NULL;
+	size_t			 idx = (size_t)(a - conf->accounts);
+	char			*why;
+	int			 i, r = 0;
 
+	if (a->deliver != DELIVER_MAILDIR)
+		what[0] = "spool";
 	for (i = 0; i < 2; i++) {
 		why = i == 0 ? check_maildir(path[i]) : check_dir(path[i]);
 		if (why != NULL) {
@@ -290,6 +348,14 @@ check_account_report(const struct config *conf, const struct account_conf *a)
 		} else
 			printf("  %-13s ok      %s\n", what[i], path[i]);
 		free(why);
+	}
+	if (a >= conf->accounts && idx < check_ndests)
+		d = &check_dests[idx];
+	if (d != NULL && d->msg != NULL) {
+		printf("  %-13s %-7s %s\n", a->deliver == DELIVER_LMTP ?
+		    "lmtp" : "mda", d->failed ? "FAILED" : "ok", d->msg);
+		if (d->failed)
+			r = -1;
 	}
 	return (r);
 }

@@ -339,9 +339,7 @@ lmtp_connect(struct lmtp_conn *c)
 {
 	struct sockaddr_un	 sun;
 	char			 host[256], label[128];
-	const char		*colon;
-	uint64_t		 port;
-	int			 fd;
+	int			 fd, port;
 
 	c->state = LMTP_CONNECTING;
 	if (strncmp(c->server, "unix:", 5) == 0) {
@@ -366,22 +364,41 @@ lmtp_connect(struct lmtp_conn *c)
 		lmtp_setup_bev(c, fd);
 		return;
 	}
-	colon = strrchr(c->server, ':');
-	if (colon == NULL || (size_t)(colon - c->server) >= sizeof host ||
-	    parse_u64(colon + 1, 65535, &port) == -1 || port == 0) {
+	if (lmtp_host_port(c->server, host, sizeof host, &port) == -1) {
 		lmtp_down(c, "lmtp \"%s\" is not host:port", c->server);
 		return;
 	}
-	memcpy(host, c->server, colon - c->server);
-	host[colon - c->server] = '\0';
-	/* "[::1]:24" */
-	if (host[0] == '[' && host[strlen(host) - 1] == ']') {
-		memmove(host, host + 1, strlen(host));
-		host[strlen(host) - 1] = '\0';
-	}
 	snprintf(label, sizeof label, "account=%s lmtp", lmtp_who(c));
-	c->nc = net_connect(c->base, c->dns, label, host, (int)port,
-	    c->timeout, lmtp_connected_cb, c);
+	c->nc = net_connect(c->base, c->dns, label, host, port, c->timeout,
+	    lmtp_connected_cb, c);
+}
+
+/*
+ * Split an lmtp = "host:port" (or "[v6 address]:port") into its host,
+ * without brackets, and port.  -1 if it is not that.
+ */
+int
+lmtp_host_port(const char *server, char *host, size_t size, int *port)
+{
+	const char	*colon;
+	size_t		 len;
+	uint64_t	 n;
+
+	colon = strrchr(server, ':');
+	if (colon == NULL || (len = (size_t)(colon - server)) == 0 ||
+	    len >= size || parse_u64(colon + 1, 65535, &n) == -1 || n == 0)
+		return (-1);
+	if (server[0] == '[' && colon[-1] == ']') {
+		if (len < 3)
+			return (-1);
+		memcpy(host, server + 1, len - 2);
+		host[len - 2] = '\0';
+	} else {
+		memcpy(host, server, len);
+		host[len] = '\0';
+	}
+	*port = (int)n;
+	return (0);
 }
 
 /* Start the next message: MAIL, RCPT, DATA (together if pipelining). */

@@ -383,6 +383,8 @@ main(int argc, char **argv)
 	log_init(foreground, online && verbose == 0 ? -1 : verbose);
 	if (run_mode == ACCOUNTS_DAEMON && check_start(conf) == -1)
 		exit(EXIT_IOERR);
+	if (run_mode == ACCOUNTS_CHECK)
+		check_dests_probe(conf);
 	if (run_mode == ACCOUNTS_DAEMON)
 		lockfd = daemon_lock(conf);
 	if (!foreground && daemon(0, 0) == -1)
@@ -426,6 +428,7 @@ main(int argc, char **argv)
 		log_info("stopped");
 	metrics_shutdown();
 	accounts_free();
+	check_dests_free();
 	oauth2_shutdown();
 	for (i = 0; i < 4; i++)
 		event_free(sigev[i]);

@@ -252,6 +252,12 @@ int		 check_config(const struct config *);
 int		 check_start(const struct config *);
 int		 check_account_report(const struct config *,
 		     const struct account_conf *);
+void		 check_dests_probe(const struct config *);
+void		 check_dests_free(void);
+
+/* probe.c: --check's look at an LMTP server or an mda, before the loop */
+int		 probe_lmtp(const char *, const char *, int, char **);
+int		 probe_mda(const char *, char **);
 
 /* log.c */
 void		 log_init(int, int);
@@ -636,6 +642,7 @@ struct lmtp	*lmtp_open(const struct session_env *,
 void		 lmtp_send(struct lmtp *, int, const char *, dest_done_cb,
 		     void *);
 void		 lmtp_close(struct lmtp *);
+int		 lmtp_host_port(const char *, char *, size_t, int *);
 struct mda;
 struct mda	*mda_open(const struct session_env *,
 		     const struct account_conf *, struct dest *, int, char **);

@@ -313,6 +313,79 @@ def port_closed(t):
 
 
 # ---------------------------------------------------------------------------
+# maild --check: the LMTP server asked about the recipient, nothing sent
+
+def check_run(t, src, dest, **kw):
+    """maild --check for one account of src delivering to dest: (r, out)."""
+    a = delivery.Account(t, src, dest, **kw)
+    r = hostile.run_maild(["--check", "-f", str(a.cfg)], timeout=60)
+    hostile.check_sane(r)
+    t.attach("--check output", r.stdout + r.stderr)
+    return r, r.stdout
+
+
+@tap.test(name="--check: the LMTP server is asked about the recipient "
+          "(LHLO, MAIL, RCPT, QUIT); nothing is fetched or sent")
+def check_lmtp_ok(t):
+    m = msgs("chk", 3)
+    with pop3(m) as src, fakelmtp.FakeLMTP() as lm:
+        r, out = check_run(t, src, f"127.0.0.1:{lm.port}",
+                           lmtp_recipient="alice@example.org")
+        assert r.rc == 0, f"exit {r.rc}:\n{out}{r.stderr}"
+        assert re.search(rf"lmtp\s+ok\s+127\.0\.0\.1:{lm.port} takes mail "
+                         r"for alice@example\.org", out), out
+        assert re.search(r"spool\s+ok\s+\S+acct\.spool", out), out
+        assert re.search(r"mailbox\s+ok\s+3 messages", out), out
+        lm.wait_idle(5)
+        cmds = lm.commands()
+        assert [c.verb for c in cmds] == ["LHLO", "MAIL", "RCPT", "QUIT"], \
+            [c.line for c in cmds]
+        assert cmds[2].arg == b"<alice@example.org>", cmds[2].line
+        assert lm.transactions == [] and lm.delivered == []
+        assert len(src.mailbox) == 3
+
+
+@tap.test(name="--check: a recipient the LMTP server refuses, a socket "
+          "that is not there, a closed port, a server that is not LMTP or "
+          "says nothing: FAILED with the reason, exit 74")
+def check_lmtp_failures(t):
+    refuse = {"RCPT": fakelmtp.reply(
+        b"550 5.1.1 <nobody> User doesn't exist: nobody\r\n")}
+    cases = [
+        ({"handlers": refuse}, None,
+         r"lmtp\s+FAILED\s+the recipient: 550 5\.1\.1 <nobody> User "
+         r"doesn't exist"),
+        ({"greeting": b"+OK POP3 server ready\r\n"}, None,
+         r"lmtp\s+FAILED\s+its greeting: this is not an LMTP server"),
+        ({"greeting": b"554 5.3.2 too busy\r\n"}, None,
+         r"lmtp\s+FAILED\s+its greeting: 554 5\.3\.2 too busy"),
+        ({"greeting": None}, None,
+         r"lmtp\s+FAILED\s+its greeting: no answer in time"),
+        (None, f"127.0.0.1:{dovecot.free_port()}",
+         r"lmtp\s+FAILED\s+cannot connect to 127\.0\.0\.1:\d+: Connection "
+         r"refused"),
+        (None, f"unix:{t.tmp}/no/such/socket",
+         r"lmtp\s+FAILED\s+cannot connect to \S+/no/such/socket: No such "
+         r"file or directory; is the LMTP server running"),
+    ]
+    for i, (lm_kw, dest, want) in enumerate(cases):
+        with pop3(msgs(f"chkf{i}", 2)) as src:
+            sub = t.tmp / f"case{i}"
+            sub.mkdir()
+            if lm_kw is None:
+                r, out = check_run(t, src, dest, base=sub)
+            else:
+                with fakelmtp.FakeLMTP(**lm_kw) as lm:
+                    r, out = check_run(t, src, f"127.0.0.1:{lm.port}",
+                                       base=sub)
+                    assert lm.transactions == []
+            assert r.rc == mt.EX_IOERR, f"case {i}: exit {r.rc}:\n{out}"
+            assert re.search(want, out), f"case {i}: no /{want}/ in:\n{out}"
+            assert re.search(r"mailbox\s+ok\s+2 messages", out), out
+            assert len(src.mailbox) == 2
+
+
+# ---------------------------------------------------------------------------
 # the fake LMTP server: what goes over the wire
 
 def wire_case(t, src, lm, expected, **extra):
@@ -565,7 +638,8 @@ def config_errors(t):
 # Dovecot: LMTP with Sieve
 
 DOVECOT_USERS = {"src": None, "srcimap": None, "dst": None, "dst2": None,
-                 "dup": None, "nodup": None, "src550": None, "srcb": None}
+                 "dup": None, "nodup": None, "src550": None, "srcb": None,
+                 "srcchk": None}
 
 
 def dv(t):
@@ -723,6 +797,31 @@ def dovecot_unknown_recipient(t):
     assert r.rc == 0, f"exit {r.rc}: {mt.tail(r.stderr)}"
     delivery.assert_delivered(srv.mailbox("dst"), m)
     assert srv.mailbox("src550") == []
+
+
+
+@tap.test(name="Dovecot: --check asks its LMTP about the recipient: a "
+          "known one is ok, an unknown one FAILED in Dovecot's words; "
+          "nothing delivered")
+def dovecot_check(t):
+    srv = dv(t)
+    srv.set_mailbox("srcchk", msgs("dchk", 2))
+    srv.set_mailbox("dst", [])
+    for rcpt, rc, want in (
+            ("dst", 0, r"lmtp\s+ok\s+unix:\S+ takes mail for dst"),
+            ("nosuchuser", mt.EX_IOERR,
+             r"lmtp\s+FAILED\s+the recipient: 550 .*doesn't exist")):
+        a = delivery.lmtp_account("c", src_pop3(srv, "srcchk"),
+                                  f"unix:{srv.lmtp_socket}",
+                                  lmtp_recipient=rcpt)
+        cfg = mt.write_config(t.tmp / "maild.conf", [a],
+                              state_dir=t.tmp / "state", timeout=30)
+        r = mt.run_maild(["--check", "-f", cfg], timeout=60)
+        t.attach(f"--check, recipient {rcpt}", r.stdout + r.stderr)
+        assert r.rc == rc, f"exit {r.rc}:\n{r.stdout}{r.stderr}"
+        assert re.search(want, r.stdout), f"no /{want}/ in:\n{r.stdout}"
+    assert srv.mailbox("dst") == []
+    assert len(srv.mailbox("srcchk")) == 2
 
 
 if __name__ == "__main__":

@@ -275,6 +275,40 @@ def mda_background_child(t):
                     pass
 
 
+@tap.test(name="--check looks for the mda's program: found by path or in "
+          "PATH, or FAILED with exit 74; shell syntax is not judged; "
+          "nothing runs")
+def mda_check(t):
+    rec, d = recorder(t)
+    cases = [
+        (f"{rec} -x", 0, rf"mda\s+ok\s+{re.escape(str(rec))} -x"),
+        ("cat > /dev/null", 0, r"mda\s+ok\s+cat > /dev/null"),
+        ("exec /no/such/lda -d x", 0, r"mda\s+ok\s+exec /no/such/lda"),
+        ('"$HOME/no/such/lda"', 0, r"mda\s+ok"),
+        ("/no/such/dovecot-lda -d alice", mt.EX_IOERR,
+         r"mda\s+FAILED\s+/no/such/dovecot-lda: No such file or directory"),
+        (str(t.tmp), mt.EX_IOERR,
+         rf"mda\s+FAILED\s+{re.escape(str(t.tmp))}: not an executable "
+         r"file"),
+        ("no-such-mda-program --deliver", mt.EX_IOERR,
+         r"mda\s+FAILED\s+no-such-mda-program: not found in PATH"),
+    ]
+    for i, (cmd, rc, want) in enumerate(cases):
+        with pop3(msgs(f"mchk{i}", 2)) as src:
+            sub = t.tmp / f"case{i}"
+            sub.mkdir()
+            a = account(t, src, cmd, base=sub)
+            r = hostile.run_maild(["--check", "-f", str(a.cfg)], timeout=60)
+            hostile.check_sane(r)
+            t.attach(f"--check, mda {cmd}", r.stdout + r.stderr)
+            assert r.rc == rc, f"{cmd}: exit {r.rc}:\n{r.stdout}{r.stderr}"
+            assert re.search(want, r.stdout), \
+                f"{cmd}: no /{want}/ in:\n{r.stdout}"
+            assert len(src.mailbox) == 2
+    assert not (d / "out").exists() or not os.listdir(d / "out"), \
+        "the mda ran"
+
+
 @tap.test(name="procmail as the mda: into a Maildir, byte-exact")
 def procmail_mda(t):
     exe = shutil.which("procmail")

@@ -971,6 +971,42 @@ test_reference(void)
 	    "reference decoder sanity");
 }
 
+/* lmtp = "host:port" split for a connection (lmtp.c, probe.c). */
+static void
+test_lmtp_host_port(void)
+{
+	static const struct {
+		const char	*in, *host;
+		int		 port;
+	} good[] = {
+		{ "127.0.0.1:24", "127.0.0.1", 24 },
+		{ "[::1]:24", "::1", 24 },
+		{ "lmtp.example.org:65535", "lmtp.example.org", 65535 },
+		{ "h:1", "h", 1 },
+	};
+	static const char *const bad[] = { "host", "host:", ":24", "host:0",
+	    "host:65536", "host:24x", "host:-1", "[]:24", "[::1]", "" };
+	char	host[32];
+	size_t	i;
+	int	port;
+
+	for (i = 0; i < sizeof good / sizeof good[0]; i++) {
+		port = 0;
+		if (!is_int(lmtp_host_port(good[i].in, host, sizeof host,
+		    &port), 0, tap_fmt("lmtp_host_port %s", good[i].in)))
+			continue;
+		is_str(host, good[i].host, tap_fmt("lmtp_host_port %s: host",
+		    good[i].in));
+		is_int(port, good[i].port, tap_fmt("lmtp_host_port %s: port",
+		    good[i].in));
+	}
+	for (i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		is_int(lmtp_host_port(bad[i], host, sizeof host, &port), -1,
+		    tap_fmt("lmtp_host_port '%s' refused", bad[i]));
+	is_int(lmtp_host_port("a-host-name-longer-than-the-buffer:24", host, sizeof host,
+	    &port), -1, "lmtp_host_port: a host longer than the buffer");
+}
+
 int
 main(void)
 {
@@ -982,5 +1018,6 @@ main(void)
 	test_capa();
 	test_reference();
 	test_body();
+	test_lmtp_host_port();
 	return (done());
 }
