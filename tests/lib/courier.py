@@ -49,8 +49,10 @@ import tap
 from dovecot import (DEFAULT_PASSWORD, LOOPBACK, chown_tree, free_port,
                      make_maildir, pid_alive, wait_port)
 
-# where tests/install-deps unpacks courier-pop; $MAILD_COURIER_POP overrides
+# where tests/install-deps unpacks courier-pop and courier-imap;
+# $MAILD_COURIER_POP and $MAILD_COURIER_IMAP override
 UNPACKED = "/usr/local/lib/maild-tests/courier-pop"
+UNPACKED_IMAP = "/usr/local/lib/maild-tests/courier-imap"
 AUTHDAEMOND = "/usr/lib/courier/courier-authlib/authdaemond"
 COURIERTCPD = "/usr/sbin/couriertcpd"
 COURIERTLS = "/usr/bin/couriertls"
@@ -75,8 +77,23 @@ def find_pop3_programs():
     return None
 
 
-def why_not():
+def find_imap_programs():
+    """(imaplogin, imapd), or None."""
+    for root in (os.environ.get("MAILD_COURIER_IMAP"), UNPACKED_IMAP, "/"):
+        if not root:
+            continue
+        login = Path(root) / "usr/lib/courier/courier/imaplogin"
+        imapd = Path(root) / "usr/bin/imapd"
+        if os.access(login, os.X_OK) and os.access(imapd, os.X_OK):
+            return str(login), str(imapd)
+    return None
+
+
+def why_not(imap=False):
     """Why a private Courier cannot run here, or None."""
+    if imap and find_imap_programs() is None:
+        return ("Courier's imapd is missing (courier-imap; tests/install-deps"
+                f" unpacks it into {UNPACKED_IMAP})")
     if os.geteuid() != 0:
         return ("Courier needs root here: authdaemond's socket and files "
                 "are compiled in, so it runs in a private mount namespace")
@@ -116,13 +133,20 @@ def _comm(pid):
 
 class Courier:
     def __init__(self, certs, directory=None, password=DEFAULT_PASSWORD,
-                 sasl=SASL):
+                 sasl=SASL, imap=False, idle_timeout=60):
         """sasl: the SASL mechanisms offered (POP3AUTH and POP3AUTH_TLS),
-        "" for none (USER/PASS only)."""
-        why = why_not()
+        "" for none (USER/PASS only).  imap: also serve IMAPS and IMAP
+        with STARTTLS (courier-imap; srv.imaps_port, srv.imap_port), whose
+        IDLE looks at the Maildir every idle_timeout seconds."""
+        why = why_not(imap)
         if why is not None:
             raise tap.Skip(why)
         self.login_prog, self.pop3d_prog = find_pop3_programs()
+        self.imap = imap
+        self.idle_timeout = idle_timeout
+        if imap:
+            self.imaplogin_prog, self.imapd_prog = find_imap_programs()
+        self.imaps_port = self.imap_port = None
         self.certs = certs
         self.password = password
         self.sasl = sasl
@@ -218,16 +242,53 @@ class Courier:
                        POP3_TLS_REQUIRED="0")
         return " ".join(f"{k}={_sh(v)}" for k, v in env.items())
 
-    def _tcpd(self, tls):
-        port = self.pop3s_port if tls else self.pop3_port
-        log = self.log / ("pop3s.log" if tls else "pop3.log")
+    def _imap_env(self, tls):
+        # Debian's /etc/courier/imapd, without AUTH=CRAM-*: PLAIN after TLS
+        caps = ("IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT "
+                "THREAD=REFERENCES SORT QUOTA IDLE")
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "TLS_CERTFILE": "/etc/courier/pop3d.pem",
+            "TLS_VERIFYPEER": "NONE",
+            "IMAP_CAPABILITY": caps,
+            "IMAP_CAPABILITY_TLS": caps + " AUTH=PLAIN",
+            "IMAP_KEYWORDS": "1",
+            "IMAP_ACL": "1",
+            "IMAP_IDLE_TIMEOUT": str(self.idle_timeout),
+            "IMAP_ENHANCEDIDLE": "0",
+            "IMAP_MAILBOX_SANITY_CHECK": "1",
+            "IMAP_USELOCKS": "1",
+            "IMAP_UMASK": "022",
+            "IMAP_TRASHFOLDERNAME": "Trash",
+            "IMAP_MOVE_EXPUNGE_TO_TRASH": "0",
+            "MAILDIRPATH": "Maildir",
+        }
+        if tls:
+            env.update(IMAP_TLS="1", IMAP_STARTTLS="NO",
+                       IMAP_TLS_REQUIRED="0")
+        else:
+            env.update(COURIERTLS=COURIERTLS, IMAP_STARTTLS="YES",
+                       IMAP_TLS_REQUIRED="1")
+        return " ".join(f"{k}={_sh(v)}" for k, v in env.items())
+
+    def _tcpd(self, tls, imap=False):
+        if imap:
+            port = self.imaps_port if tls else self.imap_port
+            log = self.log / ("imaps.log" if tls else "imap.log")
+            progs = [self.imaplogin_prog, self.imapd_prog, "Maildir"]
+            env = self._imap_env(tls)
+        else:
+            port = self.pop3s_port if tls else self.pop3_port
+            log = self.log / ("pop3s.log" if tls else "pop3.log")
+            progs = [self.login_prog, self.pop3d_prog, "Maildir"]
+            env = self._env(tls)
         cmd = [COURIERTCPD, f"-address={LOOPBACK}", "-maxprocs=40",
                "-maxperip=40", "-nodnslookup", "-noidentlookup",
                f"-stderr={log}", str(port)]
         if tls:
             cmd += [COURIERTLS, "-server", "-tcpd", "-user=courier"]
-        cmd += [self.login_prog, self.pop3d_prog, "Maildir"]
-        return f"env -i {self._env(tls)} " + " ".join(map(_sh, cmd))
+        cmd += progs
+        return f"env -i {env} " + " ".join(map(_sh, cmd))
 
     def _script(self):
         d = self.dir
@@ -248,16 +309,26 @@ class Courier:
             "done",
             self._tcpd(True) + " &",
             self._tcpd(False) + " &",
+            *([self._tcpd(True, imap=True) + " &",
+               self._tcpd(False, imap=True) + " &"] if self.imap else []),
             "wait",
             ""])
+
+    def ports(self):
+        return [p for p in (self.pop3s_port, self.pop3_port, self.imaps_port,
+                            self.imap_port) if p is not None]
 
     def start(self, timeout=20.0):
         last = None
         for attempt in range(3):
-            self.pop3s_port = free_port()
-            self.pop3_port = free_port()
-            while self.pop3_port == self.pop3s_port:
-                self.pop3_port = free_port()
+            taken = set()
+            for name in ("pop3s_port", "pop3_port") + (
+                    ("imaps_port", "imap_port") if self.imap else ()):
+                port = free_port()
+                while port in taken:
+                    port = free_port()
+                taken.add(port)
+                setattr(self, name, port)
             try:
                 self._start_once(timeout)
                 return self
@@ -279,7 +350,7 @@ class Courier:
         finally:
             out.close()
         deadline = time.monotonic() + timeout
-        for port in (self.pop3s_port, self.pop3_port):
+        for port in self.ports():
             while not wait_port(LOOPBACK, port, 0.2):
                 if self.proc.poll() is not None:
                     raise CourierError("courier failed to start"
@@ -336,7 +407,7 @@ class Courier:
     def log_tail(self, n=20):
         out = ""
         for name in ("start.out", "authdaemond.log", "pop3s.log",
-                     "pop3.log"):
+                     "pop3.log", "imaps.log", "imap.log"):
             try:
                 lines = (self.log / name).read_text(
                     errors="replace").splitlines()
@@ -349,7 +420,8 @@ class Courier:
     def sessions(self):
         """PIDs of the POP3 session processes still running."""
         return [p for p in self.processes() if _comm(p) in
-                ("courierpop3logi", "courierpop3d", "couriertls")]
+                ("courierpop3logi", "courierpop3d", "couriertls",
+                 "imaplogin", "imapd")]
 
     def wait_idle(self, timeout=20.0):
         """Wait until no POP3 session is left: a client that went away
