@@ -211,7 +211,9 @@ probe_connect(struct probe *p, const char *server, char **msg)
 			return (-1);
 		}
 		memcpy(sun.sun_path, server + 5, strlen(server + 5));
-		p->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		/* Non-blocking: a full backlog is EAGAIN, not a wait. */
+		p->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC |
+		    SOCK_NONBLOCK, 0);
 		if (p->fd != -1 && connect(p->fd, (struct sockaddr *)&sun,
 		    sizeof sun) == 0)
 			return (0);
