@@ -57,9 +57,6 @@
 #include "maild.h"
 #include "net.h"
 
-/* RFC 5321: reply lines are at most 512 octets. */
-#define LMTP_LINE_MAX		1000
-#define LMTP_REPLY_LINES_MAX	100
 /* Keep at most this much of a message in the connection's buffer. */
 #define LMTP_OUT_HIGH		(256U << 10)
 #define LMTP_CHUNK		(64U << 10)
@@ -374,6 +371,23 @@ lmtp_connect(struct lmtp_conn *c)
 }
 
 /*
+ * One line of an LMTP reply (RFC 5321 4.2: a code from 200 to 599, then
+ * nothing, a space or "-" and more lines to come, in *more): the code,
+ * or -1 if the line is not that.
+ */
+int
+lmtp_reply_code(const char *line, size_t len, int *more)
+{
+	uint64_t	code;
+
+	if (len < 3 || imap_number(line, 3, 599, &code) == -1 || code < 200 ||
+	    (len > 3 && line[3] != ' ' && line[3] != '-'))
+		return (-1);
+	*more = len > 3 && line[3] == '-';
+	return ((int)code);
+}
+
+/*
  * Split an lmtp = "host:port" (or "[v6 address]:port") into its host,
  * without brackets, and port.  -1 if it is not that.
  */
@@ -598,7 +612,7 @@ lmtp_read_cb(struct bufferevent *bev, void *arg)
 	struct evbuffer		*in = bufferevent_get_input(bev);
 	struct evbuffer_ptr	 eol;
 	size_t			 eol_len, len;
-	uint64_t		 code;
+	int			 code, more;
 	char			 esc[LOG_ESCAPE_MAX];
 
 	while (c->bev == bev && evbuffer_get_length(in) > 0) {
@@ -620,9 +634,7 @@ lmtp_read_cb(struct bufferevent *bev, void *arg)
 		c->reply[len] = '\0';
 		log_trace("account=%s lmtp <<< %s", lmtp_who(c),
 		    log_escape(esc, sizeof esc, c->reply, len));
-		if (len < 3 || imap_number(c->reply, 3, 599, &code) == -1 ||
-		    code < 200 || (len > 3 && c->reply[3] != ' ' &&
-		    c->reply[3] != '-')) {
+		if ((code = lmtp_reply_code(c->reply, len, &more)) == -1) {
 			lmtp_down(c, "the LMTP server sent a bad reply: %s",
 			    log_escape(esc, sizeof esc, c->reply, len));
 			return;
@@ -630,10 +642,10 @@ lmtp_read_cb(struct bufferevent *bev, void *arg)
 		if (c->state == LMTP_LHLO && len > 4 &&
 		    strcasecmp(c->reply + 4, "PIPELINING") == 0)
 			c->pipelining = 1;
-		if (len > 3 && c->reply[3] == '-')
+		if (more)
 			continue;		/* more lines to come */
 		c->nlines = 0;
-		lmtp_reply(c, (int)code);
+		lmtp_reply(c, code);
 	}
 }
 

@@ -636,6 +636,9 @@ void		 command_cancel(struct command *);
 const char	*command_status(int, char *, size_t);
 
 /* lmtp.c, mda.c: the two kinds of destination, for dest.c */
+/* RFC 5321: reply lines are at most 512 octets. */
+#define LMTP_LINE_MAX		1000
+#define LMTP_REPLY_LINES_MAX	100
 struct lmtp;
 struct lmtp	*lmtp_open(const struct session_env *,
 		     const struct account_conf *, struct dest *, int, char **);
@@ -643,6 +646,7 @@ void		 lmtp_send(struct lmtp *, int, const char *, dest_done_cb,
 		     void *);
 void		 lmtp_close(struct lmtp *);
 int		 lmtp_host_port(const char *, char *, size_t, int *);
+int		 lmtp_reply_code(const char *, size_t, int *);
 struct mda;
 struct mda	*mda_open(const struct session_env *,
 		     const struct account_conf *, struct dest *, int, char **);

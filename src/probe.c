@@ -45,16 +45,12 @@
 
 #include "maild.h"
 
-/* RFC 5321: reply lines are at most 512 octets. */
-#define PROBE_LINE_MAX		1000
-#define PROBE_REPLY_LINES_MAX	100
-
 struct probe {
 	int	 fd;
 	double	 deadline;		/* now_mono() */
-	char	 buf[PROBE_LINE_MAX + 2];
+	char	 buf[LMTP_LINE_MAX + 2];
 	size_t	 len;
-	char	 last[PROBE_LINE_MAX + 1];	/* a reply's last line */
+	char	 last[LMTP_LINE_MAX + 1];	/* a reply's last line */
 };
 
 /* Wait until fd is ready for events; -1 (errno ETIMEDOUT) at the deadline. */
@@ -107,7 +103,7 @@ probe_line(struct probe *p, const char **why)
 	ssize_t	 r;
 
 	while ((nl = memchr(p->buf, '\n', p->len)) == NULL) {
-		if (p->len > PROBE_LINE_MAX) {
+		if (p->len > LMTP_LINE_MAX) {
 			*why = "a reply line longer than 1000 bytes";
 			return (-1);
 		}
@@ -131,8 +127,8 @@ probe_line(struct probe *p, const char **why)
 	n = (size_t)(nl - p->buf);
 	if (n > 0 && p->buf[n - 1] == '\r')
 		n--;
-	if (n > PROBE_LINE_MAX)
-		n = PROBE_LINE_MAX;
+	if (n > LMTP_LINE_MAX)
+		n = LMTP_LINE_MAX;
 	memcpy(p->last, p->buf, n);
 	p->last[n] = '\0';
 	p->len -= (size_t)(nl + 1 - p->buf);
@@ -147,23 +143,19 @@ probe_line(struct probe *p, const char **why)
 static int
 probe_reply(struct probe *p, const char **why)
 {
-	int	i;
+	int	i, code, more;
 
-	for (i = 0; i < PROBE_REPLY_LINES_MAX; i++) {
+	for (i = 0; i < LMTP_REPLY_LINES_MAX; i++) {
 		if (probe_line(p, why) == -1)
 			return (-1);
-		if (p->last[0] < '2' || p->last[0] > '5' ||
-		    p->last[1] < '0' || p->last[1] > '9' ||
-		    p->last[2] < '0' || p->last[2] > '9' ||
-		    (p->last[3] != ' ' && p->last[3] != '-' &&
-		    p->last[3] != '\0')) {
+		code = lmtp_reply_code(p->last, strlen(p->last), &more);
+		if (code == -1) {
 			*why = "this is not an LMTP server (a reply without "
 			    "a reply code)";
 			return (-1);
 		}
-		if (p->last[3] != '-')
-			return ((p->last[0] - '0') * 100 +
-			    (p->last[1] - '0') * 10 + (p->last[2] - '0'));
+		if (!more)
+			return (code);
 	}
 	*why = "a reply of more than 100 lines";
 	return (-1);

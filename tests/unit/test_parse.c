@@ -1007,6 +1007,37 @@ test_lmtp_host_port(void)
 	    &port), -1, "lmtp_host_port: a host longer than the buffer");
 }
 
+/* One line of an LMTP reply (lmtp.c, probe.c). */
+static void
+test_lmtp_reply_code(void)
+{
+	static const struct {
+		const char	*in;
+		int		 code, more;
+	} good[] = {
+		{ "250 2.1.5 OK", 250, 0 },
+		{ "250-PIPELINING", 250, 1 },
+		{ "220", 220, 0 },
+		{ "452 4.2.2 Mailbox full", 452, 0 },
+		{ "599 x", 599, 0 },
+	};
+	static const char *const bad[] = { "", "25", "199 x", "600 x",
+	    "+OK ready", "* OK IMAP", "250x", "2a0 x", "-50 x", " 250" };
+	size_t	i;
+	int	more;
+
+	for (i = 0; i < sizeof good / sizeof good[0]; i++) {
+		more = -1;
+		is_int(lmtp_reply_code(good[i].in, strlen(good[i].in), &more),
+		    good[i].code, tap_fmt("lmtp_reply_code '%s'", good[i].in));
+		is_int(more, good[i].more, tap_fmt("lmtp_reply_code '%s': "
+		    "more", good[i].in));
+	}
+	for (i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		is_int(lmtp_reply_code(bad[i], strlen(bad[i]), &more), -1,
+		    tap_fmt("lmtp_reply_code '%s' refused", bad[i]));
+}
+
 int
 main(void)
 {
@@ -1019,5 +1050,6 @@ main(void)
 	test_reference();
 	test_body();
 	test_lmtp_host_port();
+	test_lmtp_reply_code();
 	return (done());
 }
