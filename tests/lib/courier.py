@@ -225,50 +225,42 @@ class Courier:
         if r.returncode != 0:
             raise CourierError("makeuserdb failed: " + r.stdout + r.stderr)
 
-    def _env(self, tls):
+    def _env(self, tls, imap=False):
+        """The environment of a listener: POP3 or IMAP, implicit TLS or
+        STARTTLS (required for IMAP, so that it says LOGINDISABLED)."""
+        proto = "IMAP" if imap else "POP3"
         env = {
             "PATH": "/usr/bin:/bin",
             "TLS_CERTFILE": "/etc/courier/pop3d.pem",
             "TLS_VERIFYPEER": "NONE",
-            "POP3AUTH": self.sasl,
-            "POP3AUTH_TLS": self.sasl,
             "MAILDIRPATH": "Maildir",
         }
-        if tls:
-            env.update(POP3_TLS="1", POP3_STARTTLS="NO",
-                       POP3_TLS_REQUIRED="0")
+        if imap:
+            # Debian's /etc/courier/imapd, without AUTH=CRAM-*: PLAIN
+            # after TLS
+            caps = ("IMAP4rev1 UIDPLUS CHILDREN NAMESPACE "
+                    "THREAD=ORDEREDSUBJECT THREAD=REFERENCES SORT QUOTA IDLE")
+            env.update({
+                "IMAP_CAPABILITY": caps,
+                "IMAP_CAPABILITY_TLS": caps + " AUTH=PLAIN",
+                "IMAP_KEYWORDS": "1",
+                "IMAP_ACL": "1",
+                "IMAP_IDLE_TIMEOUT": str(self.idle_timeout),
+                "IMAP_ENHANCEDIDLE": "0",
+                "IMAP_MAILBOX_SANITY_CHECK": "1",
+                "IMAP_USELOCKS": "1",
+                "IMAP_UMASK": "022",
+                "IMAP_TRASHFOLDERNAME": "Trash",
+                "IMAP_MOVE_EXPUNGE_TO_TRASH": "0",
+            })
         else:
-            env.update(COURIERTLS=COURIERTLS, POP3_STARTTLS="YES",
-                       POP3_TLS_REQUIRED="0")
-        return " ".join(f"{k}={_sh(v)}" for k, v in env.items())
-
-    def _imap_env(self, tls):
-        # Debian's /etc/courier/imapd, without AUTH=CRAM-*: PLAIN after TLS
-        caps = ("IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT "
-                "THREAD=REFERENCES SORT QUOTA IDLE")
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "TLS_CERTFILE": "/etc/courier/pop3d.pem",
-            "TLS_VERIFYPEER": "NONE",
-            "IMAP_CAPABILITY": caps,
-            "IMAP_CAPABILITY_TLS": caps + " AUTH=PLAIN",
-            "IMAP_KEYWORDS": "1",
-            "IMAP_ACL": "1",
-            "IMAP_IDLE_TIMEOUT": str(self.idle_timeout),
-            "IMAP_ENHANCEDIDLE": "0",
-            "IMAP_MAILBOX_SANITY_CHECK": "1",
-            "IMAP_USELOCKS": "1",
-            "IMAP_UMASK": "022",
-            "IMAP_TRASHFOLDERNAME": "Trash",
-            "IMAP_MOVE_EXPUNGE_TO_TRASH": "0",
-            "MAILDIRPATH": "Maildir",
-        }
+            env.update(POP3AUTH=self.sasl, POP3AUTH_TLS=self.sasl)
         if tls:
-            env.update(IMAP_TLS="1", IMAP_STARTTLS="NO",
-                       IMAP_TLS_REQUIRED="0")
+            env.update({f"{proto}_TLS": "1", f"{proto}_STARTTLS": "NO",
+                        f"{proto}_TLS_REQUIRED": "0"})
         else:
-            env.update(COURIERTLS=COURIERTLS, IMAP_STARTTLS="YES",
-                       IMAP_TLS_REQUIRED="1")
+            env.update({"COURIERTLS": COURIERTLS, f"{proto}_STARTTLS": "YES",
+                        f"{proto}_TLS_REQUIRED": "1" if imap else "0"})
         return " ".join(f"{k}={_sh(v)}" for k, v in env.items())
 
     def _tcpd(self, tls, imap=False):
@@ -276,19 +268,17 @@ class Courier:
             port = self.imaps_port if tls else self.imap_port
             log = self.log / ("imaps.log" if tls else "imap.log")
             progs = [self.imaplogin_prog, self.imapd_prog, "Maildir"]
-            env = self._imap_env(tls)
         else:
             port = self.pop3s_port if tls else self.pop3_port
             log = self.log / ("pop3s.log" if tls else "pop3.log")
             progs = [self.login_prog, self.pop3d_prog, "Maildir"]
-            env = self._env(tls)
         cmd = [COURIERTCPD, f"-address={LOOPBACK}", "-maxprocs=40",
                "-maxperip=40", "-nodnslookup", "-noidentlookup",
                f"-stderr={log}", str(port)]
         if tls:
             cmd += [COURIERTLS, "-server", "-tcpd", "-user=courier"]
         cmd += progs
-        return f"env -i {env} " + " ".join(map(_sh, cmd))
+        return f"env -i {self._env(tls, imap)} " + " ".join(map(_sh, cmd))
 
     def _script(self):
         d = self.dir
